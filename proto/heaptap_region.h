@@ -196,7 +196,7 @@ struct ht_module {
 	uint64_t load_ns;        /* CLOCK_REALTIME when first seen */
 	uint64_t unload_ns;      /* CLOCK_REALTIME when seen gone, 0 while loaded */
 	uint32_t build_id_len;   /* 0: none */
-	uint32_t reserved0;
+	uint32_t scan_mark;      /* the writer's bookkeeping; readers ignore it */
 	uint8_t  build_id[32];   /* NT_GNU_BUILD_ID descriptor bytes (first 32) */
 };
 

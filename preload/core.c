@@ -1,0 +1,330 @@
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include "core.h"
+#include "live.h"
+#include "modules.h"
+#include "stacks.h"
+#include "unwind.h"
+
+HT_HIDDEN HT_TLS struct ht_thread ht_self;
+HT_HIDDEN struct ht_global ht_g;
+static pthread_key_t exit_key;
+static uint64_t seed_base;
+HT_HIDDEN ht_spin_t *ht_slab_fold_lock(void);
+
+static void on_thread_exit(void *unused)
+{
+	(void)unused;
+	ht_core_thread_exit();
+}
+
+static uint64_t mix64(uint64_t z)
+{
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+HT_HIDDEN int ht_core_init(const struct ht_config *cfg, uint32_t flags, char *err, size_t errlen)
+{
+	ht_g.cfg = *cfg;
+	ht_g.rate = cfg->rate;
+	seed_base = cfg->seed ? cfg->seed
+			      : mix64(ht_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)&seed_base);
+	ht_g.cfg.seed = seed_base;
+	if (ht_live_init() < 0) {
+		snprintf(err, errlen, "cannot map the live-allocation table");
+		return -1;
+	}
+	static int key_made;
+	if (!key_made && pthread_key_create(&exit_key, on_thread_exit) == 0)
+		key_made = 1;
+	/* The region itself is made at the first sample (ensure_region): a short-lived
+	 * process that never reaches a sample point leaves no file behind. Say now, not
+	 * then, if the directory is unusable. */
+	if (ht_region_check_dir(cfg, err, errlen) < 0)
+		return -1;
+	ht_g.region_flags = flags;
+	st_release(&ht_g.need_region, 1);
+	st_release(&ht_g.state, HT_G_ACTIVE);
+	return 0;
+}
+
+/* The region is made at the process's first sample; a fork child makes its own. */
+static int ensure_region(void)
+{
+	if (HT_LIKELY(!ld_acquire(&ht_g.need_region)))
+		return 0;
+	ht_spin_lock(&ht_g.region_lock);
+	int rc = 0;
+	if (ht_g.need_region) {
+		char err[256];
+		if (ht_region_create(&ht_g.region, &ht_g.cfg, ht_g.region_flags, err, sizeof err) < 0) {
+			ht_log("%s; this process is not profiled", err);
+			st_relaxed(&ht_g.state, HT_G_DISABLED);
+			rc = -1;
+		} else {
+			ht_modules_scan(&ht_g.region);
+			ht_region_publish(&ht_g.region);
+		}
+		st_release(&ht_g.need_region, 0);
+	}
+	ht_spin_unlock(&ht_g.region_lock);
+	return rc;
+}
+
+static void thread_setup(struct ht_thread *t)
+{
+	struct ht_region *r = &ht_g.region;
+	if (t->state == HT_THREAD_READY && t->epoch == ht_g.epoch)
+		return;
+	if (t->state == HT_THREAD_NEW) {
+		uint64_t ordinal = add_relaxed(&r->hdr->threads_seen, 1);
+		ht_rng_seed(&t->rng, seed_base + ordinal * 0x9E3779B97F4A7C15ull);
+		t->tid = (uint32_t)syscall(SYS_gettid);
+		pthread_setspecific(exit_key, (void *)1);
+	} else if (t->epoch != ht_g.epoch) {
+		/* Fork child: the parent's slab belongs to the parent's region. A child draws
+		 * its own sequence, still repeatable under HEAPTAP_SEED. */
+		ht_rng_seed(&t->rng, ht_rng_next(&t->rng) ^ mix64(ht_g.epoch));
+		t->tid = (uint32_t)syscall(SYS_gettid);
+		add_relaxed(&r->hdr->threads_seen, 1);
+	}
+	t->slab.slab = NULL;
+	if (t->state != HT_THREAD_EXITING) {
+		ht_slab_acquire(r, &t->slab, t->tid);
+		t->state = HT_THREAD_READY;
+	}
+	t->epoch = ht_g.epoch;
+	t->rate = 0;
+}
+
+/* Applies the sidecar's control area; returns non-zero while paused. */
+static int apply_control(struct ht_region *r)
+{
+	struct ht_control *c = r->ctl;
+	uint64_t want = ld_relaxed(&c->rate);
+	if (HT_UNLIKELY(want && want != ld_relaxed(&ht_g.rate) && want <= (1ull << 40))) {
+		st_relaxed(&ht_g.rate, want);
+		st_relaxed(&r->hdr->rate_now, want);
+	}
+	uint32_t paused = ld_relaxed(&c->paused) != 0;
+	if (HT_UNLIKELY(paused != ld_relaxed(&r->hdr->paused_now)))
+		st_relaxed(&r->hdr->paused_now, paused);
+	return paused;
+}
+
+static void record(struct ht_thread *t, void *p, size_t size, uint64_t rate,
+		   const uint64_t *pcs, uint32_t depth, int truncated, uint32_t *out_id)
+{
+	struct ht_region *r = &ht_g.region;
+	if (truncated)
+		ht_drop(r, HT_DROP_TRUNCATED);
+	int is_new;
+	uint32_t id = ht_stack_intern(r, pcs, depth, truncated ? HT_STACK_TRUNCATED : 0, &is_new);
+	if (is_new) {
+		/* A new stack may point into an object loaded since the last scan. */
+		for (uint32_t i = 0; i < depth; i++)
+			if (!ht_modules_cover(r, pcs[i])) {
+				ht_modules_scan(r);
+				break;
+			}
+	}
+	struct ht_weight w = ht_weight_of(size, rate);
+	ht_count_alloc(r, &t->slab, id, w.objects, w.bytes);
+	if (p && ht_live_insert(p, id, ht_g.epoch, w.objects, w.bytes) < 0)
+		ht_drop(r, HT_DROP_LIVE_FULL);
+	if ((++t->samples & 63) == 1)
+		st_relaxed(&r->hdr->heartbeat_ns, ht_now_ns());
+	if (out_id)
+		*out_id = id;
+}
+
+/* The sampling decision. Returns the rate to weight with, or 0 when not sampled. */
+static uint64_t decide(struct ht_thread *t, size_t size)
+{
+	struct ht_region *r = &ht_g.region;
+	int paused = apply_control(r);
+	uint64_t rate = ld_relaxed(&ht_g.rate);
+	if (t->rate != rate) {
+		/* New thread, or the rate changed: start a fresh interval at this rate. */
+		t->rate = rate;
+		t->countdown = ht_next_interval(&t->rng, rate);
+		if (rate > 1 && size < t->countdown) {
+			t->countdown -= size;
+			return 0;
+		}
+	}
+	/* This allocation reaches the sample point; draw the next interval. The overshoot
+	 * is dropped: the exponential distribution is memoryless. */
+	t->countdown = ht_next_interval(&t->rng, rate);
+	if (HT_UNLIKELY(paused)) {
+		ht_drop(r, HT_DROP_PAUSED);
+		if (rate <= 1)
+			t->countdown = 0;
+		return 0;
+	}
+	return rate;
+}
+
+HT_HIDDEN void ht_core_alloc(void *p, size_t size)
+{
+	struct ht_thread *t = &ht_self;
+	uint32_t st = ld_acquire(&ht_g.state);
+	if (HT_UNLIKELY(st != HT_G_ACTIVE)) {
+		if (st == HT_G_DISABLED)
+			t->countdown = HT_COUNTDOWN_OFF;
+		return; /* UNINIT: stay on the slow path until init finishes */
+	}
+	if (HT_UNLIKELY(t->busy)) {
+		/* An allocation made by heaptap's own work (or by a libc call it makes) reached
+		 * the sample point: do not sample it, and redraw rather than leave the sample
+		 * point for whatever this thread allocates next. */
+		if (t->state == HT_THREAD_READY && t->rate > 1) {
+			t->countdown = ht_next_interval(&t->rng, t->rate);
+			ht_drop(&ht_g.region, HT_DROP_RECURSION);
+		}
+		return;
+	}
+	t->busy = 1;
+	if (ensure_region() == 0) {
+		thread_setup(t);
+		uint64_t rate = decide(t, size);
+		if (rate) {
+			uint64_t pcs[HT_MAX_DEPTH_LIMIT + 16];
+			int truncated = 0;
+			uint32_t max = ht_g.cfg.max_depth;
+			int n = ht_g.cfg.unwinder == HT_UNWIND_FP
+				? ht_unwind_fp(pcs, (int)max + 16, &truncated)
+				: ht_unwind(pcs, (int)max + 16, &truncated);
+			/* Drop our own frames (shim, slow path, this function) from the top. */
+			int skip = 0;
+			while (skip < n && pcs[skip] >= ht_g.self_lo && pcs[skip] < ht_g.self_hi)
+				skip++;
+			uint32_t depth = (uint32_t)(n - skip);
+			if (depth > max) {
+				depth = max;
+				truncated = 1;
+			}
+			record(t, p, size, rate, pcs + skip, depth, truncated, NULL);
+		}
+	} else {
+		t->countdown = HT_COUNTDOWN_OFF;
+	}
+	t->busy = 0;
+}
+
+HT_HIDDEN uint32_t ht_core_record(void *p, size_t size, const uint64_t *pcs, uint32_t depth,
+				  int truncated)
+{
+	struct ht_thread *t = &ht_self;
+	if (ld_acquire(&ht_g.state) != HT_G_ACTIVE || t->busy)
+		return 0;
+	t->busy = 1;
+	uint32_t id = 0;
+	if (ensure_region() == 0) {
+		thread_setup(t);
+		uint64_t rate = decide(t, size);
+		if (rate)
+			record(t, p, size, rate, pcs, depth, truncated, &id);
+	}
+	t->busy = 0;
+	return id;
+}
+
+HT_HIDDEN int ht_core_take(void *p, struct ht_live_entry *e)
+{
+	/* Called before the real free/realloc, so the address cannot be handed out and
+	 * sampled again while its old entry is still in the table. */
+	if (!p || !ht_live_remove(p, e))
+		return 0;                /* the filter's false positive */
+	/* An entry from before a fork was the parent's allocation: not ours to count. */
+	return e->epoch == ht_g.epoch && ld_acquire(&ht_g.state) == HT_G_ACTIVE;
+}
+
+HT_HIDDEN void ht_core_count_free(const struct ht_live_entry *e)
+{
+	struct ht_thread *t = &ht_self;
+	t->busy++;
+	if (ensure_region() == 0) {
+		thread_setup(t);
+		ht_count_free(&ht_g.region, &t->slab, e->stack_id, e->objects, e->bytes);
+	}
+	t->busy--;
+}
+
+HT_HIDDEN void ht_core_untake(void *p, const struct ht_live_entry *e)
+{
+	if (ht_live_insert(p, e->stack_id, e->epoch, e->objects, e->bytes) < 0)
+		ht_drop(&ht_g.region, HT_DROP_LIVE_FULL);
+}
+
+HT_HIDDEN void ht_core_free(void *p)
+{
+	struct ht_live_entry e;
+	if (ht_core_take(p, &e))
+		ht_core_count_free(&e);
+}
+
+HT_HIDDEN void ht_core_disable(void)
+{
+	st_release(&ht_g.state, HT_G_DISABLED);
+}
+
+HT_HIDDEN void ht_core_thread_exit(void)
+{
+	struct ht_thread *t = &ht_self;
+	t->busy++;
+	if (t->epoch == ht_g.epoch && ht_g.region.hdr)
+		ht_slab_retire(&ht_g.region, &t->slab);
+	t->slab.slab = NULL;
+	t->state = HT_THREAD_EXITING;
+	t->busy--;
+}
+
+/* fork: take every lock of ours so the child never inherits one held by a thread that
+ * does not exist there. Fixed order. */
+HT_HIDDEN void ht_core_fork_prepare(void)
+{
+	ht_spin_lock(&ht_g.region_lock);
+	ht_spin_lock(ht_modules_lock());
+	ht_spin_lock(ht_slab_fold_lock());
+	ht_spin_lock(ht_live_grow_lock());
+	ht_spin_lock(&ht_g.region.reserve_lock);
+}
+
+HT_HIDDEN void ht_core_fork_parent(void)
+{
+	ht_spin_unlock(&ht_g.region.reserve_lock);
+	ht_spin_unlock(ht_live_grow_lock());
+	ht_spin_unlock(ht_slab_fold_lock());
+	ht_spin_unlock(ht_modules_lock());
+	ht_spin_unlock(&ht_g.region_lock);
+}
+
+HT_HIDDEN void ht_core_fork_child(void)
+{
+	ht_core_fork_parent();
+	/* The parent's region is the parent's: never write it again. Its live samples are
+	 * left in the table under the old epoch, and their frees here are not counted. */
+	ht_g.epoch++;
+	ht_region_detach(&ht_g.region);
+	if (ld_relaxed(&ht_g.state) == HT_G_ACTIVE) {
+		if (ht_g.cfg.follow_children) {
+			ht_g.region_flags = HT_FLAG_FORK_CHILD;
+			st_release(&ht_g.need_region, 1);
+		}
+		else
+			st_relaxed(&ht_g.state, HT_G_DISABLED);
+	}
+	ht_self.slab.slab = NULL;
+}
+
+HT_HIDDEN void ht_core_exit(void)
+{
+	if (ht_g.region.hdr)
+		ht_region_mark_exited(&ht_g.region);
+}

@@ -1,0 +1,397 @@
+/* The allocator shims: the only code on the application's malloc/free path, and the
+ * bootstrap that serves allocations made before the next allocator is resolved.
+ *
+ * Fast path, malloc: one TLS load, compare, subtract, store, and a tail call to the real
+ * allocator. free: a hash, one load from the live filter, and the tail call. No lock, no
+ * atomic read-modify-write, no syscall, no call out of the library but the allocator.
+ * Everything else (sampling, unwinding, recording) is in core.c, behind HT_UNLIKELY. */
+#include <dlfcn.h>
+#include <errno.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "core.h"
+#include "live.h"
+#include "modules.h"
+#include "unwind.h"
+
+#define HT_EXPORT __attribute__((visibility("default")))
+
+struct real_fns {
+	void *(*malloc)(size_t);
+	void (*free)(void *);
+	void *(*calloc)(size_t, size_t);
+	void *(*realloc)(void *, size_t);
+	int (*posix_memalign)(void **, size_t, size_t);
+	void *(*aligned_alloc)(size_t, size_t);
+	void *(*memalign)(size_t, size_t);
+	void *(*valloc)(size_t);
+	void *(*pvalloc)(size_t);
+	size_t (*malloc_usable_size)(void *);
+};
+static struct real_fns real;
+static uint32_t real_state;   /* 0 unresolved, 1 resolving, 2 resolved */
+
+/* glibc's own entry points: the fallback if dlsym(RTLD_NEXT) finds nothing. */
+extern void *__libc_malloc(size_t);
+extern void __libc_free(void *);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+
+/* ---- bootstrap arena ------------------------------------------------------------------
+ * dlsym() allocates (its error buffer) before we know the real allocator. Those requests,
+ * and any made by other threads meanwhile, are served from this static arena; its blocks
+ * are never reused, and free() ignores them. 16-byte header: the size. */
+#define BOOT_BYTES (256u * 1024u)
+static uint8_t boot_arena[BOOT_BYTES] __attribute__((aligned(4096)));
+static size_t boot_used;
+
+static inline int is_boot(const void *p)
+{
+	return (uintptr_t)p - (uintptr_t)boot_arena < BOOT_BYTES;
+}
+
+static void *boot_alloc(size_t n, size_t align)
+{
+	if (align < 16)
+		align = 16;
+	if (align > 4096 || n > BOOT_BYTES)
+		return NULL;
+	size_t cur = ld_relaxed(&boot_used);
+	for (;;) {
+		size_t start = (cur + 16 + align - 1) & ~(align - 1);
+		size_t end = start + ((n + 15) & ~(size_t)15);
+		if (end > BOOT_BYTES)
+			return NULL;
+		if (__atomic_compare_exchange_n(&boot_used, &cur, end, 1, __ATOMIC_RELAXED,
+						__ATOMIC_RELAXED)) {
+			*(size_t *)(boot_arena + start - 16) = n;
+			if (ht_g.region.hdr)
+				ht_drop(&ht_g.region, HT_DROP_BOOTSTRAP);
+			return boot_arena + start;
+		}
+	}
+}
+
+static size_t boot_size(const void *p) { return *(const size_t *)((const uint8_t *)p - 16); }
+
+/* ---- resolving the next allocator ------------------------------------------------------ */
+#define RESOLVE(f, fallback) do { \
+	void *s_ = dlsym(RTLD_NEXT, #f); \
+	next.f = s_ ? (__typeof__(next.f))s_ : (fallback); } while (0)
+
+static int resolve(void)
+{
+	uint32_t st = ld_acquire(&real_state);
+	if (HT_LIKELY(st == 2))
+		return 1;
+	uint32_t z = 0;
+	if (!__atomic_compare_exchange_n(&real_state, &z, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return 0; /* another thread (or this one, re-entered from dlsym) is resolving */
+	struct real_fns next;
+	RESOLVE(malloc, __libc_malloc);
+	RESOLVE(free, __libc_free);
+	RESOLVE(calloc, __libc_calloc);
+	RESOLVE(realloc, __libc_realloc);
+	RESOLVE(posix_memalign, NULL);
+	RESOLVE(aligned_alloc, NULL);
+	RESOLVE(memalign, __libc_memalign);
+	RESOLVE(valloc, NULL);
+	RESOLVE(pvalloc, NULL);
+	RESOLVE(malloc_usable_size, NULL);
+	real = next;
+	st_release(&real_state, 2);
+	return 1;
+}
+
+/* ---- the shims ----------------------------------------------------------------------- */
+
+/* Counts an allocation of n bytes that returned p against this thread's countdown; goes
+ * to the core when it reaches the sample point. */
+static inline void account(void *p, size_t n)
+{
+	struct ht_thread *t = &ht_self;
+	if (HT_LIKELY(n < t->countdown))
+		t->countdown -= n;
+	else if (p)
+		ht_core_alloc(p, n);
+}
+
+static HT_NOINLINE void *malloc_slow(size_t n)
+{
+	if (HT_UNLIKELY(!resolve()))
+		return boot_alloc(n, 16);
+	void *p = real.malloc(n);
+	if (p)
+		ht_core_alloc(p, n);
+	return p;
+}
+
+HT_EXPORT void *malloc(size_t n)
+{
+	struct ht_thread *t = &ht_self;
+	if (HT_LIKELY(n < t->countdown)) {
+		t->countdown -= n;
+		return real.malloc(n);
+	}
+	return malloc_slow(n);
+}
+
+static HT_NOINLINE void free_slow(void *p)
+{
+	if (is_boot(p))
+		return;
+	if (ht_live_maybe(p))
+		ht_core_free(p);
+	if (HT_UNLIKELY(!resolve()))
+		return; /* cannot happen for a pointer we handed out; leak rather than crash */
+	real.free(p);
+}
+
+HT_EXPORT void free(void *p)
+{
+	if (HT_LIKELY(!ht_live_maybe(p) && !is_boot(p) && real.free)) {
+		real.free(p);
+		return;
+	}
+	if (p)
+		free_slow(p);
+}
+
+HT_EXPORT void *calloc(size_t n, size_t m)
+{
+	size_t bytes;
+	if (__builtin_mul_overflow(n, m, &bytes)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	struct ht_thread *t = &ht_self;
+	if (HT_LIKELY(bytes < t->countdown)) {
+		t->countdown -= bytes;
+		return real.calloc(n, m);
+	}
+	if (HT_UNLIKELY(!resolve()))
+		return boot_alloc(bytes, 16); /* static arena: already zero */
+	void *p = real.calloc(n, m);
+	if (p)
+		ht_core_alloc(p, bytes);
+	return p;
+}
+
+static void *realloc_impl(void *p, size_t n)
+{
+	if (!p)
+		return malloc(n);
+	if (HT_UNLIKELY(is_boot(p) || !resolve())) {
+		if (!resolve())
+			return boot_alloc(n, 16);
+		void *q = malloc(n);
+		if (q) {
+			size_t old = boot_size(p);
+			memcpy(q, p, old < n ? old : n);
+		}
+		return q;
+	}
+	struct ht_live_entry e;
+	int was_live = 0;
+	if (HT_UNLIKELY(ht_live_maybe(p)))
+		was_live = ht_core_take(p, &e);
+	void *q = real.realloc(p, n);
+	if (HT_UNLIKELY(was_live)) {
+		/* glibc's realloc(p, 0) frees p and returns NULL; any other NULL leaves p. */
+		if (q || n == 0)
+			ht_core_count_free(&e);
+		else
+			ht_core_untake(p, &e);
+	}
+	account(q, n);
+	return q;
+}
+
+HT_EXPORT void *realloc(void *p, size_t n)
+{
+	return realloc_impl(p, n);
+}
+
+HT_EXPORT void *reallocarray(void *p, size_t n, size_t m)
+{
+	size_t bytes;
+	if (__builtin_mul_overflow(n, m, &bytes)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return realloc_impl(p, bytes);
+}
+
+static int memalign_common(void **out, size_t align, size_t n)
+{
+	if (HT_UNLIKELY(!resolve())) {
+		*out = boot_alloc(n, align);
+		return *out ? 0 : ENOMEM;
+	}
+	void *p;
+	if (real.posix_memalign) {
+		int rc = real.posix_memalign(&p, align, n);
+		if (rc)
+			return rc;
+	} else {
+		p = real.memalign(align, n);
+		if (!p)
+			return ENOMEM;
+	}
+	*out = p;
+	return 0;
+}
+
+HT_EXPORT int posix_memalign(void **out, size_t align, size_t n)
+{
+	if (align < sizeof(void *) || (align & (align - 1)))
+		return EINVAL;
+	int rc;
+	if (HT_LIKELY(real_state == 2 && real.posix_memalign))
+		rc = real.posix_memalign(out, align, n);
+	else
+		rc = memalign_common(out, align, n);
+	if (rc == 0)
+		account(*out, n);
+	return rc;
+}
+
+HT_EXPORT void *aligned_alloc(size_t align, size_t n)
+{
+	void *p = NULL;
+	if (HT_LIKELY(real_state == 2 && real.aligned_alloc))
+		p = real.aligned_alloc(align, n);
+	else if (align && !(align & (align - 1))) {
+		int rc = memalign_common(&p, align < sizeof(void *) ? sizeof(void *) : align, n);
+		if (rc) {
+			errno = rc;
+			p = NULL;
+		}
+	} else
+		errno = EINVAL;
+	account(p, n);
+	return p;
+}
+
+HT_EXPORT void *memalign(size_t align, size_t n)
+{
+	void *p;
+	if (HT_LIKELY(real_state == 2))
+		p = real.memalign(align, n);
+	else {
+		size_t a = 16;
+		while (a < align)
+			a <<= 1;
+		int rc = memalign_common(&p, a, n);
+		if (rc) {
+			errno = rc;
+			p = NULL;
+		}
+	}
+	account(p, n);
+	return p;
+}
+
+HT_EXPORT void *valloc(size_t n)
+{
+	void *p;
+	if (HT_LIKELY(real_state == 2 && real.valloc))
+		p = real.valloc(n);
+	else if (memalign_common(&p, (size_t)sysconf(_SC_PAGESIZE), n))
+		p = NULL;
+	account(p, n);
+	return p;
+}
+
+HT_EXPORT void *pvalloc(size_t n)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	void *p;
+	if (HT_LIKELY(real_state == 2 && real.pvalloc))
+		p = real.pvalloc(n);
+	else {
+		size_t r = n ? (n + page - 1) & ~(page - 1) : page;
+		if (r < n || memalign_common(&p, page, r))
+			p = NULL;
+	}
+	account(p, n);
+	return p;
+}
+
+HT_EXPORT size_t malloc_usable_size(void *p)
+{
+	if (!p)
+		return 0;
+	if (is_boot(p))
+		return boot_size(p);
+	if (!resolve() || !real.malloc_usable_size)
+		return 0;
+	return real.malloc_usable_size(p);
+}
+
+/* ---- process and thread lifecycle ---------------------------------------------------- */
+
+/* HEAPTAP_FOLLOW_CHILDREN=0: blank this library out of LD_PRELOAD in place (no allocation,
+ * same string), so programs this one execs start unprofiled. */
+static void scrub_ld_preload(void)
+{
+	Dl_info info;
+	if (!dladdr((void *)&scrub_ld_preload, &info) || !info.dli_fname)
+		return;
+	const char *me = strrchr(info.dli_fname, '/');
+	me = me ? me + 1 : info.dli_fname;
+	size_t mlen = strlen(me);
+	extern char **environ;
+	for (char **e = environ; e && *e; e++) {
+		if (strncmp(*e, "LD_PRELOAD=", 11))
+			continue;
+		char *s = *e + 11;
+		while (*s) {
+			while (*s == ' ' || *s == ':')
+				s++;
+			char *tok = s;
+			while (*s && *s != ' ' && *s != ':')
+				s++;
+			size_t len = (size_t)(s - tok);
+			if (len >= mlen && !memcmp(s - mlen, me, mlen) &&
+			    (len == mlen || s[-(long)mlen - 1] == '/'))
+				memset(tok, ' ', len);
+		}
+	}
+}
+
+__attribute__((constructor)) static void heaptap_init(void)
+{
+	struct ht_thread *t = &ht_self;
+	resolve();
+	t->busy++;   /* dlsym, pthread_key_create and pthread_atfork may allocate */
+	struct ht_config c;
+	char err[256];
+	ht_config_defaults(&c);
+	if (ht_config_from_env(&c, err, sizeof err) < 0) {
+		ht_log("%s; profiling is off", err);
+		ht_core_disable();
+	} else if (!c.enabled) {
+		ht_core_disable();
+	} else {
+		ht_unwind_init();
+		ht_self_range(&ht_g.self_lo, &ht_g.self_hi);
+		if (!c.follow_children)
+			scrub_ld_preload();
+		pthread_atfork(ht_core_fork_prepare, ht_core_fork_parent, ht_core_fork_child);
+		if (ht_core_init(&c, 0, err, sizeof err) < 0) {
+			ht_log("%s; profiling is off", err);
+			ht_core_disable();
+		}
+	}
+	t->busy--;
+}
+
+__attribute__((destructor)) static void heaptap_fini(void)
+{
+	ht_core_exit();
+}

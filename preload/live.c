@@ -1,0 +1,158 @@
+#include <string.h>
+#include <sys/mman.h>
+#include "live.h"
+
+#define EMPTY      0u
+#define TOMBSTONE  1u
+#define FIRST_BITS 12            /* 4096 entries, 128 KiB of address space */
+#define MAX_GENS   18            /* up to 2^29 entries in the last generation */
+#define MAX_PROBE  128
+
+struct gen {
+	struct ht_live_entry *slots;
+	uint64_t mask;
+	uint64_t used;   /* slots ever taken (keys + tombstones made from them): only grows */
+	uint64_t live;   /* entries live now */
+};
+
+HT_HIDDEN uint32_t *ht_live_filter;
+static struct gen gens[MAX_GENS];
+static uint32_t ngens;            /* published with release after gens[ngens-1] is set */
+static ht_spin_t grow_lock;
+
+HT_HIDDEN ht_spin_t *ht_live_grow_lock(void) { return &grow_lock; }
+
+static uint64_t slot_hash(uintptr_t p)
+{
+	uint64_t h = (uint64_t)p;
+	h ^= h >> 33;
+	h *= 0xFF51AFD7ED558CCDull;
+	h ^= h >> 33;
+	return h;
+}
+
+static void *map_anon(size_t bytes)
+{
+	void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	return m == MAP_FAILED ? NULL : m;
+}
+
+static int add_gen(uint32_t bits)
+{
+	uint32_t n = ngens;
+	if (n >= MAX_GENS)
+		return -1;
+	uint64_t cap = 1ull << bits;
+	void *m = map_anon(cap * sizeof(struct ht_live_entry));
+	if (!m)
+		return -1;
+	gens[n].slots = m;
+	gens[n].mask = cap - 1;
+	gens[n].used = 0;
+	gens[n].live = 0;
+	/* release: a thread that sees ngens == n + 1 sees gens[n] filled in. */
+	st_release(&ngens, n + 1);
+	return 0;
+}
+
+HT_HIDDEN int ht_live_init(void)
+{
+	if (ht_live_filter)
+		return 0;
+	uint32_t *f = map_anon(sizeof(uint32_t) << HT_LIVE_FILTER_BITS);
+	if (!f)
+		return -1;
+	ht_spin_lock(&grow_lock);
+	int rc = ngens ? 0 : add_gen(FIRST_BITS);
+	ht_spin_unlock(&grow_lock);
+	if (rc)
+		return -1;
+	st_release(&ht_live_filter, f);
+	return 0;
+}
+
+static int try_insert(struct gen *g, uintptr_t p, uint32_t stack_id, uint32_t epoch,
+		      uint64_t objects, uint64_t bytes)
+{
+	uint64_t i = slot_hash(p) & g->mask;
+	for (int probe = 0; probe < MAX_PROBE; probe++, i = (i + 1) & g->mask) {
+		struct ht_live_entry *e = &g->slots[i];
+		uint64_t k = ld_relaxed(&e->key);
+		if (k != EMPTY && k != TOMBSTONE)
+			continue;
+		if (!__atomic_compare_exchange_n(&e->key, &k, (uint64_t)p, 0, __ATOMIC_ACQ_REL,
+						 __ATOMIC_RELAXED))
+			continue;
+		e->stack_id = stack_id;
+		e->epoch = epoch;
+		e->objects = objects;
+		e->bytes = bytes;
+		if (k == EMPTY)
+			add_relaxed(&g->used, 1);
+		add_relaxed(&g->live, 1);
+		return 0;
+	}
+	return -1;
+}
+
+HT_HIDDEN int ht_live_insert(const void *ptr, uint32_t stack_id, uint32_t epoch,
+			     uint64_t objects, uint64_t bytes)
+{
+	uintptr_t p = (uintptr_t)ptr;
+	if (p <= TOMBSTONE || !ht_live_filter)
+		return -1;
+	/* The filter goes up first: a free that follows this allocation (after the program's
+	 * own synchronisation) then always looks in the tables. */
+	add_relaxed(&ht_live_filter[ht_live_hash(p)], 1);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		uint32_t n = ld_acquire(&ngens);
+		struct gen *g = &gens[n - 1];
+		if (ld_relaxed(&g->used) < (g->mask + 1) / 2 &&
+		    try_insert(g, p, stack_id, epoch, objects, bytes) == 0)
+			return 0;
+		/* Newest generation half full (or unlucky): map the next one. */
+		ht_spin_lock(&grow_lock);
+		if (ld_relaxed(&ngens) == n)
+			add_gen(FIRST_BITS + n);
+		ht_spin_unlock(&grow_lock);
+	}
+	__atomic_fetch_sub(&ht_live_filter[ht_live_hash(p)], 1, __ATOMIC_RELAXED);
+	return -1;
+}
+
+HT_HIDDEN int ht_live_remove(const void *ptr, struct ht_live_entry *out)
+{
+	uintptr_t p = (uintptr_t)ptr;
+	uint32_t n = ld_acquire(&ngens);
+	for (uint32_t gi = n; gi-- > 0;) {
+		struct gen *g = &gens[gi];
+		if (!ld_relaxed(&g->live))
+			continue;
+		uint64_t i = slot_hash(p) & g->mask;
+		for (int probe = 0; probe < MAX_PROBE; probe++, i = (i + 1) & g->mask) {
+			struct ht_live_entry *e = &g->slots[i];
+			uint64_t k = ld_acquire(&e->key);
+			if (k == EMPTY)
+				break;
+			if (k != (uint64_t)p)
+				continue;
+			*out = *e;
+			out->key = p;
+			st_release(&e->key, TOMBSTONE);
+			__atomic_fetch_sub(&g->live, 1, __ATOMIC_RELAXED);
+			__atomic_fetch_sub(&ht_live_filter[ht_live_hash(p)], 1, __ATOMIC_RELAXED);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+HT_HIDDEN uint64_t ht_live_count(void)
+{
+	uint64_t t = 0;
+	uint32_t n = ld_acquire(&ngens);
+	for (uint32_t i = 0; i < n; i++)
+		t += ld_relaxed(&gens[i].live);
+	return t;
+}

@@ -1,0 +1,55 @@
+/* Live sampled allocations: pointer -> (stack id, weights), so that a free is counted
+ * against the stack that allocated. Private memory (mmap), never the region.
+ *
+ * free() asks ht_live_maybe() first: one multiply, one shift, one load and a compare on a
+ * 2^16-entry counting filter indexed by the pointer's hash. Only when the filter says the
+ * pointer may be live does it search the tables. At the default rate a process holds a
+ * few thousand live samples, so almost every free stops at the filter.
+ *
+ * The tables are open-addressed (linear probing, tombstones reused by inserts) and come in
+ * generations of doubling size: when the newest is half full, the next one is mapped and
+ * new samples go there; older ones drain as their allocations are freed. Nothing is ever
+ * moved, so inserts and removes from any thread need only CAS on the key word. A pointer
+ * is inserted before the allocation is returned and removed before the real free, so for a
+ * given pointer the two never race (the program's own synchronisation orders them). */
+#ifndef HT_LIVE_H
+#define HT_LIVE_H
+#include <stdint.h>
+#include "ht.h"
+
+#define HT_LIVE_FILTER_BITS 16
+
+struct ht_live_entry {
+	uint64_t key;       /* the pointer; 0 = empty, 1 = tombstone */
+	uint32_t stack_id;
+	uint32_t epoch;     /* process epoch (fork count) when sampled */
+	uint64_t objects;   /* weight, HT_OBJ_ONE fixed point */
+	uint64_t bytes;
+};
+
+extern HT_HIDDEN uint32_t *ht_live_filter;
+
+static inline uint32_t ht_live_hash(uintptr_t p)
+{
+	return (uint32_t)(((uint64_t)p * 0x9E3779B97F4A7C15ull) >> (64 - HT_LIVE_FILTER_BITS));
+}
+
+/* Non-zero when p may be a live sample. Before ht_live_init: always 0. */
+static inline int ht_live_maybe(const void *p)
+{
+	uint32_t *f = ht_live_filter;
+	return f && ld_relaxed(&f[ht_live_hash((uintptr_t)p)]) != 0;
+}
+
+/* Maps the filter and the first table. 0 or -1. */
+HT_HIDDEN int ht_live_init(void);
+/* Returns 0, or -1 when no table has room (the caller counts HT_DROP_LIVE_FULL). */
+HT_HIDDEN int ht_live_insert(const void *p, uint32_t stack_id, uint32_t epoch, uint64_t objects,
+			     uint64_t bytes);
+/* Removes p; returns 1 and fills *out when it was live, else 0. */
+HT_HIDDEN int ht_live_remove(const void *p, struct ht_live_entry *out);
+/* Entries currently live (all generations). */
+HT_HIDDEN uint64_t ht_live_count(void);
+/* For fork: the lock that guards growth. */
+HT_HIDDEN ht_spin_t *ht_live_grow_lock(void);
+#endif

@@ -1,0 +1,346 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "region.h"
+
+#define ALIGN_UP(x, a) (((x) + (uint64_t)(a) - 1) & ~((uint64_t)(a) - 1))
+/* Growing sections are reserved in steps of this many bytes at least. */
+#define RESERVE_STEP (256u * 1024u)
+
+static void set_section(struct ht_section *s, uint64_t *off, uint32_t cap, uint32_t entry)
+{
+	s->offset = *off;
+	s->capacity = cap;
+	s->entry_bytes = entry;
+	s->bytes = ALIGN_UP((uint64_t)cap * entry, HT_SECTION_ALIGN);
+	*off += s->bytes;
+}
+
+/* Reads a small file into buf (NUL-terminated); returns bytes read or -1. */
+static ssize_t read_small(const char *path, char *buf, size_t n)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	size_t got = 0;
+	while (got < n - 1) {
+		ssize_t k = read(fd, buf + got, n - 1 - got);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		got += (size_t)k;
+	}
+	close(fd);
+	buf[got] = 0;
+	return (ssize_t)got;
+}
+
+/* Field 22 (starttime, clock ticks since boot) of /proc/self/stat; the comm field may hold
+ * spaces and parentheses, so count from the last ')'. */
+static uint64_t proc_start_ticks(void)
+{
+	char buf[1024];
+	if (read_small("/proc/self/stat", buf, sizeof buf) <= 0)
+		return 0;
+	char *p = strrchr(buf, ')');
+	if (!p)
+		return 0;
+	int field = 2;
+	for (; *p && field < 22; p++)
+		if (*p == ' ')
+			field++;
+	uint64_t v = 0;
+	while (*p >= '0' && *p <= '9')
+		v = v * 10 + (uint64_t)(*p++ - '0');
+	return v;
+}
+
+static void fill_identity(struct ht_header *h, const struct ht_config *c)
+{
+	h->pid = getpid();
+	h->ppid = getppid();
+	h->start_ns = ht_now_ns();
+	h->proc_start_ticks = proc_start_ticks();
+	ssize_t n = readlink("/proc/self/exe", h->exe, sizeof h->exe - 1);
+	h->exe[n > 0 ? n : 0] = 0;
+	ssize_t m = read_small("/proc/self/cmdline", h->cmdline, sizeof h->cmdline);
+	for (ssize_t i = 0; i < m - 1; i++)
+		if (h->cmdline[i] == 0)
+			h->cmdline[i] = ' ';
+	if (c->service[0]) {
+		memcpy(h->service, c->service, sizeof h->service - 1);
+	} else {
+		const char *b = strrchr(h->exe, '/');
+		b = b ? b + 1 : h->exe;
+		size_t len = strlen(b);
+		if (len > sizeof h->service - 1)
+			len = sizeof h->service - 1;
+		memcpy(h->service, b, len);
+		h->service[len] = 0;
+	}
+}
+
+/* Writes decimal v into p; returns the end. (No snprintf: also used in a fork child.) */
+static char *put_u64(char *p, uint64_t v)
+{
+	char t[24];
+	int n = 0;
+	do { t[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+	while (n)
+		*p++ = t[--n];
+	return p;
+}
+
+static char *put_str(char *p, const char *s)
+{
+	while (*s)
+		*p++ = *s++;
+	return p;
+}
+
+static int reserve(struct ht_region *r, uint64_t off, uint64_t len)
+{
+	if (!r->reserve_enabled || len == 0)
+		return 0;
+	int e;
+	do {
+		e = fallocate(r->fd, 0, (off_t)off, (off_t)len);
+	} while (e < 0 && errno == EINTR);
+	if (e == 0)
+		return 0;
+	if (errno == EOPNOTSUPP || errno == ENOSYS) {
+		r->reserve_enabled = 0; /* a file system that cannot reserve cannot SIGBUS us */
+		return 0;
+	}
+	return -1;
+}
+
+HT_HIDDEN int ht_region_check_dir(const struct ht_config *c, char *err, size_t errlen)
+{
+	if (mkdir(c->dir, 0700) < 0 && errno != EEXIST) {
+		snprintf(err, errlen, "cannot create HEAPTAP_DIR %s: %s", c->dir, strerror(errno));
+		return -1;
+	}
+	struct stat st;
+	if (stat(c->dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		snprintf(err, errlen, "HEAPTAP_DIR %s is not a directory", c->dir);
+		return -1;
+	}
+	if (access(c->dir, W_OK | X_OK) < 0) {
+		snprintf(err, errlen, "cannot write to HEAPTAP_DIR %s: %s", c->dir, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
+			       uint32_t flags, char *err, size_t errlen)
+{
+	memset(r, 0, sizeof *r);
+	r->fd = -1;
+	r->reserve_enabled = 1;
+
+	/* layout */
+	struct ht_header tmp;
+	memset(&tmp, 0, sizeof tmp);
+	uint64_t off = HT_HEADER_BYTES;
+	uint32_t index_cap = 1;
+	while (index_cap < 2ull * c->max_stacks)
+		index_cap <<= 1;
+	uint32_t frames_cap = c->max_stacks * 24u;
+	uint32_t slab_bytes = (uint32_t)ALIGN_UP(sizeof(struct ht_slab_header) +
+		(uint64_t)c->slab_entries * sizeof(struct ht_slab_entry), HT_SECTION_ALIGN);
+	set_section(&tmp.modules, &off, c->max_modules, sizeof(struct ht_module));
+	set_section(&tmp.paths, &off, c->max_modules * 256u, 1);
+	set_section(&tmp.stack_index, &off, index_cap, sizeof(uint32_t));
+	set_section(&tmp.stacks, &off, c->max_stacks, sizeof(struct ht_stack));
+	set_section(&tmp.frames, &off, frames_cap, sizeof(uint64_t));
+	set_section(&tmp.shared, &off, c->max_stacks, sizeof(struct ht_counters));
+	set_section(&tmp.slabs, &off, c->max_threads, slab_bytes);
+	uint64_t file_bytes = off;
+
+	if (ht_region_check_dir(c, err, errlen) < 0)
+		return -1;
+
+	fill_identity(&tmp, c);
+	char tmpname[sizeof r->path];
+	char *p = put_str(r->path, c->dir);
+	p = put_str(p, "/");
+	p = put_u64(p, (uint64_t)tmp.pid);
+	p = put_str(p, "-");
+	p = put_u64(p, tmp.start_ns);
+	p = put_str(p, HT_REGION_SUFFIX);
+	*p = 0;
+	p = put_str(tmpname, c->dir);
+	p = put_str(p, "/.");
+	p = put_u64(p, (uint64_t)tmp.pid);
+	p = put_str(p, "-");
+	p = put_u64(p, tmp.start_ns);
+	p = put_str(p, ".tmp");
+	*p = 0;
+
+	int fd = open(tmpname, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot create %s: %s", tmpname, strerror(errno));
+		return -1;
+	}
+	r->fd = fd;
+	const char *what = "set the mode of";
+	if (fchmod(fd, c->file_mode) < 0)
+		goto fail;
+	what = "size";
+	if (ftruncate(fd, (off_t)file_bytes) < 0)
+		goto fail;
+	/* Fixed-size parts are written at random places: back them all now. */
+	what = "reserve space for";
+	if (reserve(r, 0, tmp.stacks.offset) < 0)
+		goto fail;
+	what = "map";
+	void *m = mmap(NULL, file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (m == MAP_FAILED)
+		goto fail;
+	r->base = m;
+	r->bytes = file_bytes;
+
+	struct ht_header *h = (struct ht_header *)r->base;
+	memcpy(h, &tmp, sizeof tmp);
+	h->magic = HT_MAGIC;
+	h->version = HT_LAYOUT_VERSION;
+	h->header_bytes = HT_HEADER_BYTES;
+	h->file_bytes = file_bytes;
+	h->flags = flags | (c->rate == 1 ? HT_FLAG_EXACT : 0);
+#if defined(__x86_64__)
+	h->arch = 62;
+#elif defined(__aarch64__)
+	h->arch = 183;
+#endif
+	h->slab_entries = c->slab_entries;
+	h->max_depth = c->max_depth;
+	h->sample_rate = c->rate;
+	h->rate_now = c->rate;
+	h->seed = c->seed;
+	h->unwinder = c->unwinder;
+	h->stacks_used = HT_STACK_FIRST;
+
+	r->hdr = h;
+	r->ctl = (struct ht_control *)(r->base + HT_CONTROL_OFFSET);
+	r->modules = (struct ht_module *)(r->base + h->modules.offset);
+	r->paths = (char *)(r->base + h->paths.offset);
+	r->index = (uint32_t *)(r->base + h->stack_index.offset);
+	r->index_mask = index_cap - 1;
+	r->stacks = (struct ht_stack *)(r->base + h->stacks.offset);
+	r->frames = (uint64_t *)(r->base + h->frames.offset);
+	r->shared = (struct ht_counters *)(r->base + h->shared.offset);
+	r->slabs = r->base + h->slabs.offset;
+	r->slab_bytes = slab_bytes;
+
+	what = "reserve space for";
+	if (ht_region_reserve_ids(r, HT_STACK_FIRST + 1) < 0)
+		goto fail;
+	/* The synthetic overflow stack: no frames, READY from the start. */
+	r->stacks[HT_STACK_OVERFLOW].hash = 1;
+	r->stacks[HT_STACK_OVERFLOW].flags = HT_STACK_READY | HT_STACK_SYNTHETIC;
+
+	what = "publish";
+	if (rename(tmpname, r->path) < 0)
+		goto fail;
+	return 0;
+fail:
+	snprintf(err, errlen, "cannot %s %s: %s", what, tmpname, strerror(errno));
+	if (r->base)
+		munmap(r->base, r->bytes);
+	unlink(tmpname);
+	close(fd);
+	memset(r, 0, sizeof *r);
+	r->fd = -1;
+	return -1;
+}
+
+HT_HIDDEN void ht_region_publish(struct ht_region *r)
+{
+	/* Readers that see RUNNING see every field written above (release/acquire). */
+	st_release(&r->hdr->state, HT_STATE_RUNNING);
+	flock(r->fd, LOCK_SH);
+}
+
+HT_HIDDEN void ht_region_mark_exited(struct ht_region *r)
+{
+	if (!r->hdr)
+		return;
+	st_relaxed(&r->hdr->exit_ns, ht_now_ns());
+	/* exit_ns is visible to a reader that sees EXITED. */
+	st_release(&r->hdr->state, HT_STATE_EXITED);
+}
+
+HT_HIDDEN void ht_region_detach(struct ht_region *r)
+{
+	if (r->base)
+		munmap(r->base, r->bytes);
+	if (r->fd >= 0)
+		close(r->fd);
+	memset(r, 0, sizeof *r);
+	r->fd = -1;
+}
+
+/* Grows *mark (entries reserved) to cover upto entries of the section at off with entries
+ * of size each. */
+static int reserve_grow(struct ht_region *r, uint64_t *mark, uint64_t upto, uint64_t off,
+			uint64_t size, uint64_t cap)
+{
+	if (HT_LIKELY(upto <= ld_relaxed(mark)))
+		return 0;
+	if (upto > cap)
+		upto = cap;
+	ht_spin_lock(&r->reserve_lock);
+	uint64_t have = *mark;
+	int rc = 0;
+	if (upto > have) {
+		uint64_t from = ALIGN_UP(off + have * size, HT_SECTION_ALIGN) - HT_SECTION_ALIGN;
+		if (from < off)
+			from = off;
+		uint64_t want = upto * size;
+		if (want < have * size + RESERVE_STEP)
+			want = have * size + RESERVE_STEP;
+		if (want > cap * size)
+			want = cap * size;
+		uint64_t to = ALIGN_UP(off + want, HT_SECTION_ALIGN);
+		rc = reserve(r, from, to - from);
+		if (rc == 0) {
+			uint64_t n = (to - off) / size;
+			st_relaxed(mark, n > cap ? cap : n);
+		}
+	}
+	ht_spin_unlock(&r->reserve_lock);
+	return rc;
+}
+
+HT_HIDDEN int ht_region_reserve_ids(struct ht_region *r, uint64_t upto)
+{
+	/* A stack id indexes two sections: its record and its shared counters. */
+	const struct ht_header *h = r->hdr;
+	if (reserve_grow(r, &r->reserved_stacks, upto, h->stacks.offset, sizeof(struct ht_stack),
+			 h->stacks.capacity))
+		return -1;
+	return reserve_grow(r, &r->reserved_shared, upto, h->shared.offset,
+			    sizeof(struct ht_counters), h->shared.capacity);
+}
+
+HT_HIDDEN int ht_region_reserve_frames(struct ht_region *r, uint64_t upto)
+{
+	const struct ht_header *h = r->hdr;
+	return reserve_grow(r, &r->reserved_frames, upto, h->frames.offset, sizeof(uint64_t),
+			    h->frames.capacity);
+}
+
+HT_HIDDEN int ht_region_reserve_slabs(struct ht_region *r, uint64_t upto)
+{
+	const struct ht_header *h = r->hdr;
+	return reserve_grow(r, &r->reserved_slabs, upto, h->slabs.offset, r->slab_bytes,
+			    h->slabs.capacity);
+}

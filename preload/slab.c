@@ -1,0 +1,172 @@
+#include <string.h>
+#include "slab.h"
+
+/* One fold at a time: it is rare (a thread needs a slab and every one is taken) and its
+ * odd/even bracket of hdr.seq must not interleave with another's. */
+static ht_spin_t fold_lock;
+
+HT_HIDDEN ht_spin_t *ht_slab_fold_lock(void) { return &fold_lock; }
+
+static void bind(struct ht_region *r, struct ht_slab_ref *ref, struct ht_slab_header *s)
+{
+	uint32_t n = r->hdr->slab_entries;
+	ref->slab = s;
+	ref->entries = (struct ht_slab_entry *)(s + 1);
+	ref->mask = n - 1;
+	ref->used = 0;
+	ref->limit = n - n / 4;
+}
+
+static void clear_entries(struct ht_region *r, struct ht_slab_header *s)
+{
+	struct ht_slab_entry *e = (struct ht_slab_entry *)(s + 1);
+	for (uint32_t i = 0; i < r->hdr->slab_entries; i++) {
+		if (!e[i].stack_id)
+			continue;
+		st_relaxed(&e[i].stack_id, 0);
+		e[i].c = (struct ht_counters){0, 0, 0, 0, 0};
+	}
+	s->used = 0;
+}
+
+static void shared_add(struct ht_region *r, uint32_t id, const struct ht_counters *c)
+{
+	struct ht_counters *d = &r->shared[id];
+	if (c->alloc_objects) add_relaxed(&d->alloc_objects, c->alloc_objects);
+	if (c->alloc_bytes)   add_relaxed(&d->alloc_bytes, c->alloc_bytes);
+	if (c->free_objects)  add_relaxed(&d->free_objects, c->free_objects);
+	if (c->free_bytes)    add_relaxed(&d->free_bytes, c->free_bytes);
+	if (c->samples)       add_relaxed(&d->samples, c->samples);
+}
+
+/* Moves a RETIRED slab's counts into the shared table and empties it. */
+static void fold(struct ht_region *r, struct ht_slab_header *s)
+{
+	struct ht_header *h = r->hdr;
+	ht_spin_lock(&fold_lock);
+	/* Seqlock writer: seq odd before any change a reader could see... */
+	uint64_t seq = ld_relaxed(&h->seq);
+	st_relaxed(&h->seq, seq + 1);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	struct ht_slab_entry *e = (struct ht_slab_entry *)(s + 1);
+	for (uint32_t i = 0; i < h->slab_entries; i++) {
+		uint32_t id = ld_relaxed(&e[i].stack_id);
+		if (id && id < h->stacks.capacity)
+			shared_add(r, id, &e[i].c);
+	}
+	clear_entries(r, s);
+	/* ...and even again after the last: a reader whose reads overlapped sees it changed. */
+	st_release(&h->seq, seq + 2);
+	ht_spin_unlock(&fold_lock);
+	add_relaxed(&h->slab_folds, 1);
+	s->reuse++;
+}
+
+HT_HIDDEN int ht_slab_acquire(struct ht_region *r, struct ht_slab_ref *ref, uint32_t tid)
+{
+	struct ht_header *h = r->hdr;
+	uint32_t n = h->slabs.capacity;
+	/* Prefer a never-used or cleanly FREE slab, lowest index first, so the section's
+	 * backing store grows from the front. */
+	for (uint32_t i = 0; i < n; i++) {
+		struct ht_slab_header *s = (struct ht_slab_header *)ht_slab_at(r, i);
+		if (i >= ld_relaxed(&r->reserved_slabs) && ht_region_reserve_slabs(r, (uint64_t)i + 1) < 0) {
+			ht_drop(r, HT_DROP_RESERVE_FAILED);
+			break;
+		}
+		uint32_t st = HT_SLAB_FREE;
+		if (ld_relaxed(&s->state) == HT_SLAB_FREE &&
+		    __atomic_compare_exchange_n(&s->state, &st, HT_SLAB_ACTIVE, 0, __ATOMIC_ACQ_REL,
+						__ATOMIC_RELAXED)) {
+			s->tid = tid;
+			s->acquired_ns = ht_now_ns();
+			bind(r, ref, s);
+			return 0;
+		}
+	}
+	for (uint32_t i = 0; i < n && i < ld_relaxed(&r->reserved_slabs); i++) {
+		struct ht_slab_header *s = (struct ht_slab_header *)ht_slab_at(r, i);
+		uint32_t st = HT_SLAB_RETIRED;
+		if (ld_relaxed(&s->state) == HT_SLAB_RETIRED &&
+		    __atomic_compare_exchange_n(&s->state, &st, HT_SLAB_FOLDING, 0, __ATOMIC_ACQ_REL,
+						__ATOMIC_RELAXED)) {
+			fold(r, s);
+			s->tid = tid;
+			s->acquired_ns = ht_now_ns();
+			st_release(&s->state, HT_SLAB_ACTIVE);
+			bind(r, ref, s);
+			return 0;
+		}
+	}
+	ht_drop(r, HT_DROP_NO_SLAB);
+	ref->slab = NULL;
+	return -1;
+}
+
+HT_HIDDEN void ht_slab_retire(struct ht_region *r, struct ht_slab_ref *ref)
+{
+	(void)r;
+	if (!ref->slab)
+		return;
+	/* release: the thread's last counter stores are visible before the slab can be
+	 * folded by another thread. */
+	st_release(&ref->slab->state, HT_SLAB_RETIRED);
+	ref->slab = NULL;
+}
+
+/* Finds (or makes) the slab entry of stack id; NULL when the slab is full or absent. */
+static inline struct ht_slab_entry *entry_for(struct ht_slab_ref *ref, uint32_t id)
+{
+	if (!ref->slab)
+		return NULL;
+	uint32_t i = ht_slab_slot(id, ref->mask + 1);
+	for (;;) {
+		struct ht_slab_entry *e = &ref->entries[i];
+		uint32_t cur = e->stack_id;   /* only this thread writes it */
+		if (cur == id)
+			return e;
+		if (cur == HT_STACK_NONE) {
+			if (ref->used >= ref->limit)
+				return NULL;
+			ref->used++;
+			st_relaxed(&ref->slab->used, ref->used);
+			return e; /* stack_id still 0: the caller publishes it */
+		}
+		i = (i + 1) & ref->mask;
+	}
+}
+
+static void count(struct ht_region *r, struct ht_slab_ref *ref, uint32_t id,
+		  const struct ht_counters *c)
+{
+	struct ht_slab_entry *e = entry_for(ref, id);
+	if (HT_UNLIKELY(!e)) {
+		if (ref->slab)
+			ht_drop(r, HT_DROP_SLAB_FULL);
+		shared_add(r, id, c);
+		return;
+	}
+	/* Single writer: plain load, relaxed store of each aligned 64-bit counter. */
+	st_relaxed(&e->c.alloc_objects, e->c.alloc_objects + c->alloc_objects);
+	st_relaxed(&e->c.alloc_bytes, e->c.alloc_bytes + c->alloc_bytes);
+	st_relaxed(&e->c.free_objects, e->c.free_objects + c->free_objects);
+	st_relaxed(&e->c.free_bytes, e->c.free_bytes + c->free_bytes);
+	st_relaxed(&e->c.samples, e->c.samples + c->samples);
+	if (HT_UNLIKELY(e->stack_id == HT_STACK_NONE))
+		/* release: a reader that sees the id sees the counters written above. */
+		st_release(&e->stack_id, id);
+}
+
+HT_HIDDEN void ht_count_alloc(struct ht_region *r, struct ht_slab_ref *ref, uint32_t id,
+			      uint64_t objects, uint64_t bytes)
+{
+	struct ht_counters c = {objects, bytes, 0, 0, 1};
+	count(r, ref, id, &c);
+}
+
+HT_HIDDEN void ht_count_free(struct ht_region *r, struct ht_slab_ref *ref, uint32_t id,
+			     uint64_t objects, uint64_t bytes)
+{
+	struct ht_counters c = {0, 0, objects, bytes, 0};
+	count(r, ref, id, &c);
+}

@@ -1,0 +1,423 @@
+/* The core without LD_PRELOAD: records through ht_core_record with known stacks, reads the
+ * region back with the sidecar's reader (src/addon/reader.c), and compares. The core is
+ * process-global, so each case runs in a forked child with its own configuration. */
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "ctest.h"
+#include "core.h"
+#include "live.h"
+#include "reader.h"
+
+static char dir[64];
+
+static void core_up(uint64_t rate, uint32_t max_stacks, uint32_t max_threads, uint32_t slab_entries)
+{
+	struct ht_config c;
+	ht_config_defaults(&c);
+	c.rate = rate;
+	c.seed = 12345;
+	c.max_stacks = max_stacks;
+	c.max_threads = max_threads;
+	c.slab_entries = slab_entries;
+	strcpy(c.dir, dir);
+	char err[256] = "";
+	CHECK(ht_core_init(&c, 0, err, sizeof err) == 0, "init: %s", err);
+}
+
+static int read_region(struct htr_snapshot *s)
+{
+	struct htr_error e;
+	int rc = htr_read_path(ht_g.region.path, 0, s, &e);
+	CHECK(rc == 0, "read %s: %s", ht_g.region.path, e.msg);
+	return rc;
+}
+
+/* Index of stack id in the snapshot's counters, or -1. */
+static int row(const struct htr_snapshot *s, uint32_t id)
+{
+	for (uint32_t i = 0; i < s->counters.count; i++)
+		if (s->counters.ids[i] == id)
+			return (int)i;
+	return -1;
+}
+
+static int run_child(void (*fn)(void))
+{
+	fflush(stderr);
+	pid_t p = fork();
+	if (p == 0) {
+		fn();
+		_exit(ct_failures ? 1 : 0);
+	}
+	int st = 0;
+	waitpid(p, &st, 0);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+#define CHILD_CASE(name) \
+	static void name##_body(void); \
+	static void name(void) { int rc = run_child(name##_body); CHECK(rc == 0, "child exit %d", rc); } \
+	static void name##_body(void)
+
+static uint64_t stack_a[] = { 0x401000, 0x402000, 0x403000 };
+static uint64_t stack_b[] = { 0x501000, 0x502000 };
+#define PTR(i) ((void *)(uintptr_t)(0x10000000u + (uintptr_t)(i) * 64u))
+
+CHILD_CASE(exact_mode_counts_every_allocation_and_free_per_stack)
+{
+	core_up(1, 1024, 8, 1024);
+	uint32_t a = 0, b = 0;
+	for (int i = 0; i < 1000; i++)
+		a = ht_core_record(PTR(i), 100, stack_a, 3, 0);
+	for (int i = 0; i < 500; i++)
+		b = ht_core_record(PTR(1000 + i), 1000, stack_b, 2, 0);
+	for (int i = 0; i < 400; i++)
+		ht_core_free(PTR(i));
+	ht_core_free(PTR(99999)); /* never allocated: no effect */
+	CHECK(a >= HT_STACK_FIRST && b >= HT_STACK_FIRST && a != b, "ids %u %u", a, b);
+	CHECK(ht_core_record(PTR(5000), 1, stack_a, 3, 0) == a, "same stack, same id");
+
+	struct htr_snapshot s;
+	if (read_region(&s))
+		return;
+	int ra = row(&s, a), rb = row(&s, b);
+	CHECK(ra >= 0 && rb >= 0, "rows");
+	if (ra < 0 || rb < 0)
+		return;
+	CHECK(s.counters.alloc_bytes[ra] == 100001, "a alloc bytes %llu", (unsigned long long)s.counters.alloc_bytes[ra]);
+	CHECK(s.counters.alloc_objects[ra] == 1001 * HT_OBJ_ONE, "a alloc objects");
+	CHECK(s.counters.free_bytes[ra] == 40000, "a free bytes %llu", (unsigned long long)s.counters.free_bytes[ra]);
+	CHECK(s.counters.free_objects[ra] == 400 * HT_OBJ_ONE, "a free objects");
+	CHECK(s.counters.samples[ra] == 1001, "a samples");
+	CHECK(s.counters.alloc_bytes[rb] == 500000 && s.counters.free_bytes[rb] == 0, "b");
+	/* The stack's frames come back as recorded. */
+	int found = 0;
+	for (uint32_t i = 0; i < s.stacks.count; i++)
+		if (s.stacks.ids[i] == a) {
+			found = 1;
+			CHECK(s.stacks.depths[i] == 3 &&
+			      !memcmp(&s.stacks.frames[s.stacks.frame_start[i]], stack_a, sizeof stack_a),
+			      "frames of a");
+		}
+	CHECK(found, "stack a listed");
+	CHECK(s.live.state == HT_STATE_RUNNING && s.alive == 1, "running, alive");
+	CHECK(s.hdr.pid == getpid() && s.hdr.sample_rate == 1 && (s.hdr.flags & HT_FLAG_EXACT), "header");
+	CHECK(s.module_count > 0, "modules scanned");
+	htr_snapshot_free(&s);
+}
+
+CHILD_CASE(counts_bytes_under_the_overflow_stack_when_the_table_is_full)
+{
+	core_up(1, 16, 8, 1024);
+	uint64_t total = 0;
+	for (int i = 0; i < 100; i++) {
+		uint64_t pcs[2] = { 0x700000 + (uint64_t)i * 16, 0x800000 };
+		ht_core_record(PTR(i), 1000 + (size_t)i, pcs, 2, 0);
+		total += 1000 + (uint64_t)i;
+	}
+	struct htr_snapshot s;
+	if (read_region(&s))
+		return;
+	uint64_t sum = 0;
+	for (uint32_t i = 0; i < s.counters.count; i++)
+		sum += s.counters.alloc_bytes[i];
+	CHECK(sum == total, "no bytes lost: %llu vs %llu", (unsigned long long)sum, (unsigned long long)total);
+	int ro = row(&s, HT_STACK_OVERFLOW);
+	CHECK(ro >= 0 && s.counters.alloc_bytes[ro] > 0, "overflow stack has bytes");
+	CHECK(s.live.drops[HT_DROP_STACKS_FULL] > 0, "drop counter says why");
+	htr_snapshot_free(&s);
+}
+
+CHILD_CASE(spills_to_the_shared_table_when_a_slab_is_full)
+{
+	core_up(1, 1024, 8, 16); /* 16 entries, full at 12 */
+	uint64_t total = 0;
+	uint32_t ids[50];
+	for (int i = 0; i < 50; i++) {
+		uint64_t pcs[1] = { 0x900000 + (uint64_t)i * 16 };
+		for (int j = 0; j < 3; j++) {
+			ids[i] = ht_core_record(PTR(i * 3 + j), 64, pcs, 1, 0);
+			total += 64;
+		}
+	}
+	struct htr_snapshot s;
+	if (read_region(&s))
+		return;
+	uint64_t sum = 0;
+	for (int i = 0; i < 50; i++) {
+		int r = row(&s, ids[i]);
+		CHECK(r >= 0 && s.counters.alloc_bytes[r] == 192, "stack %d: exact per stack", i);
+		if (r >= 0)
+			sum += s.counters.alloc_bytes[r];
+	}
+	CHECK(sum == total, "total");
+	CHECK(s.live.drops[HT_DROP_SLAB_FULL] > 0, "slab-full counted");
+	htr_snapshot_free(&s);
+}
+
+/* ---- slab reuse while a reader reads ---- */
+
+#define NSTACKS 8
+static volatile int stop_reader;
+static int reader_errors;
+static uint64_t reader_snaps;
+
+static void *thread_body(void *arg)
+{
+	uintptr_t k = (uintptr_t)arg;
+	for (int i = 0; i < 100; i++) {
+		uint64_t pcs[2] = { 0xA00000 + (uint64_t)(i % NSTACKS) * 16, 0xB00000 };
+		ht_core_record(PTR(k * 1000 + (uintptr_t)i), 10, pcs, 2, 0);
+	}
+	for (int i = 0; i < 50; i++)
+		ht_core_free(PTR(k * 1000 + (uintptr_t)i));
+	return NULL;
+}
+
+static void *reader_body(void *unused)
+{
+	(void)unused;
+	uint64_t last_alloc[1024] = {0}, last_free[1024] = {0};
+	while (!stop_reader) {
+		struct htr_snapshot s;
+		struct htr_error e;
+		if (htr_read_path(ht_g.region.path, 0, &s, &e) < 0) {
+			if (e.kind != HTR_E_BUSY && e.kind != HTR_E_NOT_READY) {
+				fprintf(stderr, "reader: %s\n", e.msg);
+				reader_errors++;
+			}
+			continue;
+		}
+		for (uint32_t i = 0; i < s.counters.count; i++) {
+			uint32_t id = s.counters.ids[i];
+			if (id >= 1024)
+				continue;
+			/* Counters only grow: a fold counted twice, then once, would show as a drop;
+			 * one counted zero times would too. */
+			if (s.counters.alloc_bytes[i] < last_alloc[id] || s.counters.free_bytes[i] < last_free[id]) {
+				fprintf(stderr, "stack %u went down: alloc %llu -> %llu, free %llu -> %llu\n", id,
+					(unsigned long long)last_alloc[id], (unsigned long long)s.counters.alloc_bytes[i],
+					(unsigned long long)last_free[id], (unsigned long long)s.counters.free_bytes[i]);
+				reader_errors++;
+			}
+			last_alloc[id] = s.counters.alloc_bytes[i];
+			last_free[id] = s.counters.free_bytes[i];
+		}
+		reader_snaps++;
+		htr_snapshot_free(&s);
+	}
+	return NULL;
+}
+
+CHILD_CASE(reuses_slabs_of_exited_threads_without_losing_or_double_counting)
+{
+	core_up(1, 1024, 4, 64); /* 4 slabs: most threads fold a retired one */
+	uint64_t pcs[1] = { 0xC00000 };
+	ht_core_record(PTR(999999), 1, pcs, 1, 0); /* makes the region */
+	pthread_t rd;
+	pthread_create(&rd, NULL, reader_body, NULL);
+	const int nthreads = 400;
+	for (int k = 0; k < nthreads; k += 3) {
+		pthread_t t[3];
+		for (int j = 0; j < 3; j++)
+			pthread_create(&t[j], NULL, thread_body, (void *)(uintptr_t)(k + j + 1));
+		for (int j = 0; j < 3; j++)
+			pthread_join(t[j], NULL);
+	}
+	stop_reader = 1;
+	pthread_join(rd, NULL);
+	CHECK(reader_errors == 0, "%d reader errors", reader_errors);
+	CHECK(reader_snaps > 10, "reader ran (%llu snapshots)", (unsigned long long)reader_snaps);
+
+	struct htr_snapshot s;
+	if (read_region(&s))
+		return;
+	int threads = ((nthreads + 2) / 3) * 3;
+	uint64_t alloc = 0, freed = 0;
+	for (uint32_t i = 0; i < s.counters.count; i++) {
+		if (s.counters.ids[i] == HT_STACK_OVERFLOW)
+			continue;
+		alloc += s.counters.alloc_bytes[i];
+		freed += s.counters.free_bytes[i];
+	}
+	CHECK(alloc == (uint64_t)threads * 100 * 10 + 1, "alloc %llu", (unsigned long long)alloc);
+	CHECK(freed == (uint64_t)threads * 50 * 10, "free %llu", (unsigned long long)freed);
+	CHECK(s.live.slab_folds > 0, "slabs were folded (%llu)", (unsigned long long)s.live.slab_folds);
+	htr_snapshot_free(&s);
+}
+
+CHILD_CASE(live_table_grows_and_frees_every_entry)
+{
+	core_up(1, 1024, 8, 1024);
+	uint64_t pcs[1] = { 0xD00000 };
+	const int n = 200000; /* well past the first generation (4096) */
+	for (int i = 0; i < n; i++)
+		ht_core_record(PTR(i), 8, pcs, 1, 0);
+	CHECK(ht_live_count() == (uint64_t)n, "live %llu", (unsigned long long)ht_live_count());
+	for (int i = 0; i < n; i++)
+		ht_core_free(PTR(i));
+	CHECK(ht_live_count() == 0, "all freed");
+	int any = 0;
+	for (int i = 0; i < n; i++)
+		any |= ht_live_maybe(PTR(i));
+	CHECK(!any, "filter back to empty");
+	struct htr_snapshot s;
+	if (read_region(&s))
+		return;
+	int r = row(&s, s.counters.count ? s.counters.ids[0] : 0);
+	CHECK(r >= 0 && s.counters.alloc_bytes[r] == (uint64_t)n * 8 &&
+	      s.counters.free_bytes[r] == (uint64_t)n * 8, "in-use 0");
+	CHECK(s.live.drops[HT_DROP_LIVE_FULL] == 0, "no live drops");
+	htr_snapshot_free(&s);
+}
+
+CHILD_CASE(a_fork_child_writes_its_own_region_and_ignores_the_parents_frees)
+{
+	core_up(1, 1024, 8, 1024);
+	for (int i = 0; i < 10; i++)
+		ht_core_record(PTR(i), 100, stack_a, 3, 0);
+	char parent_path[sizeof ht_g.region.path];
+	strcpy(parent_path, ht_g.region.path);
+	/* What the atfork handlers do in a real fork, here in the same process. */
+	ht_core_fork_prepare();
+	ht_core_fork_child();
+	for (int i = 0; i < 10; i++)
+		ht_core_free(PTR(i));  /* the parent's allocations */
+	ht_core_record(PTR(100), 7, stack_b, 2, 0);
+	CHECK(strcmp(parent_path, ht_g.region.path) != 0, "a new region");
+	struct htr_snapshot s;
+	if (read_region(&s))
+		return;
+	CHECK(s.hdr.flags & HT_FLAG_FORK_CHILD, "marked as a fork child");
+	uint64_t freed = 0, alloc = 0;
+	for (uint32_t i = 0; i < s.counters.count; i++) {
+		freed += s.counters.free_bytes[i];
+		alloc += s.counters.alloc_bytes[i];
+	}
+	CHECK(freed == 0 && alloc == 7, "child counts only its own: alloc %llu free %llu",
+	      (unsigned long long)alloc, (unsigned long long)freed);
+	htr_snapshot_free(&s);
+	struct htr_error e;
+	CHECK(htr_read_path(parent_path, 0, &s, &e) == 0, "parent region intact: %s", e.msg);
+	uint64_t palloc = 0;
+	for (uint32_t i = 0; i < s.counters.count; i++)
+		palloc += s.counters.alloc_bytes[i];
+	CHECK(palloc == 1000, "parent region untouched by the child: %llu", (unsigned long long)palloc);
+	htr_snapshot_free(&s);
+}
+
+CHILD_CASE(a_sample_point_hit_inside_heaptap_redraws_instead_of_sampling)
+{
+	core_up(524288, 1024, 8, 1024);
+	ht_core_record(PTR(0), 1u << 30, stack_a, 3, 0); /* sets the thread and region up */
+	ht_self.countdown = 0;
+	ht_self.busy = 1;
+	ht_core_alloc(PTR(1), 100);
+	ht_self.busy = 0;
+	CHECK(ht_self.countdown > 0, "interval redrawn");
+	struct htr_snapshot s;
+	if (read_region(&s))
+		return;
+	CHECK(s.live.drops[HT_DROP_RECURSION] == 1, "recursion counted");
+	uint64_t samples = 0;
+	for (uint32_t i = 0; i < s.counters.count; i++)
+		samples += s.counters.samples[i];
+	CHECK(samples == 1, "only the first allocation sampled: %llu", (unsigned long long)samples);
+	htr_snapshot_free(&s);
+}
+
+CHILD_CASE(the_control_area_pauses_and_changes_the_rate)
+{
+	core_up(1, 1024, 8, 1024);
+	ht_core_record(PTR(0), 10, stack_a, 3, 0);
+	struct htr_error e;
+	CHECK(htr_write_control(ht_g.region.path, 1, 1, 0, 0, &e) == 0, "%s", e.msg);
+	for (int i = 1; i <= 5; i++)
+		CHECK(ht_core_record(PTR(i), 10, stack_a, 3, 0) == 0, "paused: not sampled");
+	CHECK(htr_write_control(ht_g.region.path, 1, 0, 1, 4096, &e) == 0, "%s", e.msg);
+	struct htr_snapshot s;
+	ht_core_record(PTR(6), 1u << 20, stack_a, 3, 0);
+	if (read_region(&s))
+		return;
+	CHECK(s.live.drops[HT_DROP_PAUSED] == 5, "paused samples %llu", (unsigned long long)s.live.drops[HT_DROP_PAUSED]);
+	CHECK(s.live.rate_now == 4096 && s.live.paused_now == 0, "rate acknowledged: %llu",
+	      (unsigned long long)s.live.rate_now);
+	htr_snapshot_free(&s);
+}
+
+CHILD_CASE(an_unwritable_directory_is_a_clear_error)
+{
+	struct ht_config c;
+	ht_config_defaults(&c);
+	strcpy(c.dir, "/proc/heaptap-cannot-exist");
+	char err[256] = "";
+	CHECK(ht_core_init(&c, 0, err, sizeof err) < 0, "init fails");
+	CHECK(strstr(err, "/proc/heaptap-cannot-exist") != NULL, "message names the dir: %s", err);
+}
+
+CHILD_CASE(region_files_are_private_unless_a_mode_is_given)
+{
+	setenv("HEAPTAP_FILE_MODE", "0640", 1);
+	struct ht_config c;
+	ht_config_defaults(&c);
+	char err[256] = "";
+	CHECK(ht_config_from_env(&c, err, sizeof err) == 0, "%s", err);
+	CHECK(c.file_mode == 0640, "mode parsed");
+	c.rate = 1;
+	strcpy(c.dir, dir);
+	CHECK(ht_core_init(&c, 0, err, sizeof err) == 0, "%s", err);
+	ht_core_record(PTR(0), 10, stack_a, 3, 0);
+	struct stat st;
+	CHECK(stat(ht_g.region.path, &st) == 0 && (st.st_mode & 0777) == 0640, "mode %o", st.st_mode & 0777);
+	setenv("HEAPTAP_FILE_MODE", "0777", 1);
+	CHECK(ht_config_from_env(&c, err, sizeof err) < 0 && strstr(err, "HEAPTAP_FILE_MODE"), "0777 refused: %s", err);
+	setenv("HEAPTAP_FILE_MODE", "0640", 1);
+	setenv("HEAPTAP_SAMPLE_RATE", "12k", 1);
+	CHECK(ht_config_from_env(&c, err, sizeof err) == 0 && c.rate == 12288, "12k");
+	setenv("HEAPTAP_SAMPLE_RATE", "-1", 1);
+	CHECK(ht_config_from_env(&c, err, sizeof err) < 0 && strstr(err, "HEAPTAP_SAMPLE_RATE"), "-1 refused");
+}
+
+static void cleanup(void)
+{
+	DIR *d = opendir(dir);
+	if (!d)
+		return;
+	struct dirent *e;
+	char p[512];
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.' || strlen(e->d_name) > 2) {
+			snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+			unlink(p);
+		}
+	closedir(d);
+	rmdir(dir);
+}
+
+static const struct ct_case cases[] = {
+	CT_CASE(exact_mode_counts_every_allocation_and_free_per_stack),
+	CT_CASE(counts_bytes_under_the_overflow_stack_when_the_table_is_full),
+	CT_CASE(spills_to_the_shared_table_when_a_slab_is_full),
+	CT_CASE(reuses_slabs_of_exited_threads_without_losing_or_double_counting),
+	CT_CASE(live_table_grows_and_frees_every_entry),
+	CT_CASE(a_fork_child_writes_its_own_region_and_ignores_the_parents_frees),
+	CT_CASE(a_sample_point_hit_inside_heaptap_redraws_instead_of_sampling),
+	CT_CASE(the_control_area_pauses_and_changes_the_rate),
+	CT_CASE(an_unwritable_directory_is_a_clear_error),
+	CT_CASE(region_files_are_private_unless_a_mode_is_given),
+};
+
+int main(void)
+{
+	strcpy(dir, "/tmp/heaptap-test-core-XXXXXX");
+	if (!mkdtemp(dir))
+		return 2;
+	int rc = ct_run(__FILE__, cases, (int)(sizeof cases / sizeof cases[0]));
+	cleanup();
+	return rc;
+}
