@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Properties of the built libheaptap.so that users rely on when they copy it into an
+# application container: what it links, what it exports, how it uses TLS, and that bad
+# configuration never changes the program's behaviour.
+set -u
+cd "$(dirname "$0")/.."
+B=${B:-build}
+SO=$PWD/$B/libheaptap.so
+FIX=../test/fixtures/build
+make -s -C ../test/fixtures >/dev/null || { echo "cannot build fixtures"; exit 1; }
+pass=0; fail=0
+ok()  { pass=$((pass+1)); echo "  ok   $1"; }
+bad() { fail=$((fail+1)); echo "  FAIL $1"; }
+check() { if eval "$2"; then ok "$1"; else bad "$1"; fi; }
+
+needed=$(readelf -d "$SO" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')
+check "needs nothing beyond glibc at run time ($needed)" \
+  '[ -z "$(echo $needed | tr " " "\n" | grep -Ev "^(libc|libm|libdl|libpthread|librt)\.so\.[0-9]+$|^ld-linux")" ]'
+
+exports=$(nm -D --defined-only "$SO" | awk '{print $3}' | sort | tr '\n' ' ')
+want="aligned_alloc calloc free malloc malloc_usable_size memalign posix_memalign pvalloc realloc reallocarray valloc "
+check "exports exactly the allocator API (got: $exports)" '[ "$exports" = "$want" ]'
+
+# Static TLS only: initial-exec TLS shows as R_X86_64_TPOFF64; general/local-dynamic TLS
+# would need DTPMOD64/DTPOFF64 and calls to __tls_get_addr.
+check "uses initial-exec TLS only (no DTPMOD/DTPOFF relocations)" \
+  '! readelf -r "$SO" | grep -qE "DTPMOD|DTPOFF"'
+check "never calls __tls_get_addr (a preloaded trap that aborts stays silent)" \
+  'LD_PRELOAD="$PWD/$FIX/libtls_abort.so $SO" HEAPTAP_DIR=$(mktemp -d) HEAPTAP_SAMPLE_RATE=1 $FIX/churn --mib 1 --leak-mib 1 >/dev/null 2>&1'
+
+# Debian 12 ships glibc 2.36; containers with glibc >= 2.34 (Ubuntu 22.04, RHEL 9, Debian
+# 12) can load the library. Newer symbol versions would silently narrow that.
+maxv=$(objdump -T "$SO" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
+check "requires glibc <= 2.34 (requires $maxv)" '[ "$(printf "%s\n2.34\n" "$maxv" | sort -V | tail -1)" = "2.34" ]'
+
+# Bad configuration: one line on stderr starting "heaptap:", same stdout, same exit code.
+ref_out=$($FIX/forker 2>/dev/null | grep -c role); ref_rc=$?
+for cfg in "HEAPTAP_SAMPLE_RATE=abc" "HEAPTAP_SAMPLE_RATE=0" "HEAPTAP_MAX_DEPTH=100000" \
+           "HEAPTAP_DIR=/proc/heaptap-no" "HEAPTAP_DIR=relative" "HEAPTAP_UNWINDER=magic" \
+           "HEAPTAP_FILE_MODE=0777" "HEAPTAP_FOLLOW_CHILDREN=maybe"; do
+  err=$(mktemp)
+  out=$(env "$cfg" LD_PRELOAD="$SO" $FIX/forker 2>"$err" | grep -c role); rc=$?
+  # forker is two process images (the parent, and the image its fork child execs); the
+  # fork child inherits the parent's verdict. One line from each image, nothing else.
+  lines=$(wc -l <"$err"); others=$(grep -vc '^heaptap: ' "$err")
+  check "$cfg: program runs on unprofiled, says so once per image" \
+    '[ "$out" = "$ref_out" ] && [ $rc = $ref_rc ] && [ "$lines" = 2 ] && [ "$others" = 0 ]'
+  rm -f "$err"
+done
+
+echo "test_library.sh: $pass passed, $fail failed"
+[ $fail = 0 ]
