@@ -1,0 +1,997 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * heaptap region reader. See reader.h for the contract and heaptap_region.h for the layout
+ * and the reader protocol this file follows.
+ *
+ * Conventions in this file:
+ * - Geometry (section offsets, sizes, capacities) comes only from r->hdr, the copy that
+ *   validate_header() checked. The mapping is used for live words and table contents.
+ * - Every uint64 sum or product of values from the file is checked for overflow before use.
+ * - Every shared word is loaded with __atomic_load_n: ACQUIRE where the layout says the
+ *   word publishes other data (seq, slab state, entry stack id, stack flags, module state,
+ *   stacks_used), RELAXED for counters and for fields published by such a word.
+ */
+#define _GNU_SOURCE
+#include "reader.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define OPEN_FLAGS (O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+
+static const char *const drop_names[HT_DROP_COUNT] = {
+	[HT_DROP_STACKS_FULL] = "stacks_full",
+	[HT_DROP_FRAMES_FULL] = "frames_full",
+	[HT_DROP_SLAB_FULL] = "slab_full",
+	[HT_DROP_NO_SLAB] = "no_slab",
+	[HT_DROP_LIVE_FULL] = "live_full",
+	[HT_DROP_RECURSION] = "recursion",
+	[HT_DROP_TRUNCATED] = "truncated",
+	[HT_DROP_BOOTSTRAP] = "bootstrap",
+	[HT_DROP_MODULES_FULL] = "modules_full",
+	[HT_DROP_RESERVE_FAILED] = "reserve_failed",
+	[HT_DROP_PAUSED] = "paused",
+};
+
+const char *htr_drop_name(unsigned reason)
+{
+	return reason < HT_DROP_COUNT ? drop_names[reason] : NULL;
+}
+
+const char *htr_state_name(unsigned state)
+{
+	static const char *const names[] = {"init", "running", "exited"};
+	return state < sizeof names / sizeof names[0] ? names[state] : NULL;
+}
+
+const char *htr_module_state_name(unsigned s)
+{
+	static const char *const names[] = {"empty", "loaded", "unloaded"};
+	return s < sizeof names / sizeof names[0] ? names[s] : NULL;
+}
+
+const char *htr_unwinder_name(unsigned u)
+{
+	static const char *const names[] = {"unknown", "dwarf", "fp"};
+	return u < sizeof names / sizeof names[0] ? names[u] : NULL;
+}
+
+uint32_t htr_host_arch(void)
+{
+#if defined(__x86_64__)
+	return 62;
+#elif defined(__aarch64__)
+	return 183;
+#else
+	return 0;
+#endif
+}
+
+static int fail(struct htr_error *err, int kind, int errnum, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int fail(struct htr_error *err, int kind, int errnum, const char *fmt, ...)
+{
+	if (err) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+		va_end(ap);
+		err->kind = kind;
+		err->errnum = errnum;
+	}
+	return -1;
+}
+
+static int fail_errno(struct htr_error *err, const char *what)
+{
+	int e = errno;
+	return fail(err, HTR_E_IO, e, "%s: %s", what, strerror(e));
+}
+
+static void ok(struct htr_error *err)
+{
+	if (err) {
+		err->kind = HTR_OK;
+		err->errnum = 0;
+		err->msg[0] = '\0';
+	}
+}
+
+/* ---- atomic loads from the mapping ------------------------------------------------- */
+
+static inline uint64_t ld64(const unsigned char *p)
+{
+	return __atomic_load_n((const uint64_t *)(const void *)p, __ATOMIC_RELAXED);
+}
+
+static inline uint32_t ld32(const unsigned char *p)
+{
+	return __atomic_load_n((const uint32_t *)(const void *)p, __ATOMIC_RELAXED);
+}
+
+static inline uint32_t ld32_acq(const unsigned char *p)
+{
+	return __atomic_load_n((const uint32_t *)(const void *)p, __ATOMIC_ACQUIRE);
+}
+
+static inline uint64_t ld64_acq(const unsigned char *p)
+{
+	return __atomic_load_n((const uint64_t *)(const void *)p, __ATOMIC_ACQUIRE);
+}
+
+#define HDR_FIELD(map, field) ((map) + offsetof(struct ht_header, field))
+
+static inline uint64_t add_sat(uint64_t a, uint64_t b)
+{
+	uint64_t s;
+	return __builtin_add_overflow(a, b, &s) ? UINT64_MAX : s;
+}
+
+static inline int is_pow2(uint64_t v)
+{
+	return v != 0 && (v & (v - 1)) == 0;
+}
+
+/* ---- header validation -------------------------------------------------------------- */
+
+struct named_section {
+	const char *name;
+	const struct ht_section *s;
+};
+
+static int check_section(const char *name, const struct ht_section *s, uint64_t file_bytes,
+			 struct htr_error *err)
+{
+	uint64_t end;
+	if (s->offset % HT_SECTION_ALIGN != 0)
+		return fail(err, HTR_E_FORMAT, 0,
+			    "%s section offset %llu is not %u-byte aligned", name,
+			    (unsigned long long)s->offset, HT_SECTION_ALIGN);
+	if (s->offset < HT_HEADER_BYTES)
+		return fail(err, HTR_E_FORMAT, 0,
+			    "%s section offset %llu lies inside the header (first %u bytes)", name,
+			    (unsigned long long)s->offset, HT_HEADER_BYTES);
+	if (__builtin_add_overflow(s->offset, s->bytes, &end) || end > file_bytes)
+		return fail(err, HTR_E_FORMAT, 0,
+			    "%s section [%llu, %llu+%llu) extends past end of file (size %llu)",
+			    name, (unsigned long long)s->offset, (unsigned long long)s->offset,
+			    (unsigned long long)s->bytes, (unsigned long long)file_bytes);
+	/* capacity and entry_bytes are uint32: the product fits in uint64 */
+	if ((uint64_t)s->capacity * s->entry_bytes > s->bytes)
+		return fail(err, HTR_E_FORMAT, 0,
+			    "%s section: capacity %u x entry_bytes %u exceeds its %llu bytes", name,
+			    s->capacity, s->entry_bytes, (unsigned long long)s->bytes);
+	return 0;
+}
+
+static int check_entry_bytes(const char *name, const struct ht_section *s, uint32_t want,
+			     struct htr_error *err)
+{
+	if (s->entry_bytes != want)
+		return fail(err, HTR_E_FORMAT, 0, "%s section entry_bytes is %u, expected %u", name,
+			    s->entry_bytes, want);
+	return 0;
+}
+
+/* Checks the identity words (magic, version) of a header copy. */
+static int check_identity(const struct ht_header *h, struct htr_error *err)
+{
+	if (h->magic != HT_MAGIC)
+		return fail(err, HTR_E_FORMAT, 0, "not a heaptap region (magic 0x%016llx)",
+			    (unsigned long long)h->magic);
+	if (h->version > HT_LAYOUT_VERSION)
+		return fail(err, HTR_E_VERSION, 0,
+			    "region has newer layout version %u; this reader knows version %u "
+			    "(upgrade the heaptap sidecar)",
+			    h->version, HT_LAYOUT_VERSION);
+	if (h->version != HT_LAYOUT_VERSION)
+		return fail(err, HTR_E_VERSION, 0,
+			    "region has unsupported layout version %u; this reader knows version %u",
+			    h->version, HT_LAYOUT_VERSION);
+	return 0;
+}
+
+static int validate_header(const struct ht_header *h, uint64_t st_size, struct htr_error *err)
+{
+	if (check_identity(h, err))
+		return -1;
+	if (h->header_bytes != HT_HEADER_BYTES)
+		return fail(err, HTR_E_FORMAT, 0, "header_bytes is %u, expected %u",
+			    h->header_bytes, HT_HEADER_BYTES);
+	if (h->file_bytes > st_size)
+		return fail(err, HTR_E_FORMAT, 0,
+			    "header says the file is %llu bytes but it is only %llu bytes",
+			    (unsigned long long)h->file_bytes, (unsigned long long)st_size);
+	if (h->file_bytes < HT_HEADER_BYTES)
+		return fail(err, HTR_E_FORMAT, 0, "file_bytes %llu is smaller than the header (%u)",
+			    (unsigned long long)h->file_bytes, HT_HEADER_BYTES);
+	if (h->arch != htr_host_arch())
+		return fail(err, HTR_E_FORMAT, 0,
+			    "region was written for ELF machine %u, this reader runs on %u", h->arch,
+			    htr_host_arch());
+	if (h->max_depth > HTR_MAX_DEPTH)
+		return fail(err, HTR_E_FORMAT, 0, "max_depth %u exceeds the reader's limit %u",
+			    h->max_depth, HTR_MAX_DEPTH);
+	if (!is_pow2(h->slab_entries))
+		return fail(err, HTR_E_FORMAT, 0, "slab_entries %u is not a power of two",
+			    h->slab_entries);
+
+	const struct named_section secs[] = {
+		{"modules", &h->modules}, {"paths", &h->paths},   {"stack_index", &h->stack_index},
+		{"stacks", &h->stacks},   {"frames", &h->frames}, {"shared", &h->shared},
+		{"slabs", &h->slabs},
+	};
+	enum { NSECS = sizeof secs / sizeof secs[0] };
+	for (size_t i = 0; i < NSECS; i++)
+		if (check_section(secs[i].name, secs[i].s, h->file_bytes, err))
+			return -1;
+
+	if (check_entry_bytes("modules", &h->modules, sizeof(struct ht_module), err) ||
+	    check_entry_bytes("paths", &h->paths, 1, err) ||
+	    check_entry_bytes("stack_index", &h->stack_index, sizeof(uint32_t), err) ||
+	    check_entry_bytes("stacks", &h->stacks, sizeof(struct ht_stack), err) ||
+	    check_entry_bytes("frames", &h->frames, sizeof(uint64_t), err) ||
+	    check_entry_bytes("shared", &h->shared, sizeof(struct ht_counters), err))
+		return -1;
+	if (!is_pow2(h->stack_index.capacity))
+		return fail(err, HTR_E_FORMAT, 0, "stack_index capacity %u is not a power of two",
+			    h->stack_index.capacity);
+	if (h->stacks.capacity < HT_STACK_FIRST)
+		return fail(err, HTR_E_FORMAT, 0,
+			    "stacks capacity %u leaves no room for the reserved ids 0 and 1",
+			    h->stacks.capacity);
+	uint64_t slab_min = sizeof(struct ht_slab_header) +
+			    (uint64_t)h->slab_entries * sizeof(struct ht_slab_entry);
+	if (h->slabs.entry_bytes < slab_min)
+		return fail(err, HTR_E_FORMAT, 0,
+			    "slabs entry_bytes %u is smaller than a slab of %u entries (%llu bytes)",
+			    h->slabs.entry_bytes, h->slab_entries, (unsigned long long)slab_min);
+	if (h->slabs.entry_bytes % 8 != 0)
+		return fail(err, HTR_E_FORMAT, 0, "slabs entry_bytes %u is not a multiple of 8",
+			    h->slabs.entry_bytes);
+
+	/* No two sections may share a byte. Sort by offset (7 items) and compare neighbours;
+	 * empty sections cannot overlap anything. */
+	struct named_section sorted[NSECS];
+	size_t n = 0;
+	for (size_t i = 0; i < NSECS; i++) {
+		if (secs[i].s->bytes == 0)
+			continue;
+		size_t j = n++;
+		while (j > 0 && sorted[j - 1].s->offset > secs[i].s->offset) {
+			sorted[j] = sorted[j - 1];
+			j--;
+		}
+		sorted[j] = secs[i];
+	}
+	for (size_t i = 1; i < n; i++) {
+		const struct ht_section *a = sorted[i - 1].s, *b = sorted[i].s;
+		if (a->offset + a->bytes > b->offset) /* no overflow: checked above */
+			return fail(err, HTR_E_FORMAT, 0,
+				    "%s section [%llu, %llu) overlaps %s section [%llu, %llu)",
+				    sorted[i - 1].name, (unsigned long long)a->offset,
+				    (unsigned long long)(a->offset + a->bytes), sorted[i].name,
+				    (unsigned long long)b->offset,
+				    (unsigned long long)(b->offset + b->bytes));
+	}
+	return 0;
+}
+
+/* ---- open / close ------------------------------------------------------------------- */
+
+static int open_file(const char *path, int flags, struct stat *st, struct htr_error *err)
+{
+	int fd = open(path, flags | OPEN_FLAGS);
+	if (fd < 0) {
+		int e = errno;
+		if (e == ELOOP)
+			return fail(err, HTR_E_IO, e, "is a symbolic link (regions are not followed "
+						      "through links)");
+		return fail(err, HTR_E_IO, e, "open: %s", strerror(e));
+	}
+	if (fstat(fd, st) != 0) {
+		int rc = fail_errno(err, "fstat");
+		close(fd);
+		return rc;
+	}
+	if (!S_ISREG(st->st_mode)) {
+		close(fd);
+		return fail(err, HTR_E_IO, S_ISDIR(st->st_mode) ? EISDIR : EINVAL, "%s",
+			    S_ISDIR(st->st_mode) ? "is a directory, not a region file"
+						 : "is not a regular file");
+	}
+	if ((uint64_t)st->st_size < HT_HEADER_BYTES) {
+		close(fd);
+		return fail(err, HTR_E_FORMAT, 0,
+			    "file is %llu bytes, smaller than a region header (%u bytes)",
+			    (unsigned long long)st->st_size, HT_HEADER_BYTES);
+	}
+	if ((uint64_t)st->st_size > HTR_MAX_FILE_BYTES) {
+		close(fd);
+		return fail(err, HTR_E_FORMAT, 0,
+			    "file is %llu bytes, larger than the reader's limit (%llu bytes)",
+			    (unsigned long long)st->st_size, (unsigned long long)HTR_MAX_FILE_BYTES);
+	}
+	return fd;
+}
+
+int htr_open(struct htr_region *r, const char *path, struct htr_error *err)
+{
+	struct stat st;
+	memset(r, 0, sizeof *r);
+	r->fd = -1;
+	if (!path || !*path)
+		return fail(err, HTR_E_ARG, 0, "empty path");
+	int fd = open_file(path, O_RDONLY, &st, err);
+	if (fd < 0)
+		return -1;
+	uint64_t size = (uint64_t)st.st_size;
+	void *m = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+	if (m == MAP_FAILED) {
+		int rc = fail_errno(err, "mmap");
+		close(fd);
+		return rc;
+	}
+	r->fd = fd;
+	r->map = m;
+	r->map_bytes = size;
+	r->dev = st.st_dev;
+	r->ino = st.st_ino;
+
+	/* Identity first, so that a stray file says "not a region" rather than "not ready". */
+	struct ht_header id;
+	memcpy(&id, r->map, offsetof(struct ht_header, flags));
+	if (check_identity(&id, err))
+		goto bad;
+	/* RUNNING is stored with release after setup: acquire it before copying the rest. */
+	uint32_t state = ld32_acq(HDR_FIELD(r->map, state));
+	if (state == HT_STATE_INIT) {
+		fail(err, HTR_E_NOT_READY, 0, "region is still being set up (state INIT)");
+		goto bad;
+	}
+	memcpy(&r->hdr, r->map, sizeof r->hdr);
+	if (validate_header(&r->hdr, size, err))
+		goto bad;
+	ok(err);
+	return 0;
+bad:
+	htr_close(r);
+	return -1;
+}
+
+void htr_close(struct htr_region *r)
+{
+	if (r->map)
+		munmap((void *)r->map, r->map_bytes);
+	if (r->fd >= 0)
+		close(r->fd);
+	r->map = NULL;
+	r->map_bytes = 0;
+	r->fd = -1;
+}
+
+void htr_header_strings(const struct ht_header *h, struct htr_strings *out)
+{
+	/* The fields are fixed-size and need not hold a NUL: copy at most size - 1 bytes. */
+	memcpy(out->exe, h->exe, sizeof out->exe - 1);
+	out->exe[sizeof out->exe - 1] = '\0';
+	memcpy(out->cmdline, h->cmdline, sizeof out->cmdline - 1);
+	out->cmdline[sizeof out->cmdline - 1] = '\0';
+	memcpy(out->service, h->service, sizeof out->service - 1);
+	out->service[sizeof out->service - 1] = '\0';
+}
+
+void htr_read_live(const struct htr_region *r, struct htr_live *o)
+{
+	const unsigned char *m = r->map;
+	const unsigned char *c = m + HT_CONTROL_OFFSET;
+	o->state = ld32_acq(HDR_FIELD(m, state));
+	o->paused_now = ld32(HDR_FIELD(m, paused_now));
+	o->exit_ns = ld64(HDR_FIELD(m, exit_ns));
+	o->heartbeat_ns = ld64(HDR_FIELD(m, heartbeat_ns));
+	o->rate_now = ld64(HDR_FIELD(m, rate_now));
+	o->seq = ld64_acq(HDR_FIELD(m, seq));
+	o->stacks_used = ld32_acq(HDR_FIELD(m, stacks_used));
+	o->modules_used = ld32_acq(HDR_FIELD(m, modules_used));
+	o->frames_used = ld64(HDR_FIELD(m, frames_used));
+	o->paths_used = ld64(HDR_FIELD(m, paths_used));
+	o->threads_seen = ld64(HDR_FIELD(m, threads_seen));
+	o->slab_folds = ld64(HDR_FIELD(m, slab_folds));
+	for (unsigned i = 0; i < HT_DROP_SLOTS; i++)
+		o->drops[i] = ld64(HDR_FIELD(m, drops) + i * sizeof(uint64_t));
+	o->control_paused = ld32_acq(c + offsetof(struct ht_control, paused));
+	o->control_rate = ld64(c + offsetof(struct ht_control, rate));
+	o->control_seq = ld64(c + offsetof(struct ht_control, seq));
+}
+
+int htr_alive(const struct htr_region *r, const char *path, int *alive, struct htr_error *err)
+{
+	struct stat st;
+	int fd = open(path, O_RDONLY | OPEN_FLAGS);
+	if (fd < 0)
+		return fail_errno(err, "open (liveness)");
+	if (fstat(fd, &st) != 0) {
+		int rc = fail_errno(err, "fstat (liveness)");
+		close(fd);
+		return rc;
+	}
+	if (st.st_dev != r->dev || st.st_ino != r->ino) {
+		close(fd);
+		return fail(err, HTR_E_IO, ESTALE, "file was replaced while it was being read");
+	}
+	int rc = 0;
+	for (int tries = 0;; tries++) {
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+			/* Nobody holds it: the writer is gone. Let go at once so that we never
+			 * stand in the way of anyone else's lock. */
+			flock(fd, LOCK_UN);
+			*alive = 0;
+			break;
+		}
+		if (errno == EWOULDBLOCK) {
+			*alive = 1;
+			break;
+		}
+		if (errno != EINTR || tries >= 10) {
+			rc = fail_errno(err, "flock (liveness)");
+			break;
+		}
+	}
+	close(fd);
+	return rc;
+}
+
+/* ---- snapshot ----------------------------------------------------------------------- */
+
+/* Per-stack sums while a snapshot is taken: an open-addressed table keyed by stack id, so
+ * that memory follows the ids that actually carry counts, not a capacity from the file. */
+struct acc_slot {
+	uint32_t id;              /* 0: empty */
+	uint32_t pad;
+	struct ht_counters c;
+};
+
+struct acc {
+	struct acc_slot *slots;
+	uint32_t mask;            /* slots - 1; 0 before the first insert */
+	uint32_t count;
+};
+
+static int acc_grow(struct acc *a)
+{
+	uint64_t n = a->slots ? ((uint64_t)a->mask + 1) * 2 : 256;
+	if (n > (1ull << 31))
+		return -1;
+	struct acc_slot *p = calloc(n, sizeof *p);
+	if (!p)
+		return -1;
+	uint32_t mask = (uint32_t)(n - 1);
+	if (a->slots) {
+		for (uint64_t i = 0; i <= a->mask; i++) {
+			if (!a->slots[i].id)
+				continue;
+			uint32_t j = (a->slots[i].id * 0x9E3779B1u) & mask;
+			while (p[j].id)
+				j = (j + 1) & mask;
+			p[j] = a->slots[i];
+		}
+		free(a->slots);
+	}
+	a->slots = p;
+	a->mask = mask;
+	return 0;
+}
+
+/* The totals row of id (!= 0), made zero on first use; NULL when out of memory. */
+static struct ht_counters *acc_row(struct acc *a, uint32_t id)
+{
+	if (!a->slots || (uint64_t)(a->count + 1) * 2 > (uint64_t)a->mask + 1)
+		if (acc_grow(a))
+			return NULL;
+	/* load stays below 1/2, so the probe ends */
+	uint32_t j = (id * 0x9E3779B1u) & a->mask;
+	while (a->slots[j].id && a->slots[j].id != id)
+		j = (j + 1) & a->mask;
+	if (!a->slots[j].id) {
+		a->slots[j].id = id;
+		a->count++;
+	}
+	return &a->slots[j].c;
+}
+
+static void acc_clear(struct acc *a)
+{
+	if (a->slots)
+		memset(a->slots, 0, ((size_t)a->mask + 1) * sizeof *a->slots);
+	a->count = 0;
+}
+
+static int cmp_slot_id(const void *x, const void *y)
+{
+	uint32_t a = ((const struct acc_slot *)x)->id, b = ((const struct acc_slot *)y)->id;
+	return (a > b) - (a < b);
+}
+
+static void add_counters(struct ht_counters *to, const unsigned char *c)
+{
+	to->alloc_objects = add_sat(to->alloc_objects, ld64(c + offsetof(struct ht_counters, alloc_objects)));
+	to->alloc_bytes = add_sat(to->alloc_bytes, ld64(c + offsetof(struct ht_counters, alloc_bytes)));
+	to->free_objects = add_sat(to->free_objects, ld64(c + offsetof(struct ht_counters, free_objects)));
+	to->free_bytes = add_sat(to->free_bytes, ld64(c + offsetof(struct ht_counters, free_bytes)));
+	to->samples = add_sat(to->samples, ld64(c + offsetof(struct ht_counters, samples)));
+}
+
+static int counters_nonzero(const struct ht_counters *c)
+{
+	return (c->alloc_objects | c->alloc_bytes | c->free_objects | c->free_bytes | c->samples) != 0;
+}
+
+static void note_malformed(struct htr_snapshot *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void note_malformed(struct htr_snapshot *s, const char *fmt, ...)
+{
+	if (s->malformed++ == 0) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(s->first_malformed, sizeof s->first_malformed, fmt, ap);
+		va_end(ap);
+	}
+}
+
+static inline uint32_t clamp_u32(uint32_t v, uint32_t cap)
+{
+	return v < cap ? v : cap;
+}
+
+static void backoff(unsigned attempt)
+{
+	long ns = 20000L << (attempt < 6 ? attempt : 6);
+	if (ns > 1000000L)
+		ns = 1000000L;
+	struct timespec ts = {0, ns};
+	nanosleep(&ts, NULL);
+}
+
+/* Steps 1-4 of the reader protocol. On success `a` holds the totals of every id that had
+ * counts, and *used_after is stacks_used (clamped) as loaded after the consistent pass. */
+static int sum_counters(const struct htr_region *r, struct acc *a, struct htr_snapshot *s,
+			uint32_t *used_after, struct htr_error *err)
+{
+	const struct ht_header *h = &r->hdr;
+	const unsigned char *m = r->map;
+	const unsigned char *seqp = HDR_FIELD(m, seq);
+	const unsigned char *usedp = HDR_FIELD(m, stacks_used);
+	int odd = 0;
+
+	for (unsigned attempt = 0;; attempt++) {
+		if (attempt > 0) {
+			if (attempt >= HTR_MAX_ATTEMPTS)
+				return fail(err, HTR_E_BUSY, 0,
+					    "region busy: %s for %u attempts",
+					    odd ? "a slab fold stayed under way (seq odd)"
+						: "seq kept changing",
+					    HTR_MAX_ATTEMPTS);
+			s->retries++;
+			backoff(attempt);
+		}
+		/* 1. an odd sequence means a fold is under way */
+		uint64_t s1 = ld64_acq(seqp);
+		odd = (s1 & 1) != 0;
+		if (odd)
+			continue;
+		s->malformed = 0;
+		s->first_malformed[0] = '\0';
+		acc_clear(a);
+
+		/* 2. every ACTIVE or RETIRED slab, every published entry */
+		const unsigned char *slabs = m + h->slabs.offset;
+		for (uint32_t i = 0; i < h->slabs.capacity; i++) {
+			const unsigned char *slab = slabs + (uint64_t)i * h->slabs.entry_bytes;
+			uint32_t st = ld32_acq(slab + offsetof(struct ht_slab_header, state));
+			if (st == HT_SLAB_FREE || st == HT_SLAB_FOLDING)
+				continue;
+			if (st != HT_SLAB_ACTIVE && st != HT_SLAB_RETIRED) {
+				note_malformed(s, "slab %u has unknown state %u", i, st);
+				continue;
+			}
+			const unsigned char *e = slab + sizeof(struct ht_slab_header);
+			for (uint32_t j = 0; j < h->slab_entries; j++, e += sizeof(struct ht_slab_entry)) {
+				uint32_t id = ld32_acq(e + offsetof(struct ht_slab_entry, stack_id));
+				if (id == HT_STACK_NONE)
+					continue;
+				if (id >= h->stacks.capacity) {
+					note_malformed(s, "slab %u entry %u: stack id %u >= stacks capacity %u",
+						       i, j, id, h->stacks.capacity);
+					continue;
+				}
+				struct ht_counters *t = acc_row(a, id);
+				if (!t)
+					return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory");
+				add_counters(t, e + offsetof(struct ht_slab_entry, c));
+			}
+		}
+
+		/* 3. the shared table, by stack id. Rows past stacks_used belong to ids nobody
+		 * has handed out; not reading them also keeps us off pages the writer never
+		 * reserved. A fold finished before s1 was read only added to ids below the
+		 * stacks_used we load now. */
+		uint32_t rows = clamp_u32(ld32_acq(usedp), h->stacks.capacity);
+		rows = clamp_u32(rows, h->shared.capacity);
+		const unsigned char *shared = m + h->shared.offset;
+		for (uint32_t id = 0; id < rows; id++) {
+			const unsigned char *c = shared + (uint64_t)id * sizeof(struct ht_counters);
+			struct ht_counters row = {0};
+			add_counters(&row, c);
+			if (!counters_nonzero(&row))
+				continue;
+			if (id == HT_STACK_NONE) {
+				note_malformed(s, "shared table row 0 (no stack) has counts");
+				continue;
+			}
+			struct ht_counters *t = acc_row(a, id);
+			if (!t)
+				return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory");
+			t->alloc_objects = add_sat(t->alloc_objects, row.alloc_objects);
+			t->alloc_bytes = add_sat(t->alloc_bytes, row.alloc_bytes);
+			t->free_objects = add_sat(t->free_objects, row.free_objects);
+			t->free_bytes = add_sat(t->free_bytes, row.free_bytes);
+			t->samples = add_sat(t->samples, row.samples);
+		}
+
+		/* 4. nothing was folded while we read */
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		uint64_t s2 = __atomic_load_n((const uint64_t *)(const void *)seqp, __ATOMIC_RELAXED);
+		if (s2 != s1)
+			continue;
+		*used_after = clamp_u32(ld32_acq(usedp), h->stacks.capacity);
+		return 0;
+	}
+}
+
+static const unsigned char *stack_rec(const struct htr_region *r, uint32_t id)
+{
+	return r->map + r->hdr.stacks.offset + (uint64_t)id * sizeof(struct ht_stack);
+}
+
+static int emit_counters(const struct htr_region *r, struct acc *a, uint32_t used,
+			 struct htr_snapshot *s, struct htr_error *err)
+{
+	struct htr_counters *out = &s->counters;
+	/* Compact the non-zero rows to the front of the table and sort them by id. */
+	uint32_t n = 0;
+	if (a->slots)
+		for (uint64_t i = 0; i <= a->mask; i++)
+			if (a->slots[i].id && counters_nonzero(&a->slots[i].c))
+				a->slots[n++] = a->slots[i];
+	qsort(a->slots, n, sizeof *a->slots, cmp_slot_id);
+	size_t cnt = n ? n : 1;
+	out->ids = malloc(cnt * sizeof *out->ids);
+	out->alloc_objects = malloc(cnt * sizeof(uint64_t));
+	out->alloc_bytes = malloc(cnt * sizeof(uint64_t));
+	out->free_objects = malloc(cnt * sizeof(uint64_t));
+	out->free_bytes = malloc(cnt * sizeof(uint64_t));
+	out->samples = malloc(cnt * sizeof(uint64_t));
+	if (!out->ids || !out->alloc_objects || !out->alloc_bytes || !out->free_objects ||
+	    !out->free_bytes || !out->samples)
+		return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory");
+	uint32_t k = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t id = a->slots[i].id;
+		const struct ht_counters *c = &a->slots[i].c;
+		/* Counts may only name a published, canonical stack (see reader.h). */
+		if (id >= used) {
+			note_malformed(s, "counts for stack id %u >= stacks_used %u", id, used);
+			continue;
+		}
+		uint32_t fl = ld32_acq(stack_rec(r, id) + offsetof(struct ht_stack, flags));
+		if (!(fl & HT_STACK_READY) || (fl & HT_STACK_DUPLICATE)) {
+			note_malformed(s, "counts for stack id %u whose record is %s", id,
+				       (fl & HT_STACK_READY) ? "a duplicate" : "not ready");
+			continue;
+		}
+		out->ids[k] = id;
+		out->alloc_objects[k] = c->alloc_objects;
+		out->alloc_bytes[k] = c->alloc_bytes;
+		out->free_objects[k] = c->free_objects;
+		out->free_bytes[k] = c->free_bytes;
+		out->samples[k] = c->samples;
+		k++;
+	}
+	out->count = k;
+	return 0;
+}
+
+static int grow_u32(uint32_t **p, uint64_t n)
+{
+	uint32_t *q = realloc(*p, n * sizeof **p);
+	if (!q)
+		return -1;
+	*p = q;
+	return 0;
+}
+
+static int stacks_reserve(struct htr_stacks *out, uint32_t *cap, uint64_t want)
+{
+	if (want > UINT32_MAX)
+		want = UINT32_MAX;
+	if (grow_u32(&out->ids, want) || grow_u32(&out->depths, want) ||
+	    grow_u32(&out->flags, want) || grow_u32(&out->frame_start, want))
+		return -1;
+	*cap = (uint32_t)want;
+	return 0;
+}
+
+static int read_stacks(const struct htr_region *r, uint32_t since, struct htr_snapshot *s,
+		       struct htr_error *err)
+{
+	const struct ht_header *h = &r->hdr;
+	struct htr_stacks *out = &s->stacks;
+	uint32_t used = clamp_u32(ld32_acq(HDR_FIELD(r->map, stacks_used)), h->stacks.capacity);
+	uint32_t first = since > HT_STACK_NONE ? since : HT_STACK_NONE + 1;
+	uint32_t rcap = 0; /* records allocated: grows with READY records found, not with ids */
+	if (stacks_reserve(out, &rcap, 64))
+		return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory");
+	out->next_stack = since > used ? since : used;
+
+	const uint64_t *pool = (const uint64_t *)(const void *)(r->map + h->frames.offset);
+	uint64_t fcap = 0, nframes = 0; /* frames copied so far never exceed frames capacity */
+	int gap = 0;
+	uint32_t k = 0;
+	for (uint32_t id = first; id < used; id++) {
+		const unsigned char *rec = stack_rec(r, id);
+		uint32_t fl = ld32_acq(rec + offsetof(struct ht_stack, flags));
+		if (!(fl & HT_STACK_READY)) {
+			if (!gap) {
+				gap = 1;
+				out->next_stack = id;
+			}
+			continue;
+		}
+		if (fl & HT_STACK_DUPLICATE)
+			continue;
+		uint64_t off = ld64(rec + offsetof(struct ht_stack, frame_off));
+		uint32_t depth = ld32(rec + offsetof(struct ht_stack, depth));
+		if (depth > h->max_depth) {
+			note_malformed(s, "stack %u: depth %u > max_depth %u", id, depth, h->max_depth);
+			continue;
+		}
+		if (off > h->frames.capacity || depth > h->frames.capacity - off) {
+			note_malformed(s, "stack %u: frames [%llu, +%u) outside the frame pool (%u)", id,
+				       (unsigned long long)off, depth, h->frames.capacity);
+			continue;
+		}
+		if ((fl & HT_STACK_SYNTHETIC) && depth != 0) {
+			note_malformed(s, "stack %u: synthetic with depth %u", id, depth);
+			continue;
+		}
+		if (nframes + depth > h->frames.capacity) {
+			/* Records share frames: a writer with a bump allocator never does that. */
+			note_malformed(s, "stack %u: records claim more frames than the pool holds", id);
+			continue;
+		}
+		if (nframes + depth > fcap) {
+			uint64_t want = fcap ? fcap * 2 : 1024;
+			while (want < nframes + depth)
+				want *= 2;
+			if (want > h->frames.capacity)
+				want = h->frames.capacity;
+			uint64_t *p = realloc(out->frames, want * sizeof(uint64_t));
+			if (!p)
+				return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory for frames");
+			out->frames = p;
+			fcap = want;
+		}
+		if (k == rcap && stacks_reserve(out, &rcap, (uint64_t)rcap * 2))
+			return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory for stacks");
+		/* Written before READY was released and never changed since: plain reads. */
+		if (depth)
+			memcpy(out->frames + nframes, pool + off, (size_t)depth * sizeof(uint64_t));
+		out->ids[k] = id;
+		out->depths[k] = depth;
+		out->flags[k] = fl;
+		out->frame_start[k] = (uint32_t)nframes; /* < frames capacity < 2^32 */
+		nframes += depth;
+		k++;
+	}
+	out->count = k;
+	out->nframes = nframes;
+	return 0;
+}
+
+static int read_modules(const struct htr_region *r, struct htr_snapshot *s, struct htr_error *err)
+{
+	const struct ht_header *h = &r->hdr;
+	uint32_t used = clamp_u32(ld32_acq(HDR_FIELD(r->map, modules_used)), h->modules.capacity);
+	uint32_t mcap = 0; /* grows with published entries found */
+	const unsigned char *pool = r->map + h->paths.offset;
+	uint64_t total = 0;
+	uint32_t k = 0;
+	for (uint32_t i = 0; i < used; i++) {
+		const unsigned char *e = r->map + h->modules.offset + (uint64_t)i * sizeof(struct ht_module);
+		uint32_t st = ld32_acq(e + offsetof(struct ht_module, state));
+		if (st == HT_MODULE_EMPTY)
+			continue; /* handed out, not yet published */
+		if (st != HT_MODULE_LOADED && st != HT_MODULE_UNLOADED) {
+			note_malformed(s, "module %u has unknown state %u", i, st);
+			continue;
+		}
+		if (k == mcap) {
+			uint32_t want = mcap ? mcap * 2 : 16;
+			struct htr_module *p = realloc(s->modules, (size_t)want * sizeof *p);
+			if (!p)
+				return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory for modules");
+			s->modules = p;
+			mcap = want;
+		}
+		struct htr_module *mo = &s->modules[k];
+		memset(mo, 0, sizeof *mo);
+		mo->index = i;
+		mo->state = st;
+		mo->flags = ld32(e + offsetof(struct ht_module, flags));
+		uint32_t off = ld32(e + offsetof(struct ht_module, path_off));
+		uint32_t len = ld32(e + offsetof(struct ht_module, path_len));
+		/* path_len bytes then a NUL, all inside the pool */
+		if ((uint64_t)off + len >= h->paths.bytes) {
+			note_malformed(s, "module %u: path [%u, +%u] outside the path pool (%llu bytes)",
+				       i, off, len, (unsigned long long)h->paths.bytes);
+			continue;
+		}
+		if (pool[(uint64_t)off + len] != '\0' || memchr(pool + off, '\0', len) != NULL) {
+			note_malformed(s, "module %u: path is not a NUL-terminated string of %u bytes",
+				       i, len);
+			continue;
+		}
+		uint32_t bl = ld32(e + offsetof(struct ht_module, build_id_len));
+		if (bl > HTR_BUILD_ID_MAX) {
+			note_malformed(s, "module %u: build_id_len %u > %u", i, bl, HTR_BUILD_ID_MAX);
+			continue;
+		}
+		mo->path_len = len;
+		mo->path_off = off;
+		mo->build_id_len = bl;
+		memcpy(mo->build_id, e + offsetof(struct ht_module, build_id), bl);
+		mo->load_bias = ld64(e + offsetof(struct ht_module, load_bias));
+		mo->start = ld64(e + offsetof(struct ht_module, start));
+		mo->limit = ld64(e + offsetof(struct ht_module, limit));
+		mo->file_offset = ld64(e + offsetof(struct ht_module, file_offset));
+		mo->load_ns = ld64(e + offsetof(struct ht_module, load_ns));
+		mo->unload_ns = ld64(e + offsetof(struct ht_module, unload_ns));
+		total += (uint64_t)len + 1; /* <= used * (paths.bytes + 1): bounded by the file */
+		k++;
+	}
+	s->module_count = k;
+	s->strings = malloc(total ? total : 1);
+	if (!s->strings)
+		return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory");
+	uint64_t at = 0;
+	for (uint32_t i = 0; i < k; i++) {
+		struct htr_module *mo = &s->modules[i];
+		memcpy(s->strings + at, pool + mo->path_off, mo->path_len);
+		s->strings[at + mo->path_len] = '\0';
+		mo->path = s->strings + at;
+		at += (uint64_t)mo->path_len + 1;
+	}
+	return 0;
+}
+
+void htr_snapshot_free(struct htr_snapshot *s)
+{
+	free(s->counters.ids);
+	free(s->counters.alloc_objects);
+	free(s->counters.alloc_bytes);
+	free(s->counters.free_objects);
+	free(s->counters.free_bytes);
+	free(s->counters.samples);
+	free(s->stacks.ids);
+	free(s->stacks.depths);
+	free(s->stacks.flags);
+	free(s->stacks.frame_start);
+	free(s->stacks.frames);
+	free(s->modules);
+	free(s->strings);
+	memset(s, 0, sizeof *s);
+}
+
+int htr_snapshot_take(const struct htr_region *r, uint32_t since, struct htr_snapshot *s,
+		 struct htr_error *err)
+{
+	memset(s, 0, sizeof *s);
+	if (!r->map)
+		return fail(err, HTR_E_ARG, 0, "region is not open");
+	/* A file that shrank under the mapping would raise SIGBUS: refuse it while we can. */
+	struct stat st;
+	if (fstat(r->fd, &st) != 0)
+		return fail_errno(err, "fstat");
+	if ((uint64_t)st.st_size < r->hdr.file_bytes)
+		return fail(err, HTR_E_FORMAT, 0, "file shrank to %llu bytes (header says %llu)",
+			    (unsigned long long)st.st_size, (unsigned long long)r->hdr.file_bytes);
+
+	s->hdr = r->hdr;
+	struct acc a = {NULL, 0, 0};
+	uint32_t used = 0;
+	int rc = sum_counters(r, &a, s, &used, err);
+	if (rc == 0)
+		rc = emit_counters(r, &a, used, s, err);
+	free(a.slots);
+	/* Stacks after counters: every id counted above is READY by now (see reader.h). */
+	if (rc == 0)
+		rc = read_stacks(r, since, s, err);
+	if (rc == 0)
+		rc = read_modules(r, s, err);
+	if (rc != 0) {
+		htr_snapshot_free(s);
+		return -1;
+	}
+	htr_read_live(r, &s->live);
+	ok(err);
+	return 0;
+}
+
+int htr_read_path(const char *path, uint32_t since, struct htr_snapshot *out,
+		  struct htr_error *err)
+{
+	struct htr_region r;
+	memset(out, 0, sizeof *out);
+	if (htr_open(&r, path, err))
+		return -1;
+	int rc = htr_snapshot_take(&r, since, out, err);
+	if (rc == 0) {
+		rc = htr_alive(&r, path, &out->alive, err);
+		if (rc != 0)
+			htr_snapshot_free(out);
+	}
+	htr_close(&r);
+	return rc;
+}
+
+int htr_write_control(const char *path, int set_paused, uint32_t paused, int set_rate,
+		      uint64_t rate, struct htr_error *err)
+{
+	struct htr_region r;
+	if (htr_open(&r, path, err))
+		return -1;
+	struct stat st;
+	int fd = open_file(path, O_RDWR, &st, err);
+	if (fd < 0) {
+		htr_close(&r);
+		return -1;
+	}
+	int rc = 0;
+	if (st.st_dev != r.dev || st.st_ino != r.ino) {
+		rc = fail(err, HTR_E_IO, ESTALE, "file was replaced while it was being opened");
+		goto out;
+	}
+	/* Only the control page is ever mapped writable. */
+	unsigned char *c = mmap(NULL, HT_SECTION_ALIGN, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+				HT_CONTROL_OFFSET);
+	if (c == MAP_FAILED) {
+		rc = fail_errno(err, "mmap control page");
+		goto out;
+	}
+	struct ht_control *ctl = (struct ht_control *)(void *)c;
+	/* Release: whoever sees the new value also sees everything we wrote before it. The
+	 * preload reads these words relaxed at its sample points. */
+	if (set_rate)
+		__atomic_store_n(&ctl->rate, rate, __ATOMIC_RELEASE);
+	if (set_paused)
+		__atomic_store_n(&ctl->paused, paused, __ATOMIC_RELEASE);
+	__atomic_fetch_add(&ctl->seq, 1, __ATOMIC_RELEASE);
+	munmap(c, HT_SECTION_ALIGN);
+out:
+	close(fd);
+	htr_close(&r);
+	if (rc == 0)
+		ok(err);
+	return rc;
+}

@@ -1,0 +1,211 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * heaptap region reader: a validated, read-only view of one region file and a consistent
+ * snapshot of it. Pure C11 (plus POSIX), no Node, no policy: the addon (addon.cc) and C
+ * tests call it directly.
+ *
+ * Trust model. A region is input from another container: every offset, length, capacity
+ * and index in it is hostile until checked. htr_open() validates the header geometry once,
+ * on a private copy; everything afterwards uses that copy for geometry, so a writer that
+ * rewrites the header later cannot move a section under us. Live words (seq, stacks_used,
+ * stack ids, ...) are loaded atomically from the mapping when they are used, and each is
+ * checked against the validated geometry before it indexes anything. A bad value becomes
+ * either an error (the header is unusable) or a skipped item counted in `malformed` (one
+ * stack record, module or counter row is unusable). Loops are bounded by the validated
+ * capacities, retries by HTR_MAX_ATTEMPTS, memory by the validated file size.
+ *
+ * What this cannot defend against: a writer that truncates the file after we mapped it
+ * makes the next access past the new end raise SIGBUS. htr_snapshot_take() re-checks the
+ * size with fstat() before it reads, which narrows that to a race with a writer that is
+ * itself broken or malicious.
+ *
+ * Threading: an htr_region may be read by one thread at a time; distinct htr_regions are
+ * independent. All functions are reentrant.
+ */
+#ifndef HEAPTAP_READER_H
+#define HEAPTAP_READER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "heaptap_region.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Limits the reader imposes on top of the layout. */
+#define HTR_MAX_FILE_BYTES   (4ull << 30) /* larger files are rejected outright */
+#define HTR_MAX_DEPTH        1024u        /* hdr.max_depth above this is rejected */
+#define HTR_MAX_ATTEMPTS     200u         /* snapshot attempts before "region busy" */
+#define HTR_BUILD_ID_MAX     32u
+
+/* What kind of failure an htr_error describes (the addon maps these to error codes). */
+enum htr_error_kind {
+	HTR_OK = 0,
+	HTR_E_IO,        /* a system call failed; err.errnum is set */
+	HTR_E_FORMAT,    /* not a region, or a region whose header is inconsistent */
+	HTR_E_VERSION,   /* a heaptap region of a layout version this reader does not know */
+	HTR_E_NOT_READY, /* hdr.state is still INIT: the writer is setting it up */
+	HTR_E_BUSY,      /* hdr.seq stayed odd or kept changing for HTR_MAX_ATTEMPTS attempts */
+	HTR_E_NOMEM,
+	HTR_E_ARG        /* the caller passed something invalid */
+};
+
+struct htr_error {
+	int kind;        /* enum htr_error_kind */
+	int errnum;      /* errno for HTR_E_IO, else 0 */
+	char msg[320];   /* what is wrong, without the file path (the caller adds it) */
+};
+
+/* An open, validated region. Fields are read-only for callers. */
+struct htr_region {
+	int fd;                        /* O_RDONLY, kept open while mapped */
+	const unsigned char *map;      /* PROT_READ, MAP_SHARED, map_bytes long */
+	uint64_t map_bytes;            /* = st_size at open; >= hdr.file_bytes */
+	dev_t dev;                     /* identity of the file, to match a second descriptor */
+	ino_t ino;
+	/* Private copy of the header taken after state was seen != INIT (acquire). Its
+	 * geometry (sections, slab_entries, max_depth) and identity fields are validated and
+	 * never change; its live fields are only as of htr_open(): use htr_read_live(). */
+	struct ht_header hdr;
+};
+
+/* Live header words and the control area, loaded atomically at one moment. */
+struct htr_live {
+	uint32_t state;
+	uint32_t paused_now;
+	uint64_t exit_ns;
+	uint64_t heartbeat_ns;
+	uint64_t rate_now;
+	uint64_t seq;
+	uint32_t stacks_used;          /* raw, as the writer stored it (not clamped) */
+	uint32_t modules_used;
+	uint64_t frames_used;
+	uint64_t paths_used;
+	uint64_t threads_seen;
+	uint64_t slab_folds;
+	uint64_t drops[HT_DROP_SLOTS];
+	uint32_t control_paused;       /* struct ht_control, as the sidecar last wrote it */
+	uint64_t control_rate;
+	uint64_t control_seq;
+};
+
+/* Counters summed per stack over slabs (ACTIVE, RETIRED) and the shared table. Only stacks
+ * with a non-zero counter are listed, in increasing id order. Every listed id has a READY,
+ * non-DUPLICATE stack record with id < stacks_used as loaded after the sums were taken, so
+ * a caller that read stacks up to the same snapshot's next_stack knows every id here. */
+struct htr_counters {
+	uint32_t count;
+	uint32_t *ids;
+	uint64_t *alloc_objects;       /* fixed point, HT_OBJ_ONE per object; raw */
+	uint64_t *alloc_bytes;
+	uint64_t *free_objects;        /* fixed point */
+	uint64_t *free_bytes;
+	uint64_t *samples;
+};
+
+/* Stack records with id in [since, next_stack) that are READY and not DUPLICATE. Frames of
+ * record i are frames[frame_start[i] .. frame_start[i] + depths[i]). */
+struct htr_stacks {
+	uint32_t count;
+	uint32_t *ids;
+	uint32_t *depths;
+	uint32_t *flags;
+	uint32_t *frame_start;
+	uint64_t nframes;
+	uint64_t *frames;
+	/* The id to pass as `since` next time: the lowest id >= since whose record was not yet
+	 * READY (a writer is filling it), or stacks_used (clamped) if all were. Records past a
+	 * gap are returned again next time; they never change once READY, so that is harmless. */
+	uint32_t next_stack;
+};
+
+struct htr_module {
+	uint32_t index;                /* entry number in the module table */
+	uint32_t state;                /* HT_MODULE_LOADED or HT_MODULE_UNLOADED */
+	uint32_t flags;                /* HT_MODULE_* */
+	uint32_t path_off;             /* into the region's path pool */
+	uint32_t path_len;
+	const char *path;              /* NUL-terminated, points into htr_snapshot.strings */
+	uint64_t load_bias;
+	uint64_t start;
+	uint64_t limit;
+	uint64_t file_offset;
+	uint64_t load_ns;
+	uint64_t unload_ns;
+	uint32_t build_id_len;         /* <= HTR_BUILD_ID_MAX */
+	uint8_t build_id[HTR_BUILD_ID_MAX];
+};
+
+/* One consistent reading of a region. Free with htr_snapshot_free(). */
+struct htr_snapshot {
+	struct ht_header hdr;          /* the validated copy from htr_open() */
+	struct htr_live live;          /* loaded after counters and stacks */
+	int alive;                     /* 1: a writer holds its flock (see htr_alive) */
+	struct htr_counters counters;
+	struct htr_stacks stacks;
+	uint32_t module_count;
+	struct htr_module *modules;
+	char *strings;                 /* module paths */
+	uint32_t retries;              /* snapshot attempts that had to be redone */
+	uint64_t malformed;            /* records, rows or entries skipped as inconsistent */
+	char first_malformed[160];     /* what the first of them was, "" if none */
+};
+
+/* Header strings copied out of their fixed-size fields, NUL forced. */
+struct htr_strings {
+	char exe[sizeof(((struct ht_header *)0)->exe)];
+	char cmdline[sizeof(((struct ht_header *)0)->cmdline)];
+	char service[sizeof(((struct ht_header *)0)->service)];
+};
+
+/* Opens and validates path. On failure returns -1, fills err, and leaves r closed (fd -1,
+ * map NULL), so htr_close() on it is harmless. */
+int htr_open(struct htr_region *r, const char *path, struct htr_error *err);
+void htr_close(struct htr_region *r);
+
+/* Loads the live header words and the control area. */
+void htr_read_live(const struct htr_region *r, struct htr_live *out);
+
+/* Copies exe, cmdline and service out of the validated header copy. */
+void htr_header_strings(const struct ht_header *h, struct htr_strings *out);
+
+/* Liveness of the writer: opens path again (a separate open file description, so the test
+ * works even inside the writer's own process), checks that it is the same file as r, and
+ * tries flock(LOCK_EX|LOCK_NB). Failing with EWOULDBLOCK means a writer holds its shared
+ * lock: *alive = 1. Succeeding means no writer is left: unlock at once, *alive = 0. */
+int htr_alive(const struct htr_region *r, const char *path, int *alive, struct htr_error *err);
+
+/* Takes a consistent snapshot following the reader protocol of heaptap_region.h: counters
+ * first (retried while hdr.seq is odd or changes), then stack records from `since`, then
+ * modules, then the live header. The result owns its memory. */
+int htr_snapshot_take(const struct htr_region *r, uint32_t since, struct htr_snapshot *out,
+		 struct htr_error *err);
+void htr_snapshot_free(struct htr_snapshot *s);
+
+/* htr_open + htr_snapshot_take + htr_alive + htr_close. */
+int htr_read_path(const char *path, uint32_t since, struct htr_snapshot *out,
+		  struct htr_error *err);
+
+/* Writes the control area of the region at path: validates the header through the same
+ * checks as htr_open(), then maps only the control page read-write, stores rate (if
+ * set_rate) and paused (if set_paused) with release semantics, and bumps control.seq. */
+int htr_write_control(const char *path, int set_paused, uint32_t paused, int set_rate,
+		      uint64_t rate, struct htr_error *err);
+
+/* Names, for display and for the addon's constants. NULL past the end. */
+const char *htr_drop_name(unsigned reason);     /* HT_DROP_*: "stacks_full", ... */
+const char *htr_state_name(unsigned state);     /* HT_STATE_*: "init", "running", "exited" */
+const char *htr_module_state_name(unsigned s);  /* HT_MODULE_*: "empty", "loaded", ... */
+const char *htr_unwinder_name(unsigned u);      /* index 0 is "unknown", then HT_UNWIND_* */
+
+/* ELF e_machine of this reader's architecture (62 x86-64, 183 arm64), 0 if unknown. */
+uint32_t htr_host_arch(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HEAPTAP_READER_H */

@@ -1,0 +1,37 @@
+// The one module that loads the native addon (src/addon/build/heaptap.node, built by
+// `make -C src/addon`). Everything else imports src/region.ts, which types and wraps it.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+import type {
+  ControlUpdate,
+  RegionConstants,
+  RegionLayout,
+  RegionSnapshot,
+} from './region.ts';
+
+/** What addon.cc exports; each method's contract is stated above it there. */
+export interface NativeBinding {
+  readRegion(path: string, sinceStack?: number): RegionSnapshot;
+  readRegionAsync(path: string, sinceStack?: number): Promise<RegionSnapshot>;
+  writeControl(path: string, control: ControlUpdate): void;
+  readonly constants: RegionConstants;
+  readonly layout: RegionLayout;
+}
+
+export const addonPath = fileURLToPath(new URL('./addon/build/heaptap.node', import.meta.url));
+
+function load(): NativeBinding {
+  const require = createRequire(import.meta.url);
+  try {
+    return require(addonPath) as NativeBinding;
+  } catch (cause) {
+    throw new Error(
+      `cannot load the heaptap addon ${addonPath} (build it with \`npm run build\` or ` +
+        '`make -C src/addon` after `npm install`)',
+      { cause },
+    );
+  }
+}
+
+export const native: NativeBinding = load();

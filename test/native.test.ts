@@ -1,0 +1,460 @@
+// Tests of the native addon (src/native.ts loads it): the layout it was compiled against,
+// exact sums from synthetic regions, stack/module/header decoding, the control area,
+// liveness, and consistent snapshots against a concurrent writer (test/fixtures/region_mutator.c).
+import { execFileSync, spawn } from 'node:child_process';
+import { openSync, readSync, closeSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+
+import test from 'ava';
+
+import { native } from '../src/native.ts';
+import type { RegionSnapshot } from '../src/region.ts';
+import {
+  CTL,
+  CONTROL_OFFSET,
+  HDR,
+  MOD,
+  OBJ_ONE,
+  SIZES,
+  SLAB_ACTIVE,
+  SLAB_FOLDING,
+  SLAB_RETIRED,
+  STACK_DUPLICATE,
+  STACK_READY,
+  STACK_SYNTHETIC,
+  STACK_TRUNCATED,
+  STATE_EXITED,
+  buildRegion,
+  sampleSpec,
+  tempDir,
+  writeRegion,
+  type Counters,
+} from './helpers/regionBuilder.ts';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const mutator = join(root, 'test/fixtures/build/region_mutator');
+
+const { dir, cleanup } = tempDir();
+test.after.always(cleanup);
+
+test.before(() => {
+  execFileSync('make', ['-s', '-C', join(root, 'test/fixtures'), 'build/region_mutator'], { stdio: 'inherit' });
+});
+
+function countersOf(s: RegionSnapshot): Map<number, Counters> {
+  const c = s.counters;
+  const m = new Map<number, Counters>();
+  c.ids.forEach((id, i) =>
+    m.set(id, {
+      allocObjects: c.allocObjects[i]!,
+      allocBytes: c.allocBytes[i]!,
+      freeObjects: c.freeObjects[i]!,
+      freeBytes: c.freeBytes[i]!,
+      samples: c.samples[i]!,
+    }),
+  );
+  return m;
+}
+
+let seq = 0;
+function fresh(spec = sampleSpec()) {
+  const built = buildRegion(spec);
+  const path = writeRegion(dir, `r${seq++}.heaptap`, built.buf);
+  return { ...built, path };
+}
+
+test('the builder and the addon agree on every offset and size of the layout', (t) => {
+  const l = native.layout;
+  t.deepEqual(l.sizes, SIZES);
+  for (const [k, off] of Object.entries(HDR)) t.is(l.header[k], off, `header.${k}`);
+  for (const [k, off] of Object.entries(MOD)) t.is(l.module[k], off, `module.${k}`);
+  t.deepEqual(l.control, CTL);
+});
+
+test('constants name the drop reasons in HT_DROP_* order and give the fixed-point unit', (t) => {
+  const c = native.constants;
+  t.is(c.OBJ_ONE, 65536);
+  t.is(c.LAYOUT_VERSION, 1);
+  t.deepEqual(c.dropReasons, [
+    'stacks_full', 'frames_full', 'slab_full', 'no_slab', 'live_full', 'recursion',
+    'truncated', 'bootstrap', 'modules_full', 'reserve_failed', 'paused',
+  ]);
+  t.is(c.dropReasons.length, c.DROP_COUNT);
+  t.deepEqual(c.stateNames, ['init', 'running', 'exited']);
+  t.deepEqual(c.moduleStateNames, ['empty', 'loaded', 'unloaded']);
+  t.true(Object.isFrozen(c));
+});
+
+test('sums active and retired slabs plus the shared table, and ignores free slabs', (t) => {
+  const r = fresh();
+  const s = native.readRegion(r.path);
+  t.is(s.malformed, 0, s.firstMalformed);
+  t.is(s.retries, 0);
+  t.deepEqual(countersOf(s), r.expected);
+  // stack 2: active 3 + retired 1 + shared 10 objects; the free slab's 999 are not counted
+  t.deepEqual(countersOf(s).get(2), {
+    allocObjects: 14n * OBJ_ONE,
+    allocBytes: 1400n,
+    freeObjects: OBJ_ONE,
+    freeBytes: 100n,
+    samples: 14n,
+  });
+  t.deepEqual([...s.counters.ids], [1, 2, 3, 4]);
+});
+
+test('a slab in state FOLDING is not counted', (t) => {
+  const spec = sampleSpec();
+  spec.slabs!.push({ state: SLAB_FOLDING, entries: [{ stackId: 3, counters: { allocBytes: 5n } }] });
+  const r = fresh(spec);
+  const s = native.readRegion(r.path);
+  t.deepEqual(countersOf(s), r.expected);
+});
+
+test('counters are raw: fractional fixed-point objects are passed through unchanged', (t) => {
+  const r = fresh({
+    stacks: [{ frames: [1n] }],
+    slabs: [{ state: SLAB_ACTIVE, entries: [{ stackId: 2, counters: { allocObjects: 98305n, allocBytes: 3n } }] }],
+  });
+  const s = native.readRegion(r.path);
+  t.is(s.counters.allocObjects[0], 98305n); // 1.5 objects
+});
+
+test('stacks come with their frames, flags and the synthetic overflow stack; duplicates are left out', (t) => {
+  const r = fresh();
+  const s = native.readRegion(r.path);
+  const st = s.stacks;
+  t.deepEqual([...st.ids], [1, 2, 3, 4]);
+  t.deepEqual([...st.depths], [0, 3, 1, 2]);
+  t.deepEqual([...st.flags], [
+    STACK_READY | STACK_SYNTHETIC,
+    STACK_READY,
+    STACK_READY | STACK_TRUNCATED,
+    STACK_READY,
+  ]);
+  t.deepEqual([...st.frameStart], [0, 0, 3, 4]);
+  t.deepEqual([...st.frames], [0x401000n, 0x402000n, 0x403000n, 0x401100n, 0x7f0000001000n, 0x401234n]);
+  t.is(st.next, 6); // stacks_used: ids 0..5, id 5 is the duplicate
+});
+
+test('sinceStack returns only newer stacks, and next stops at a record that is not ready yet', (t) => {
+  const spec = sampleSpec();
+  spec.stacks!.push({ frames: [0x9n], flags: 0 }, { frames: [0xan] });
+  const r = fresh(spec);
+  const s = native.readRegion(r.path, 3);
+  t.deepEqual([...s.stacks.ids], [3, 4, 7]);
+  t.is(s.stacks.next, 6);
+  t.deepEqual([...native.readRegion(r.path, 8).stacks.ids], []);
+  t.is(native.readRegion(r.path, 8).stacks.next, 8);
+  t.is(native.readRegion(r.path, 100).stacks.next, 100);
+});
+
+test('modules: path, state, addresses and build id as lowercase hex', (t) => {
+  const r = fresh();
+  const s = native.readRegion(r.path);
+  t.is(s.modules.length, 2);
+  t.deepEqual(s.modules[0], {
+    index: 0,
+    state: 1,
+    flags: 1,
+    path: '/usr/bin/example',
+    loadBias: 0n,
+    start: 0x401000n,
+    limit: 0x480000n,
+    fileOffset: 0x1000n,
+    loadNs: 1_700_000_000_500_000_000n,
+    unloadNs: 0n,
+    buildId: 'abcdef0123456789000102030405060708090a0b',
+  });
+  t.is(s.modules[1]!.path, '/usr/lib/x86_64-linux-gnu/libc.so.6');
+  t.is(s.modules[1]!.state, 2);
+  t.is(s.modules[1]!.unloadNs, 1_700_000_002_000_000_000n);
+  t.is(s.modules[1]!.buildId, '');
+});
+
+test('a module entry handed out but not yet published is skipped silently', (t) => {
+  const r = fresh();
+  // modules_used says 3, entry 2 is still EMPTY
+  r.buf.writeUInt32LE(3, HDR.modulesUsed);
+  writeFileSync(r.path, r.buf);
+  const s = native.readRegion(r.path);
+  t.is(s.modules.length, 2);
+  t.is(s.malformed, 0);
+});
+
+test('header fields, strings and drops are decoded', (t) => {
+  const r = fresh();
+  const s = native.readRegion(r.path);
+  const h = s.header;
+  t.is(h.magic, 0x0050415450414548n);
+  t.is(h.version, 1);
+  t.is(h.headerBytes, 8192);
+  t.is(h.fileBytes, r.buf.length);
+  t.is(h.arch, native.constants.HOST_ARCH);
+  t.deepEqual(h.stacks, { offset: r.sections.stacks.offset, bytes: 4096, capacity: 64, entryBytes: 24 });
+  t.deepEqual(h.slabs, r.sections.slabs);
+  t.is(h.slabEntries, 16);
+  t.is(h.maxDepth, 64);
+  t.is(h.pid, 4242);
+  t.is(h.ppid, 1);
+  t.is(h.startNs, 1_700_000_000_000_000_000n);
+  t.is(h.procStartTicks, 12345n);
+  t.is(h.sampleRate, 524288n);
+  t.is(h.seed, 0xfeedfacecafebeefn);
+  t.is(h.unwinder, 1);
+  t.is(h.exe, '/usr/bin/example');
+  t.is(h.cmdline, 'example --port 8080');
+  t.is(h.service, 'checkout');
+  t.is(h.state, 1);
+  t.is(h.stacksUsed, 6);
+  t.is(h.modulesUsed, 2);
+  t.is(h.framesUsed, 9n);
+  t.is(h.pathsUsed, BigInt('/usr/bin/example'.length + 1 + '/usr/lib/x86_64-linux-gnu/libc.so.6'.length + 1));
+  t.true(h.drops instanceof BigUint64Array);
+  t.deepEqual([...h.drops], [1n, 2n, 3n, 4n, 5n, 6n, 7n, 8n, 9n, 10n, 11n, 0n, 0n, 0n, 0n, 0n]);
+});
+
+test('header strings that fill their field without a NUL are cut one byte short', (t) => {
+  const r = fresh();
+  r.buf.fill(0x41, HDR.exe, HDR.exe + 512);
+  r.buf.fill(0x42, HDR.service, HDR.service + 128);
+  writeFileSync(r.path, r.buf);
+  const h = native.readRegion(r.path).header;
+  t.is(h.exe, 'A'.repeat(511));
+  t.is(h.service, 'B'.repeat(127));
+});
+
+test('writeControl stores paused and rate in the control page and bumps its seq', (t) => {
+  const r = fresh();
+  native.writeControl(r.path, { paused: true, rate: 4096 });
+  let s = native.readRegion(r.path);
+  t.deepEqual(s.control, { paused: 1, rate: 4096n, seq: 1n });
+  native.writeControl(r.path, { rate: 1n << 40n });
+  s = native.readRegion(r.path);
+  t.deepEqual(s.control, { paused: 1, rate: 1n << 40n, seq: 2n });
+  native.writeControl(r.path, { paused: false });
+  // read back the raw bytes as the preload would see them
+  const fd = openSync(r.path, 'r');
+  const page = Buffer.alloc(64);
+  readSync(fd, page, 0, 64, CONTROL_OFFSET);
+  closeSync(fd);
+  t.is(page.readUInt32LE(CTL.paused), 0);
+  t.is(page.readBigUInt64LE(CTL.rate), 1n << 40n);
+  t.is(page.readBigUInt64LE(CTL.seq), 3n);
+  // nothing outside the control page changed
+  const after = Buffer.alloc(r.buf.length);
+  const fd2 = openSync(r.path, 'r');
+  readSync(fd2, after, 0, after.length, 0);
+  closeSync(fd2);
+  t.true(after.subarray(0, CONTROL_OFFSET).equals(r.buf.subarray(0, CONTROL_OFFSET)));
+  t.true(after.subarray(CONTROL_OFFSET + 4096).equals(r.buf.subarray(CONTROL_OFFSET + 4096)));
+});
+
+test('writeControl rejects bad arguments without touching the file', (t) => {
+  const r = fresh();
+  t.throws(() => native.writeControl(r.path, { rate: -1 }), { instanceOf: RangeError });
+  t.throws(() => native.writeControl(r.path, { rate: 1.5 }), { instanceOf: RangeError });
+  t.throws(() => native.writeControl(r.path, { rate: 1n << 64n }), { instanceOf: RangeError });
+  t.throws(() => native.writeControl(r.path, { paused: 1 as unknown as boolean }), { instanceOf: TypeError });
+  t.throws(() => native.writeControl(r.path, null as unknown as object), { instanceOf: TypeError });
+  t.deepEqual(native.readRegion(r.path).control, { paused: 0, rate: 0n, seq: 0n });
+});
+
+test('writeControl validates the region first', (t) => {
+  const path = writeRegion(dir, 'junk.heaptap', Buffer.alloc(16384, 7));
+  const e = t.throws(() => native.writeControl(path, { paused: true }));
+  t.true(e.message.startsWith(path + ': '));
+  t.is((e as Error & { code: string }).code, 'ERR_HEAPTAP_FORMAT');
+});
+
+test('readRegion checks its arguments', (t) => {
+  const r = fresh();
+  t.throws(() => native.readRegion(42 as unknown as string), { instanceOf: TypeError });
+  t.throws(() => native.readRegion(''), { instanceOf: TypeError });
+  t.throws(() => native.readRegion('a\0b'), { instanceOf: TypeError });
+  t.throws(() => native.readRegion(r.path, -1), { instanceOf: RangeError });
+  t.throws(() => native.readRegion(r.path, 2 ** 32), { instanceOf: RangeError });
+  t.throws(() => native.readRegion(r.path, 1.5), { instanceOf: RangeError });
+  t.throws(() => native.readRegion(r.path, '1' as unknown as number), { instanceOf: TypeError });
+});
+
+test('readRegionAsync gives the same snapshot and rejects the same way', async (t) => {
+  const r = fresh();
+  const a = await native.readRegionAsync(r.path, 2);
+  const b = native.readRegion(r.path, 2);
+  t.deepEqual(a, b);
+  const e = await t.throwsAsync(native.readRegionAsync(join(dir, 'missing.heaptap')));
+  t.is((e as Error & { code: string }).code, 'ENOENT');
+  t.true(e.message.includes('missing.heaptap'));
+});
+
+test('a region still being set up (state INIT) is reported as not ready', (t) => {
+  const r = fresh({ header: { state: 0 } });
+  const e = t.throws(() => native.readRegion(r.path));
+  t.is((e as Error & { code: string }).code, 'ERR_HEAPTAP_NOT_READY');
+  t.true(e.message.startsWith(r.path));
+});
+
+test('a sequence that stays odd makes the reader give up as busy, quickly', (t) => {
+  const r = fresh({ ...sampleSpec(), header: { seq: 7n } });
+  const t0 = Date.now();
+  const e = t.throws(() => native.readRegion(r.path));
+  t.is((e as Error & { code: string }).code, 'ERR_HEAPTAP_BUSY');
+  t.regex(e.message, /region busy/);
+  t.true(Date.now() - t0 < 2000);
+});
+
+test('an even sequence other than zero reads normally', (t) => {
+  const r = fresh({ ...sampleSpec(), header: { seq: 1000n } });
+  t.deepEqual(countersOf(native.readRegion(r.path)), r.expected);
+});
+
+test('a file nobody holds a lock on is reported not alive', (t) => {
+  const r = fresh();
+  t.false(native.readRegion(r.path).alive);
+});
+
+interface MutatorRun {
+  path: string;
+  child: ReturnType<typeof spawn>;
+  lines: AsyncIterator<string>;
+}
+
+async function startMutator(name: string, args: string[]): Promise<MutatorRun> {
+  const path = join(dir, name);
+  const child = spawn(mutator, [path, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  const first = await lines.next();
+  if (first.done || first.value !== `ready ${path}`) throw new Error(`mutator said ${String(first.value)}`);
+  return { path, child, lines };
+}
+
+async function readTotals(lines: AsyncIterator<string>) {
+  const totals = new Map<number, Counters>();
+  let stats = '';
+  for (;;) {
+    const { value, done } = await lines.next();
+    if (done || value === 'end') break;
+    if (value.startsWith('stats ')) stats = value;
+    const m = /^stack (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$/.exec(value);
+    if (m) {
+      totals.set(Number(m[1]), {
+        allocObjects: BigInt(m[2]!),
+        allocBytes: BigInt(m[3]!),
+        freeObjects: BigInt(m[4]!),
+        freeBytes: BigInt(m[5]!),
+        samples: BigInt(m[6]!),
+      });
+    }
+  }
+  return { totals, stats };
+}
+
+test('a writer holding its flock is alive; after it exits the region is not', async (t) => {
+  const run = await startMutator('live.heaptap', ['0.05', '1', '3', '--wait']);
+  await readTotals(run.lines);
+  const s = native.readRegion(run.path);
+  t.true(s.alive);
+  t.is(s.header.state, STATE_EXITED); // finished writing, but the process still runs
+  const exited = new Promise((resolve) => run.child.once('exit', resolve));
+  run.child.stdin!.end();
+  await exited;
+  t.false(native.readRegion(run.path).alive);
+});
+
+test('snapshots under concurrent writers and slab folds are monotonic per stack and end exact', async (t) => {
+  const run = await startMutator('mutator.heaptap', ['3', '3', '12345']);
+  let done = false;
+  const totalsP = readTotals(run.lines).then((x) => {
+    done = true;
+    return x;
+  });
+  const exitP = new Promise<number | null>((resolve) => run.child.once('exit', resolve));
+
+  const prev = new Map<number, Counters>();
+  const known = new Set<number>();
+  let since = 0;
+  let snapshots = 0;
+  let retries = 0;
+  let violations = 0;
+  let firstViolation = '';
+  while (!done) {
+    const s = native.readRegion(run.path, since);
+    snapshots++;
+    retries += s.retries;
+    t.is(s.malformed, 0, s.firstMalformed);
+    s.stacks.ids.forEach((id) => known.add(id));
+    since = s.stacks.next;
+    for (const [id, c] of countersOf(s)) {
+      if (!known.has(id)) {
+        violations++;
+        firstViolation ||= `counts for stack ${id} before its record`;
+      }
+      const p = prev.get(id);
+      if (p) {
+        for (const k of Object.keys(c) as (keyof Counters)[]) {
+          if (c[k] < p[k]) {
+            violations++;
+            firstViolation ||= `stack ${id} ${k} went down from ${p[k]} to ${c[k]} (snapshot ${snapshots})`;
+          }
+        }
+      }
+      prev.set(id, c);
+    }
+    // A stack that had counts never disappears.
+    for (const id of prev.keys()) {
+      if (!s.counters.ids.includes(id)) {
+        violations++;
+        firstViolation ||= `stack ${id} vanished`;
+      }
+    }
+    await sleep(1);
+  }
+  const { totals, stats } = await totalsP;
+  t.is(await exitP, 0);
+  t.is(violations, 0, firstViolation);
+  t.true(snapshots > 50, `only ${snapshots} snapshots`);
+  const folds = Number(/folds=(\d+)/.exec(stats)?.[1] ?? 0);
+  t.true(folds > 10, `only ${folds} folds: the test did not exercise the fold path`);
+  const final = native.readRegion(run.path);
+  t.is(final.malformed, 0, final.firstMalformed);
+  t.is(final.header.state, STATE_EXITED);
+  t.deepEqual(countersOf(final), totals);
+  t.log(`${snapshots} snapshots, ${retries} retries, ${stats}, ${totals.size} stacks`);
+});
+
+test('slab states ACTIVE and RETIRED count the same', (t) => {
+  const mk = (state: number) =>
+    fresh({
+      stacks: [{ frames: [1n] }],
+      slabs: [{ state, entries: [{ stackId: 2, counters: { allocBytes: 11n, samples: 1n } }] }],
+    });
+  t.deepEqual(countersOf(native.readRegion(mk(SLAB_ACTIVE).path)), countersOf(native.readRegion(mk(SLAB_RETIRED).path)));
+});
+
+test('stack ids with only zero counters are not listed; an empty region lists nothing', (t) => {
+  const r = fresh({
+    stacks: [{ frames: [1n] }],
+    slabs: [{ state: SLAB_ACTIVE, entries: [{ stackId: 2, counters: {} }] }],
+  });
+  const s = native.readRegion(r.path);
+  t.is(s.counters.ids.length, 0);
+  t.is(s.malformed, 0);
+  const e = native.readRegion(fresh({}).path);
+  t.is(e.counters.ids.length, 0);
+  t.deepEqual([...e.stacks.ids], [1]);
+  t.deepEqual(e.modules, []);
+});
+
+test('counts on a duplicate stack record are dropped and reported as malformed', (t) => {
+  const r = fresh({
+    stacks: [{ frames: [1n], flags: STACK_READY | STACK_DUPLICATE }],
+    slabs: [{ state: SLAB_ACTIVE, entries: [{ stackId: 2, counters: { allocBytes: 1n } }] }],
+  });
+  const s = native.readRegion(r.path);
+  t.is(s.counters.ids.length, 0);
+  t.is(s.malformed, 1);
+  t.regex(s.firstMalformed, /duplicate/);
+});
