@@ -1,0 +1,204 @@
+// Runs a seeded corpus of damaged region files through readRegion and prints one JSON
+// summary line. test/region.test.ts runs it in a child process, so that a crash (SIGSEGV,
+// SIGBUS, abort) shows as a signal instead of taking the test runner down.
+//
+//   node test/helpers/hostileCorpus.ts DIR SEED SCALE
+//
+// Every case must either throw an Error whose message starts with the file path, or
+// return a snapshot that is internally consistent (checkSnapshot). Anything else, or a
+// read slower than SLOW_MS, is listed in `bad`.
+import { closeSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { native } from '../../src/native.ts';
+import type { RegionSnapshot } from '../../src/region.ts';
+import {
+  HDR,
+  HEADER_BYTES,
+  SECTION_NAMES,
+  SLAB_ACTIVE,
+  buildRegion,
+  sampleSpec,
+  sectionField,
+  type RegionSpec,
+} from './regionBuilder.ts';
+
+const SLOW_MS = 1500;
+
+/** xorshift32: small, seedable, good enough to pick bytes and positions. */
+export function prng(seed: number): () => number {
+  let x = seed >>> 0 || 0x9e3779b9;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x;
+  };
+}
+
+/** Returns a description of what is inconsistent in s, or '' if nothing is. */
+export function checkSnapshot(s: RegionSnapshot): string {
+  const st = s.stacks;
+  const n = st.ids.length;
+  if (st.depths.length !== n || st.flags.length !== n || st.frameStart.length !== n) return 'stack arrays differ in length';
+  let frames = 0;
+  for (let i = 0; i < n; i++) {
+    if (i > 0 && st.ids[i]! <= st.ids[i - 1]!) return 'stack ids not ascending';
+    if (st.frameStart[i] !== frames) return 'frameStart is not the running sum of depths';
+    if (st.depths[i]! > s.header.maxDepth) return 'depth above maxDepth';
+    frames += st.depths[i]!;
+  }
+  if (st.frames.length !== frames) return 'frames length is not the sum of depths';
+  const c = s.counters;
+  const m = c.ids.length;
+  for (const col of [c.allocObjects, c.allocBytes, c.freeObjects, c.freeBytes, c.samples]) {
+    if (col.length !== m) return 'counter columns differ in length';
+  }
+  const cap = Math.min(s.header.stacksUsed, s.header.stacks.capacity);
+  for (let i = 0; i < m; i++) {
+    if (i > 0 && c.ids[i]! <= c.ids[i - 1]!) return 'counter ids not ascending';
+    if (c.ids[i]! === 0 || c.ids[i]! >= cap) return `counter id ${c.ids[i]} outside [1, ${cap})`;
+    if (c.allocObjects[i]! === 0n && c.allocBytes[i]! === 0n && c.freeObjects[i]! === 0n &&
+        c.freeBytes[i]! === 0n && c.samples[i]! === 0n) return 'all-zero counter row listed';
+  }
+  for (const mod of s.modules) {
+    if (mod.path.includes('\0')) return 'module path holds a NUL';
+    if (mod.buildId.length > 64 || mod.buildId.length % 2) return 'bad build id';
+  }
+  if (s.malformed === 0 && s.firstMalformed !== '') return 'firstMalformed without malformed';
+  if (s.malformed > 0 && s.firstMalformed === '') return 'malformed without a description';
+  return '';
+}
+
+interface Summary {
+  cases: number;
+  threw: number;
+  returned: number;
+  malformedReturned: number;
+  maxMs: number;
+  codes: Record<string, number>;
+  bad: string[];
+}
+
+/** The base region for corruption: a bit of everything, and real slab/shared content. */
+export function corpusSpec(): RegionSpec {
+  const spec = sampleSpec();
+  spec.slabs!.push({
+    state: SLAB_ACTIVE,
+    entries: [1, 2, 3, 4].map((id) => ({ stackId: id, counters: { allocBytes: BigInt(id) * 10n, samples: 1n } })),
+  });
+  return spec;
+}
+
+function main(): void {
+  const [dir, seedArg, scaleArg] = process.argv.slice(2);
+  if (!dir) throw new Error('usage: hostileCorpus.ts DIR SEED SCALE');
+  const rand = prng(Number(seedArg ?? 1));
+  const scale = Number(scaleArg ?? 1);
+  const sum: Summary = { cases: 0, threw: 0, returned: 0, malformedReturned: 0, maxMs: 0, codes: {}, bad: [] };
+
+  const attempt = (path: string, what: string) => {
+    sum.cases++;
+    const t0 = performance.now();
+    try {
+      const s = native.readRegion(path);
+      sum.returned++;
+      if (s.malformed > 0) sum.malformedReturned++;
+      const why = checkSnapshot(s);
+      if (why && sum.bad.length < 20) sum.bad.push(`${what}: ${why}`);
+    } catch (e) {
+      sum.threw++;
+      const code = (e as { code?: string }).code ?? 'none';
+      sum.codes[code] = (sum.codes[code] ?? 0) + 1;
+      if (!(e instanceof Error) || !e.message.startsWith(path + ': ') || code === 'none') {
+        if (sum.bad.length < 20) sum.bad.push(`${what}: threw ${String(e)}`);
+      }
+    }
+    const ms = performance.now() - t0;
+    sum.maxMs = Math.max(sum.maxMs, ms);
+    if (ms > SLOW_MS && sum.bad.length < 20) sum.bad.push(`${what}: took ${ms.toFixed(0)} ms`);
+  };
+
+  const base = buildRegion(corpusSpec()).buf;
+  const path = join(dir, 'corpus.heaptap');
+
+  // 1. Single bit flips, in place: half in the header page, half anywhere.
+  writeFileSync(path, base);
+  const fd = openSync(path, 'r+');
+  const one = Buffer.alloc(1);
+  for (let i = 0; i < 3000 * scale; i++) {
+    const pos = i % 2 === 0 ? rand() % 1744 : rand() % base.length;
+    const bit = rand() % 8;
+    one[0] = base[pos]! ^ (1 << bit);
+    writeSync(fd, one, 0, 1, pos);
+    attempt(path, `flip byte ${pos} bit ${bit}`);
+    one[0] = base[pos]!;
+    writeSync(fd, one, 0, 1, pos);
+  }
+
+  // 2. Hostile words written over header fields and table contents.
+  const hostile32 = [0, 1, 2, 3, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff, 4096, 8191, 8192, base.length];
+  const hostile64 = [0n, 1n, 7n, 4096n, 8192n, BigInt(base.length), BigInt(base.length) + 4096n, 1n << 32n,
+    1n << 63n, (1n << 64n) - 4096n, (1n << 64n) - 1n];
+  const word = Buffer.alloc(8);
+  for (let i = 0; i < 2000 * scale; i++) {
+    // a 4- or 8-byte aligned position, biased towards the header's fields
+    const inHeader = rand() % 3 !== 0;
+    const pos = inHeader ? (rand() % (1744 / 4)) * 4 : HEADER_BYTES + (rand() % ((base.length - HEADER_BYTES) / 4)) * 4;
+    const wide = pos % 8 === 0 && rand() % 2 === 0;
+    if (wide) word.writeBigUInt64LE(hostile64[rand() % hostile64.length]!);
+    else word.writeUInt32LE(hostile32[rand() % hostile32.length]!);
+    const len = wide ? 8 : 4;
+    writeSync(fd, word, 0, len, pos);
+    attempt(path, `word ${wide ? 64 : 32} at ${pos} = ${wide ? word.readBigUInt64LE() : word.readUInt32LE()}`);
+    writeSync(fd, base, pos, len, pos);
+  }
+  closeSync(fd);
+
+  // 3. Random files of random sizes.
+  for (let i = 0; i < 200 * scale; i++) {
+    const size = rand() % 3 === 0 ? rand() % 9000 : rand() % 48000;
+    const buf = Buffer.alloc(size);
+    for (let k = 0; k < size; k++) buf[k] = rand() & 0xff;
+    writeFileSync(path, buf);
+    attempt(path, `random file ${i} (${size} bytes)`);
+  }
+
+  // 4. A valid identity then random bytes; a valid header then random tables.
+  for (let i = 0; i < 200 * scale; i++) {
+    const buf = Buffer.from(base);
+    const from = i % 2 === 0 ? HDR.headerBytes : HEADER_BYTES;
+    for (let k = from; k < buf.length; k++) buf[k] = rand() & 0xff;
+    if (i % 2 === 0) buf.writeUInt32LE(1, HDR.state); // get past "not ready"
+    writeFileSync(path, buf);
+    attempt(path, `${i % 2 === 0 ? 'identity' : 'header'} then random ${i}`);
+  }
+
+  // 5. A valid header with random section descriptors drawn from hostile values.
+  for (let i = 0; i < 500 * scale; i++) {
+    const buf = Buffer.from(base);
+    const name = SECTION_NAMES[rand() % SECTION_NAMES.length]!;
+    const field = (['offset', 'bytes', 'capacity', 'entryBytes'] as const)[rand() % 4]!;
+    const at = sectionField(name, field);
+    if (field === 'offset' || field === 'bytes') buf.writeBigUInt64LE(hostile64[rand() % hostile64.length]!, at);
+    else buf.writeUInt32LE(hostile32[rand() % hostile32.length]!, at);
+    writeFileSync(path, buf);
+    attempt(path, `${name}.${field} hostile ${i}`);
+  }
+
+  // 6. Truncation at every page boundary and around it.
+  for (let len = 0; len <= base.length; len += 512) {
+    for (const d of [-1, 0, 1]) {
+      const l = len + d;
+      if (l < 0 || l > base.length) continue;
+      writeFileSync(path, base.subarray(0, l));
+      attempt(path, `truncated to ${l}`);
+    }
+  }
+
+  process.stdout.write(JSON.stringify(sum) + '\n');
+}
+
+if (import.meta.main) main();
