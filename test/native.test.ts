@@ -2,7 +2,7 @@
 // exact sums from synthetic regions, stack/module/header decoding, the control area,
 // liveness, and consistent snapshots against a concurrent writer (test/fixtures/region_mutator.c).
 import { execFileSync, spawn } from 'node:child_process';
-import { openSync, readSync, closeSync, writeFileSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -423,6 +423,29 @@ test('snapshots under concurrent writers and slab folds are monotonic per stack 
   t.is(final.header.state, STATE_EXITED);
   t.deepEqual(countersOf(final), totals);
   t.log(`${snapshots} snapshots, ${retries} retries, ${stats}, ${totals.size} stacks`);
+});
+
+test('reading a sparse region does not touch the slab pages the writer never used', (t) => {
+  // On tmpfs a read fault on a hole allocates a page (and raises SIGBUS when the file
+  // system is full): the reader must leave unreserved parts of the file alone.
+  const spec = sampleSpec();
+  spec.slabEntries = 128; // 6208-byte slabs: several pages each
+  spec.capacities = { slabs: 32 };
+  const built = buildRegion(spec);
+  const path = join(dir, 'sparse.heaptap');
+  const fd = openSync(path, 'w+');
+  ftruncateSync(fd, built.buf.length);
+  const slabs = built.sections.slabs;
+  for (let at = 0; at < built.buf.length; at += 4096) {
+    const page = built.buf.subarray(at, at + 4096);
+    const inSlabs = at >= slabs.offset && at < slabs.offset + slabs.bytes;
+    if (!inSlabs || page.some((b) => b !== 0)) writeSync(fd, page, 0, page.length, at);
+  }
+  closeSync(fd);
+  const before = statSync(path).blocks;
+  const s = native.readRegion(path);
+  t.deepEqual(countersOf(s), built.expected);
+  t.is(statSync(path).blocks, before);
 });
 
 test('slab states ACTIVE and RETIRED count the same', (t) => {

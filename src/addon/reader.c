@@ -563,10 +563,57 @@ static void backoff(unsigned attempt)
 	nanosleep(&ts, NULL);
 }
 
+/* Pages of [off, off + len) of the file that hold data, as a bitmap (bit i: the page at
+ * off + i * HT_SECTION_ALIGN; off is section-aligned). The region file is sparse and the
+ * writer reserves parts as it starts to use them; on tmpfs a read fault on a hole
+ * allocates a page (and raises SIGBUS when the file system is full), so the reader must not
+ * touch holes. A hole reads as zeros, so skipping it is exact: a slab whose header page is
+ * a hole is FREE, an entry on a hole page is empty. Returns NULL when every page should be
+ * taken as data (no memory; lseek cannot tell). */
+static uint8_t *data_pages(int fd, uint64_t off, uint64_t len)
+{
+	uint64_t pages = (len + HT_SECTION_ALIGN - 1) / HT_SECTION_ALIGN;
+	if (pages == 0)
+		return NULL;
+	uint8_t *map = calloc((pages + 7) / 8, 1);
+	if (!map)
+		return NULL;
+	uint64_t end = off + len, pos = off;
+	/* each round moves pos past at least one page, so pages + 1 rounds suffice */
+	for (uint64_t round = 0; pos < end && round <= pages; round++) {
+		off_t d = lseek(fd, (off_t)pos, SEEK_DATA);
+		if (d < 0) {
+			if (errno == ENXIO)
+				break; /* no data from pos to the end of the file */
+			free(map);
+			return NULL;
+		}
+		if ((uint64_t)d >= end)
+			break;
+		off_t hole = lseek(fd, d, SEEK_HOLE);
+		uint64_t h = hole < 0 || (uint64_t)hole > end ? end : (uint64_t)hole;
+		if (h <= (uint64_t)d) {
+			free(map);
+			return NULL; /* the file system contradicts itself: read everything */
+		}
+		for (uint64_t pg = ((uint64_t)d - off) / HT_SECTION_ALIGN;
+		     pg < pages && off + pg * HT_SECTION_ALIGN < h; pg++)
+			map[pg / 8] |= (uint8_t)(1u << (pg % 8));
+		pos = h;
+	}
+	return map;
+}
+
+static inline int page_has_data(const uint8_t *map, uint64_t rel)
+{
+	uint64_t pg = rel / HT_SECTION_ALIGN;
+	return !map || (map[pg / 8] >> (pg % 8)) & 1;
+}
+
 /* Steps 1-4 of the reader protocol. On success `a` holds the totals of every id that had
  * counts, and *used_after is stacks_used (clamped) as loaded after the consistent pass. */
-static int sum_counters(const struct htr_region *r, struct acc *a, struct htr_snapshot *s,
-			uint32_t *used_after, struct htr_error *err)
+static int sum_counters_in(const struct htr_region *r, const uint8_t *present, struct acc *a,
+			   struct htr_snapshot *s, uint32_t *used_after, struct htr_error *err)
 {
 	const struct ht_header *h = &r->hdr;
 	const unsigned char *m = r->map;
@@ -597,7 +644,10 @@ static int sum_counters(const struct htr_region *r, struct acc *a, struct htr_sn
 		/* 2. every ACTIVE or RETIRED slab, every published entry */
 		const unsigned char *slabs = m + h->slabs.offset;
 		for (uint32_t i = 0; i < h->slabs.capacity; i++) {
-			const unsigned char *slab = slabs + (uint64_t)i * h->slabs.entry_bytes;
+			uint64_t rel = (uint64_t)i * h->slabs.entry_bytes;
+			const unsigned char *slab = slabs + rel;
+			if (!page_has_data(present, rel))
+				continue; /* never written: FREE */
 			uint32_t st = ld32_acq(slab + offsetof(struct ht_slab_header, state));
 			if (st == HT_SLAB_FREE || st == HT_SLAB_FOLDING)
 				continue;
@@ -606,7 +656,12 @@ static int sum_counters(const struct htr_region *r, struct acc *a, struct htr_sn
 				continue;
 			}
 			const unsigned char *e = slab + sizeof(struct ht_slab_header);
-			for (uint32_t j = 0; j < h->slab_entries; j++, e += sizeof(struct ht_slab_entry)) {
+			uint64_t erel = rel + sizeof(struct ht_slab_header);
+			for (uint32_t j = 0; j < h->slab_entries;
+			     j++, e += sizeof(struct ht_slab_entry), erel += sizeof(struct ht_slab_entry)) {
+				if (!page_has_data(present, erel) ||
+				    !page_has_data(present, erel + sizeof(struct ht_slab_entry) - 1))
+					continue; /* on a hole: empty */
 				uint32_t id = ld32_acq(e + offsetof(struct ht_slab_entry, stack_id));
 				if (id == HT_STACK_NONE)
 					continue;
@@ -657,6 +712,18 @@ static int sum_counters(const struct htr_region *r, struct acc *a, struct htr_sn
 		*used_after = clamp_u32(ld32_acq(usedp), h->stacks.capacity);
 		return 0;
 	}
+}
+
+static int sum_counters(const struct htr_region *r, struct acc *a, struct htr_snapshot *s,
+			uint32_t *used_after, struct htr_error *err)
+{
+	/* Which slab pages exist, once per snapshot: a page that turns into data while we
+	 * retry held zeros (a FREE slab) when we looked, as if that slab was read early. A
+	 * page never turns back into a hole (the writer does not punch holes). */
+	uint8_t *present = data_pages(r->fd, r->hdr.slabs.offset, r->hdr.slabs.bytes);
+	int rc = sum_counters_in(r, present, a, s, used_after, err);
+	free(present);
+	return rc;
 }
 
 static const unsigned char *stack_rec(const struct htr_region *r, uint32_t id)
