@@ -1,0 +1,237 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * C test of the region reader, meant to run under AddressSanitizer and UBSan
+ * (`make -C src/addon check`): the JS tests show that hostile files do not crash the
+ * addon; this shows that the reader does not read or write outside its own buffers or hit
+ * undefined behaviour while it rejects them, which a crash-only test cannot see.
+ *
+ *   test_reader [SEED [ROUNDS]]
+ *
+ * It builds a small valid region, checks the exact snapshot, then runs seeded single-bit
+ * flips and hostile words over the whole file through htr_read_path(), checking the
+ * invariants of every snapshot that is returned. Prints "N passed, 0 failed" at the end.
+ */
+#define _GNU_SOURCE
+#include "reader.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int failures, passes;
+
+#define CHECK(cond, ...)                                                                  \
+	do {                                                                              \
+		if (cond) {                                                               \
+			passes++;                                                         \
+		} else {                                                                  \
+			failures++;                                                       \
+			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);   \
+			fprintf(stderr, __VA_ARGS__);                                     \
+			fputc('\n', stderr);                                              \
+		}                                                                         \
+	} while (0)
+
+enum { STACKS = 32, FRAMES = 256, SLABS = 3, SLAB_ENTRIES = 8, MODULES = 4, PATHS = 4096 };
+
+static uint64_t page_up(uint64_t v) { return (v + 4095) / 4096 * 4096; }
+
+static void section(struct ht_section *s, uint64_t *at, uint32_t cap, uint32_t entry)
+{
+	s->offset = *at;
+	s->capacity = cap;
+	s->entry_bytes = entry;
+	s->bytes = page_up((uint64_t)cap * entry);
+	*at += s->bytes;
+}
+
+/* A valid region: stacks 2..4 (4 is a duplicate), one module, an active and a free slab,
+ * shared counts. Expected totals: stack 2 = 30 bytes, stack 3 = 7 bytes, overflow = 5. */
+static unsigned char *build(size_t *len)
+{
+	struct ht_header h;
+	memset(&h, 0, sizeof h);
+	uint64_t at = HT_HEADER_BYTES;
+	section(&h.modules, &at, MODULES, sizeof(struct ht_module));
+	section(&h.paths, &at, PATHS, 1);
+	section(&h.stack_index, &at, 64, 4);
+	section(&h.stacks, &at, STACKS, sizeof(struct ht_stack));
+	section(&h.frames, &at, FRAMES, 8);
+	section(&h.shared, &at, STACKS, sizeof(struct ht_counters));
+	section(&h.slabs, &at, SLABS,
+		sizeof(struct ht_slab_header) + SLAB_ENTRIES * sizeof(struct ht_slab_entry));
+	h.magic = HT_MAGIC;
+	h.version = HT_LAYOUT_VERSION;
+	h.header_bytes = HT_HEADER_BYTES;
+	h.file_bytes = at;
+	h.arch = htr_host_arch();
+	h.slab_entries = SLAB_ENTRIES;
+	h.max_depth = 16;
+	h.state = HT_STATE_RUNNING;
+	h.stacks_used = 5;
+	h.modules_used = 1;
+	strcpy(h.exe, "/bin/true");
+	strcpy(h.service, "svc");
+	unsigned char *b = calloc(1, at);
+	memcpy(b, &h, sizeof h);
+	struct ht_stack *st = (struct ht_stack *)(b + h.stacks.offset);
+	uint64_t *fr = (uint64_t *)(b + h.frames.offset);
+	st[1] = (struct ht_stack){1, 0, 0, HT_STACK_READY | HT_STACK_SYNTHETIC};
+	for (int i = 0; i < 6; i++)
+		fr[i] = 0x1000 + (uint64_t)i;
+	st[2] = (struct ht_stack){11, 0, 3, HT_STACK_READY};
+	st[3] = (struct ht_stack){12, 3, 3, HT_STACK_READY | HT_STACK_TRUNCATED};
+	st[4] = (struct ht_stack){11, 0, 3, HT_STACK_READY | HT_STACK_DUPLICATE};
+	struct ht_module *m = (struct ht_module *)(b + h.modules.offset);
+	strcpy((char *)b + h.paths.offset, "/bin/true");
+	*m = (struct ht_module){HT_MODULE_LOADED, HT_MODULE_MAIN, 0, 9, 0, 0x1000, 0x2000, 0, 1, 0,
+				4, 0, {1, 2, 3, 4}};
+	struct ht_slab_header *s0 = (struct ht_slab_header *)(b + h.slabs.offset);
+	s0->state = HT_SLAB_ACTIVE;
+	struct ht_slab_entry *e = (struct ht_slab_entry *)(s0 + 1);
+	e[ht_slab_slot(2, SLAB_ENTRIES)] = (struct ht_slab_entry){2, 0, {HT_OBJ_ONE, 10, 0, 0, 1}};
+	e[ht_slab_slot(3, SLAB_ENTRIES)] = (struct ht_slab_entry){3, 0, {HT_OBJ_ONE, 7, 0, 0, 1}};
+	struct ht_slab_header *s1 = (struct ht_slab_header *)(b + h.slabs.offset + h.slabs.entry_bytes);
+	s1->state = HT_SLAB_FREE;
+	e = (struct ht_slab_entry *)(s1 + 1);
+	e[0] = (struct ht_slab_entry){2, 0, {HT_OBJ_ONE, 1000, 0, 0, 1}};
+	struct ht_counters *sh = (struct ht_counters *)(b + h.shared.offset);
+	sh[2] = (struct ht_counters){HT_OBJ_ONE, 20, 0, 0, 1};
+	sh[1] = (struct ht_counters){HT_OBJ_ONE, 5, 0, 0, 1};
+	*len = at;
+	return b;
+}
+
+static int write_file(const char *path, const unsigned char *b, size_t len)
+{
+	FILE *f = fopen(path, "wb");
+	if (!f)
+		return -1;
+	size_t w = fwrite(b, 1, len, f);
+	return fclose(f) == 0 && w == len ? 0 : -1;
+}
+
+/* Invariants of any snapshot the reader returns, however hostile the file. */
+static void check_invariants(const struct htr_snapshot *s, const char *what)
+{
+	uint64_t frames = 0;
+	for (uint32_t i = 0; i < s->stacks.count; i++) {
+		CHECK(s->stacks.frame_start[i] == frames, "%s: frame_start", what);
+		CHECK(s->stacks.depths[i] <= s->hdr.max_depth, "%s: depth", what);
+		CHECK(i == 0 || s->stacks.ids[i] > s->stacks.ids[i - 1], "%s: stack order", what);
+		frames += s->stacks.depths[i];
+	}
+	CHECK(frames == s->stacks.nframes, "%s: nframes", what);
+	CHECK(frames <= s->hdr.frames.capacity, "%s: frames beyond the pool", what);
+	for (uint32_t i = 0; i < s->counters.count; i++) {
+		CHECK(s->counters.ids[i] > 0 && s->counters.ids[i] < s->hdr.stacks.capacity,
+		      "%s: counter id", what);
+		CHECK(i == 0 || s->counters.ids[i] > s->counters.ids[i - 1], "%s: counter order", what);
+	}
+	for (uint32_t i = 0; i < s->module_count; i++) {
+		CHECK(strlen(s->modules[i].path) == s->modules[i].path_len, "%s: path length", what);
+		CHECK(s->modules[i].build_id_len <= HTR_BUILD_ID_MAX, "%s: build id", what);
+	}
+}
+
+static uint64_t rng_state;
+static uint64_t rnd(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return rng_state;
+}
+
+int main(int argc, char **argv)
+{
+	rng_state = argc > 1 ? strtoull(argv[1], NULL, 0) | 1 : 20261122;
+	long rounds = argc > 2 ? atol(argv[2]) : 4000;
+	/* on tmpfs when there is one: thousands of rewrites, and where regions really live */
+	char path[64];
+	snprintf(path, sizeof path, "%s/heaptap-test-reader-XXXXXX",
+		 access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+	int fd = mkstemp(path);
+	if (fd < 0) {
+		perror("mkstemp");
+		return 2;
+	}
+	close(fd);
+
+	size_t len;
+	unsigned char *base = build(&len);
+	struct htr_snapshot s;
+	struct htr_error err;
+
+	/* the valid region reads back exactly */
+	CHECK(write_file(path, base, len) == 0, "write");
+	int rc = htr_read_path(path, 0, &s, &err);
+	CHECK(rc == 0, "%s", err.msg);
+	if (rc == 0) {
+		CHECK(s.malformed == 0, "%s", s.first_malformed);
+		CHECK(s.counters.count == 3, "count %u", s.counters.count);
+		uint64_t want_ids[] = {1, 2, 3}, want_bytes[] = {5, 30, 7};
+		for (uint32_t i = 0; i < s.counters.count && i < 3; i++) {
+			CHECK(s.counters.ids[i] == want_ids[i], "id %u", s.counters.ids[i]);
+			CHECK(s.counters.alloc_bytes[i] == want_bytes[i], "bytes %llu",
+			      (unsigned long long)s.counters.alloc_bytes[i]);
+		}
+		CHECK(s.stacks.count == 3 && s.stacks.nframes == 6, "stacks %u", s.stacks.count);
+		CHECK(s.module_count == 1 && strcmp(s.modules[0].path, "/bin/true") == 0, "module");
+		CHECK(s.alive == 0, "alive");
+		check_invariants(&s, "valid");
+		htr_snapshot_free(&s);
+	}
+
+	/* control round trip */
+	CHECK(htr_write_control(path, 1, 1, 1, 4096, &err) == 0, "%s", err.msg);
+	if (htr_read_path(path, 0, &s, &err) == 0) {
+		CHECK(s.live.control_paused == 1 && s.live.control_rate == 4096 && s.live.control_seq == 1,
+		      "control");
+		htr_snapshot_free(&s);
+	}
+
+	/* seeded corruption: single bit flips and hostile words anywhere in the file */
+	static const uint64_t hostile[] = {0, 1, 4096, 8192, 0x7fffffff, 0xffffffff, 1ull << 32,
+					   1ull << 63, ~0ull, ~0ull - 4095};
+	unsigned char *buf = malloc(len);
+	char what[96];
+	long returned = 0, refused = 0;
+	for (long i = 0; i < rounds; i++) {
+		memcpy(buf, base, len);
+		size_t pos;
+		if (i % 2 == 0) {
+			pos = (size_t)(rnd() % (i % 4 == 0 ? sizeof(struct ht_header) : len));
+			buf[pos] ^= (unsigned char)(1u << (rnd() % 8));
+			snprintf(what, sizeof what, "flip at %zu", pos);
+		} else {
+			pos = (size_t)(rnd() % ((i % 3 == 0 ? sizeof(struct ht_header) : len) / 8)) * 8;
+			uint64_t v = hostile[rnd() % (sizeof hostile / sizeof hostile[0])];
+			memcpy(buf + pos, &v, rnd() % 2 ? 8 : 4);
+			snprintf(what, sizeof what, "word at %zu = %llu", pos, (unsigned long long)v);
+		}
+		if (write_file(path, buf, len) != 0)
+			break;
+		if (htr_read_path(path, 0, &s, &err) == 0) {
+			returned++;
+			check_invariants(&s, what);
+			htr_snapshot_free(&s);
+		} else {
+			refused++;
+			CHECK(err.kind != HTR_OK && err.msg[0] != '\0', "%s: error without message", what);
+		}
+	}
+	/* every truncation at 512-byte steps is refused */
+	for (size_t l = 0; l < len; l += 512) {
+		if (write_file(path, base, l) != 0)
+			break;
+		CHECK(htr_read_path(path, 0, &s, &err) != 0, "truncated to %zu was read", l);
+	}
+	free(buf);
+	free(base);
+	unlink(path);
+	printf("corpus: %ld read, %ld refused\n", returned, refused);
+	printf("%d passed, %d failed\n", passes, failures);
+	return failures ? 1 : 0;
+}
