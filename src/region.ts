@@ -202,6 +202,10 @@ export interface RegionError extends Error {
   code: string;
   path: string;
   errno?: number;
+  /** with ERR_HEAPTAP_NOT_READY and ERR_HEAPTAP_BUSY: whether a writer still holds the
+   * region. false means it died while setting up or in the middle of a slab fold, and the
+   * region will stay unreadable. */
+  alive?: boolean;
 }
 
 export const constants: RegionConstants = native.constants;

@@ -295,6 +295,8 @@ test('a region still being set up (state INIT) is reported as not ready', (t) =>
   const e = t.throws(() => native.readRegion(r.path));
   t.is((e as Error & { code: string }).code, 'ERR_HEAPTAP_NOT_READY');
   t.true(e.message.startsWith(r.path));
+  t.is((e as Error & { alive?: boolean }).alive, false); // nobody holds its lock
+  t.regex(e.message, /no writer holds it/);
 });
 
 test('a sequence that stays odd makes the reader give up as busy, quickly', (t) => {
@@ -302,7 +304,8 @@ test('a sequence that stays odd makes the reader give up as busy, quickly', (t) 
   const t0 = Date.now();
   const e = t.throws(() => native.readRegion(r.path));
   t.is((e as Error & { code: string }).code, 'ERR_HEAPTAP_BUSY');
-  t.regex(e.message, /region busy/);
+  t.regex(e.message, /region busy: a slab fold stayed under way/);
+  t.is((e as Error & { alive?: boolean }).alive, false);
   t.true(Date.now() - t0 < 2000);
 });
 

@@ -45,6 +45,11 @@ Napi::Error RegionError(Napi::Env env, const std::string &path, const htr_error 
 	e.Set("path", Napi::String::New(env, path));
 	if (err.errnum != 0)
 		e.Set("errno", Napi::Number::New(env, err.errnum));
+	if (err.kind == HTR_E_NOT_READY || err.kind == HTR_E_BUSY) {
+		// whether a writer still holds the region: false means it will stay this way
+		if (err.alive >= 0)
+			e.Set("alive", Napi::Boolean::New(env, err.alive != 0));
+	}
 	return e;
 }
 

@@ -82,6 +82,7 @@ static int fail(struct htr_error *err, int kind, int errnum, const char *fmt, ..
 static int fail(struct htr_error *err, int kind, int errnum, const char *fmt, ...)
 {
 	if (err) {
+		err->alive = -1;
 		va_list ap;
 		va_start(ap, fmt);
 		vsnprintf(err->msg, sizeof err->msg, fmt, ap);
@@ -103,6 +104,7 @@ static void ok(struct htr_error *err)
 	if (err) {
 		err->kind = HTR_OK;
 		err->errnum = 0;
+		err->alive = -1;
 		err->msg[0] = '\0';
 	}
 }
@@ -356,7 +358,13 @@ int htr_open(struct htr_region *r, const char *path, struct htr_error *err)
 	/* RUNNING is stored with release after setup: acquire it before copying the rest. */
 	uint32_t state = ld32_acq(HDR_FIELD(r->map, state));
 	if (state == HT_STATE_INIT) {
-		fail(err, HTR_E_NOT_READY, 0, "region is still being set up (state INIT)");
+		int alive = -1;
+		if (htr_alive(r, path, &alive, NULL) != 0)
+			alive = -1;
+		fail(err, HTR_E_NOT_READY, 0, "region is still being set up (state INIT)%s",
+		     alive == 0 ? "; no writer holds it" : "");
+		if (err)
+			err->alive = alive;
 		goto bad;
 	}
 	memcpy(&r->hdr, r->map, sizeof r->hdr);
@@ -1017,6 +1025,16 @@ int htr_read_path(const char *path, uint32_t since, struct htr_snapshot *out,
 		rc = htr_alive(&r, path, &out->alive, err);
 		if (rc != 0)
 			htr_snapshot_free(out);
+	} else if (err && err->kind == HTR_E_BUSY) {
+		/* A writer killed in the middle of a fold leaves seq odd for good. */
+		int alive = -1;
+		if (htr_alive(&r, path, &alive, NULL) != 0)
+			alive = -1;
+		err->alive = alive;
+		if (alive == 0) {
+			size_t n = strlen(err->msg);
+			snprintf(err->msg + n, sizeof err->msg - n, "; no writer holds it");
+		}
 	}
 	htr_close(&r);
 	return rc;

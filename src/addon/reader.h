@@ -56,6 +56,10 @@ enum htr_error_kind {
 struct htr_error {
 	int kind;        /* enum htr_error_kind */
 	int errnum;      /* errno for HTR_E_IO, else 0 */
+	/* For HTR_E_NOT_READY and HTR_E_BUSY from htr_open/htr_read_path: 1 if a writer
+	 * holds the region's lock, 0 if none does (it died while setting up or mid-fold, and
+	 * the region will stay this way), -1 if unknown. */
+	int alive;
 	char msg[320];   /* what is wrong, without the file path (the caller adds it) */
 };
 
