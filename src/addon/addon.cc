@@ -11,6 +11,7 @@
 
 #include <napi.h>
 
+#include <cerrno>
 #include <cstring>
 #include <string>
 
@@ -18,15 +19,25 @@
 
 namespace {
 
+// errno names for the errors the reader's system calls give (strerrorname_np is glibc-only).
+const char *ErrnoName(int e)
+{
+	switch (e) {
+#define E(x) case x: return #x
+	E(ENOENT); E(ENOTDIR); E(EISDIR); E(ELOOP); E(EACCES); E(EPERM); E(EINVAL);
+	E(ENAMETOOLONG); E(ESTALE); E(ENOMEM); E(EMFILE); E(ENFILE); E(ENODEV); E(ENXIO);
+	E(EIO); E(EROFS); E(EBUSY); E(ETXTBSY); E(EOVERFLOW); E(EAGAIN); E(EINTR); E(ENOLCK);
+#undef E
+	default: return nullptr;
+	}
+}
+
 const char *ErrorCode(const htr_error &err)
 {
 	switch (err.kind) {
 	case HTR_E_IO:
-		if (err.errnum != 0) {
-			const char *name = strerrorname_np(err.errnum);
-			if (name)
-				return name; // "ENOENT", like Node's own fs errors
-		}
+		if (const char *name = ErrnoName(err.errnum))
+			return name; // "ENOENT", like Node's own fs errors
 		return "ERR_HEAPTAP_IO";
 	case HTR_E_FORMAT: return "ERR_HEAPTAP_FORMAT";
 	case HTR_E_VERSION: return "ERR_HEAPTAP_VERSION";
