@@ -1,0 +1,44 @@
+/* Stack unwinding for sampled allocations: DWARF CFI from .eh_frame (correct for code built
+ * without frame pointers, which is most of a Debian system) and a frame-pointer walk.
+ *
+ * Both walks run inside malloc of someone else's program: no allocation, no lock, no
+ * syscall per call, and every read of stack memory is checked against the calling thread's
+ * stack bounds (found once per thread). See unwind.c for the model and the costs.
+ *
+ * Frames are return addresses, innermost first: pcs[0] is the return address into the
+ * function that called ht_unwind / ht_unwind_fp. A frame interrupted by a signal is
+ * recorded as its interrupted pc + 1, so that every frame can be symbolized the same way
+ * (look up pc - 1). */
+#ifndef HT_UNWIND_H
+#define HT_UNWIND_H
+
+#include <stdint.h>
+
+/* Call once at library init (single-threaded context, may call dlsym). Idempotent.
+ * Resolves glibc's _dl_find_object (2.35+) at run time; without it (older glibc, or before
+ * init) ht_unwind finds objects with dl_iterate_phdr: correct, slower, and it takes the
+ * loader's (recursive) lock for the walk. */
+void ht_unwind_init(void);
+
+/* Unwinds the calling thread. pcs[0] is the return address into the function that called
+ * ht_unwind (i.e. the caller's caller frame is pcs[1], etc: innermost first). Returns the
+ * number of frames written (<= max). *truncated = 1 when there were more frames than max,
+ * or when the unwinder had to stop before reaching the outermost frame (no CFI, bad CFA,
+ * read outside the stack, unsupported expression), 0 when it reached the end cleanly. */
+__attribute__((noinline)) int ht_unwind(uint64_t *pcs, int max, int *truncated);     /* DWARF CFI (.eh_frame) */
+__attribute__((noinline)) int ht_unwind_fp(uint64_t *pcs, int max, int *truncated);  /* frame-pointer chain */
+
+/* Forgets every cached unwind rule. Call after an object was unloaded (dlclose): another
+ * object mapped at the same addresses would otherwise be unwound with the old rules (wrong
+ * frames, never an unsafe read). Safe to call from any thread at any time; about 16 K
+ * relaxed stores. */
+void ht_unwind_invalidate(void);
+
+/* For tests and benchmarks. */
+/* 1: find objects with dl_iterate_phdr even when _dl_find_object is there. */
+void ht_unwind_force_phdr(int on);
+/* Frames of this thread's latest ht_unwind that needed the full CFI path (cache misses
+ * and frames whose rules the cache cannot hold). */
+int ht_unwind_last_slow_frames(void);
+
+#endif
