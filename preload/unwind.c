@@ -14,33 +14,38 @@
  *      row: CFA = reg + offset (or an expression), and where each register was saved;
  *   4. CFA, return address, and the caller's rbp (a later frame may define its CFA by
  *      rbp) follow from the rules and the registers known so far.
- * Frame 0 is ht_unwind's own frame, with rip/rsp/rbp taken by inline asm; unwinding it
- * through its own CFI gives pcs[0].
+ * Frame 0 is ht_unwind's own frame, with rip, rsp and the callee-saved registers taken
+ * by inline asm; unwinding it through its own CFI gives pcs[0].
  *
- * Rule cache. Steps 1-3 cost about 250 ns and 1.2 K instructions per frame on the machine
- * below, every time. Almost every row in compiled code has one shape: CFA = rsp or rbp +
- * offset, return address at CFA-8, rbp saved at CFA-8k or untouched. That shape fits in 31
- * bits, so a global, direct-mapped table of 2^14 single 64-bit words keeps it, keyed by the
- * lookup address L (P-1, or P for a signal-interrupted pc):
+ * Rule cache. Steps 1-3 cost 900-1700 instructions, 130-230 ns per frame on the machine
+ * below (what libgcc's unwinder behind glibc's backtrace() spends too), every time. Almost
+ * every row in compiled code has one shape: CFA = rsp or rbp + offset, return address at
+ * CFA-8, rbp saved at CFA-8k or untouched. That shape fits in 31 bits, so a global,
+ * direct-mapped table of 2^14 single 64-bit words keeps it, keyed by the lookup address L
+ * (P-1, or P for a signal-interrupted pc):
  *     slot  = (L ^ L>>14 ^ L>>28) mod 2^14
  *     word  = (L >> 14) << 31 | rule              (needs L < 2^47: user-space x86-64)
  * Given the slot, L>>14 determines L (the low 14 bits are slot ^ bits of L>>14), so the
- * word alone proves which pc it belongs to: a reader that loads it (relaxed) either sees a
+ * word alone proves which pc it belongs to: a reader that loads it (relaxed) sees either a
  * whole word for its own L or a miss. There is no second word to tear against, no lock and
  * no read-modify-write; writers race with plain relaxed stores and the last one wins, which
  * is fine because any two writers for one L store the same word. A hit costs a hash, one
- * load and the one or two stack reads the rule names: about 2 ns per frame.
- * Rows of another shape (realigned frames defined by expressions, signal trampolines, PLT
- * stubs) are never cached and take the full path each time.
+ * load and the one or two stack reads the rule names: 60-90 instructions, about 9 ns per
+ * frame, with the walk's state in registers (ht_fast). Rows of another shape (realigned
+ * frames described by expressions, signal trampolines, PLT stubs) are never cached and
+ * take the full path each time. A cached step keeps only rsp and rbp; the rare frame whose
+ * CFA needs another register (rbx in glibc's _dl_runtime_resolve) makes the walk start
+ * over tracking every register (see ht_walk_frames).
  *
- * Worked numbers (Debian 12, glibc 2.36, gcc 12 -O2, 2-core VM; bench/unwind_cost.sh,
- * see bench/RESULTS.md for the run): a 30-frame stack costs about 90 ns warm and 7 us
- * cold, glibc's backtrace() about 6 us. At the default sampling rate (one sample per
- * 512 KiB) a process allocating 1 GB/s takes about 1900 samples/s, so with 30-frame stacks
- * the unwinder costs 1900 x 90 ns = 0.17 ms of CPU per second (0.02% of a core) warm, and
- * 1.3% if every frame missed. 2^14 slots x 8 bytes = 128 KiB of .bss, touched lazily; a
- * program whose sampled stacks cover more than a few thousand distinct return addresses
- * starts to evict (direct-mapped: with 4 K distinct addresses about 12% of lookups collide).
+ * Worked numbers (Debian 12, glibc 2.36, gcc 12 -O2, 2-vCPU 2 GHz Xeon VM; from
+ * bench/unwind_cost.sh, see bench/RESULTS.md). A 30-frame stack: 0.3 us warm, 4-6 us with
+ * every frame on the full path, about what glibc's backtrace() takes (4.5-6.5 us). At the
+ * default rate (one sample per 512 KiB) a process allocating 1 GB/s takes 1907 samples/s:
+ * with 30-frame stacks the unwinder then costs 1907 x 0.3 us = 0.6 ms of CPU per second
+ * (0.06% of a core) warm, and 11 ms (1.1%) if every frame missed. The table is 2^14 x 8 bytes = 128 KiB of .bss, touched
+ * lazily. With n distinct lookup addresses in use and lambda = n / 2^14, a warm lookup hits
+ * with probability (1 - e^-lambda) / lambda (uniform use of the n): 97% for n = 1000, 88%
+ * for n = 4096, 63% for n = 16384.
  *
  * Safety. Every read of stack memory lies in [sp at entry, top of the thread's stack), with
  * the top found once per thread and kept in initial-exec TLS. The CFA must strictly
@@ -228,13 +233,15 @@ static inline int ht_fp_walk(uintptr_t fp, uint64_t *pcs, int max, int *truncate
 	return n;
 }
 #else
-static inline int ht_fp_walk(uintptr_t fp, uint64_t *pcs, int max, int *truncated)
+/* Frame records of unknown layout: only the caller of the unwinding function. */
+static inline __attribute__((always_inline)) int ht_fp_walk(uintptr_t fp, uint64_t *pcs,
+							     int max, int *truncated)
 {
 	(void)fp;
 	*truncated = 1;
 	if (max < 1)
 		return 0;
-	pcs[0] = (uint64_t)(uintptr_t)__builtin_return_address(1);
+	pcs[0] = (uint64_t)(uintptr_t)__builtin_return_address(0);
 	return 1;
 }
 #endif
@@ -248,10 +255,11 @@ __attribute__((noinline)) int ht_unwind_fp(uint64_t *pcs, int max, int *truncate
 	return n;
 }
 
-static int ht_force_phdr;
+static int ht_force_phdr, ht_no_cache;
 static HT_UNW_TLS int ht_last_slow;
 
 void ht_unwind_force_phdr(int on) { __atomic_store_n(&ht_force_phdr, on, __ATOMIC_RELAXED); }
+void ht_unwind_bypass_cache(int on) { __atomic_store_n(&ht_no_cache, on, __ATOMIC_RELAXED); }
 int ht_unwind_last_slow_frames(void) { return ht_last_slow; }
 
 #if !defined(__x86_64__)
@@ -290,7 +298,14 @@ struct ht_walk {
 	int need_regs;          /* a rule needed a register this walk had stopped tracking */
 };
 
-enum { HT_STEP_OK, HT_STEP_END, HT_STEP_ERR };
+enum {
+	HT_STEP_OK,      /* moved to the caller: w->pc is the next frame */
+	HT_STEP_END,     /* the outermost frame: a clean end */
+	HT_STEP_ERR,     /* cannot go on: truncated */
+	HT_STEP_MORE,    /* another frame, but pcs is full: truncated */
+	HT_STEP_SIMPLE,  /* the rule has the cached shape: apply it with ht_fast */
+	HT_STEP_MISS,    /* not in the cache: take the full path */
+};
 
 /* ---------------------------------------------------------------------------------------
  * Reading .eh_frame: a cursor that refuses to move past its end. */
@@ -496,9 +511,11 @@ struct ht_fde {
 	uint64_t pc_begin, pc_end;
 	uint64_t code_align;
 	int64_t data_align;
+	const uint8_t *cie;
 	uint32_t ra_col;
 	uint8_t fde_enc;
 	uint8_t signal;                      /* augmentation 'S' */
+	uint8_t has_z;                       /* augmentation 'z': FDEs carry augmentation data */
 };
 
 /* Length and id of a CIE or FDE at p; *body is after the id, *end after the entry. */
@@ -524,7 +541,7 @@ static int ht_entry(const uint8_t *p, const uint8_t **body, const uint8_t **end,
 	return 1;
 }
 
-static int ht_parse_cie(const uint8_t *cie, struct ht_fde *f, int *has_z)
+static int ht_parse_cie(const uint8_t *cie, struct ht_fde *f)
 {
 	const uint8_t *body, *end, *id_at;
 	uint64_t id;
@@ -535,10 +552,10 @@ static int ht_parse_cie(const uint8_t *cie, struct ht_fde *f, int *has_z)
 	if (version != 1 && version != 3 && version != 4)
 		return 0;
 	const char *aug = (const char *)c.p;
-	size_t auglen = strnlen(aug, (size_t)(end - c.p));
-	if (auglen == (size_t)(end - c.p))
+	while (c.p < end && *c.p)
+		c.p++;
+	if (c.p++ == end)
 		return 0;
-	c.p += auglen + 1;
 	if (version == 4) {
 		if (ht_u8(&c) != 8 || ht_u8(&c) != 0)  /* address size, segment selector size */
 			return 0;
@@ -549,11 +566,12 @@ static int ht_parse_cie(const uint8_t *cie, struct ht_fde *f, int *has_z)
 	if (c.bad || ra >= HT_NREG)
 		return 0;
 	f->ra_col = (uint32_t)ra;
+	f->cie = cie;
 	f->fde_enc = HT_PE_ABSPTR;
 	f->signal = 0;
-	*has_z = 0;
+	f->has_z = 0;
 	if (aug[0] == 'z') {
-		*has_z = 1;
+		f->has_z = 1;
 		uint64_t n = ht_uleb(&c);
 		if (c.bad || n > (uint64_t)(end - c.p))
 			return 0;
@@ -585,21 +603,26 @@ static int ht_parse_cie(const uint8_t *cie, struct ht_fde *f, int *has_z)
 	return 1;
 }
 
-static int ht_parse_fde(const uint8_t *fde, uint64_t pc, struct ht_fde *f)
+/* last: the CIE parsed for the previous FDE (last->cie NULL: none). When this FDE has the
+ * same CIE, its fields are copied rather than parsed again, and *same says so. */
+static int ht_parse_fde(const uint8_t *fde, uint64_t pc, struct ht_fde *f,
+			const struct ht_fde *last, int *same)
 {
 	const uint8_t *body, *end, *id_at;
 	uint64_t id;
-	int has_z;
 	if (!ht_entry(fde, &body, &end, &id, &id_at) || id == 0)
 		return 0;
-	if (!ht_parse_cie(id_at - id, f, &has_z))
+	*same = last->cie == id_at - id;
+	if (*same)
+		*f = *last;
+	else if (!ht_parse_cie(id_at - id, f))
 		return 0;
 	struct ht_cur c = { body, end, 0 };
 	uint64_t begin, range;
 	if (!ht_read_enc(&c, f->fde_enc, 0, 1, &begin) ||
 	    !ht_read_enc(&c, f->fde_enc & 0x0f, 0, 0, &range))
 		return 0;
-	if (has_z) {
+	if (f->has_z) {
 		uint64_t n = ht_uleb(&c);
 		if (c.bad || n > (uint64_t)(end - c.p))
 			return 0;
@@ -632,7 +655,7 @@ enum {
 
 struct ht_rule {
 	const uint8_t *expr;
-	int64_t off;            /* offset; for expressions, the length */
+	int32_t off;            /* offset (ht_fits); for expressions, the length (< 16 MiB) */
 	uint8_t how, reg;
 };
 struct ht_row {
@@ -734,7 +757,7 @@ static int ht_run_cfa(const uint8_t *p, const uint8_t *end, const struct ht_fde 
 			uint64_t n = ht_uleb(&c);
 			if (c.bad || n > (uint64_t)(c.end - c.p))
 				return 0;
-			row->cfa = (struct ht_rule){ .how = HT_R_CFA_EXPR, .expr = c.p, .off = (int64_t)n };
+			row->cfa = (struct ht_rule){ .how = HT_R_CFA_EXPR, .expr = c.p, .off = (int32_t)n };
 			c.p += n;
 			continue;
 		}
@@ -748,7 +771,7 @@ static int ht_run_cfa(const uint8_t *p, const uint8_t *end, const struct ht_fde 
 			c.p += n;
 			if (reg < HT_NREG)
 				row->r[reg] = (struct ht_rule){ .how = op == 0x10 ? HT_R_EXPR : HT_R_VAL_EXPR,
-								.expr = expr, .off = (int64_t)n };
+								.expr = expr, .off = (int32_t)n };
 			continue;
 		}
 		case 0x11:                          /* DW_CFA_offset_extended_sf */
@@ -791,13 +814,13 @@ static int ht_run_cfa(const uint8_t *p, const uint8_t *end, const struct ht_fde 
 		if (c.bad || !ht_fits(off))
 			return 0;
 		if (reg < HT_NREG)
-			row->r[reg] = (struct ht_rule){ .how = HT_R_OFFSET, .off = off };
+			row->r[reg] = (struct ht_rule){ .how = HT_R_OFFSET, .off = (int32_t)off };
 		continue;
 	set_val_offset:
 		if (c.bad || !ht_fits(off))
 			return 0;
 		if (reg < HT_NREG)
-			row->r[reg] = (struct ht_rule){ .how = HT_R_VAL_OFFSET, .off = off };
+			row->r[reg] = (struct ht_rule){ .how = HT_R_VAL_OFFSET, .off = (int32_t)off };
 		continue;
 	restore:
 		if (reg < HT_NREG)
@@ -806,12 +829,12 @@ static int ht_run_cfa(const uint8_t *p, const uint8_t *end, const struct ht_fde 
 	def_cfa:
 		if (c.bad || reg >= HT_NREG || !ht_fits(off))
 			return 0;
-		row->cfa = (struct ht_rule){ .how = HT_R_CFA_REG, .reg = (uint8_t)reg, .off = off };
+		row->cfa = (struct ht_rule){ .how = HT_R_CFA_REG, .reg = (uint8_t)reg, .off = (int32_t)off };
 		continue;
 	cfa_offset:
 		if (c.bad || !ht_fits(off))
 			return 0;
-		row->cfa.off = off;       /* on an expression rule this is meaningless and unused */
+		row->cfa.off = (int32_t)off; /* on an expression rule: meaningless, unused */
 		continue;
 	}
 	return !c.bad;
@@ -1027,34 +1050,6 @@ static int ht_simple(const struct ht_row *row, const struct ht_fde *f, uint64_t 
 	return 1;
 }
 
-static int ht_apply_simple(struct ht_walk *w, uint64_t v)
-{
-	if (v & HT_C_END)
-		return HT_STEP_END;
-	int base = (v & HT_C_RBP) ? HT_RBP : HT_RSP;
-	if (!(w->known & HT_BIT(base))) {
-		w->need_regs = 1;
-		return HT_STEP_ERR;
-	}
-	uint64_t cfa = w->reg[base] + ((v >> HT_C_OFF_SHIFT) & ((1u << 21) - 1)) * 8;
-	uint64_t ra, bp = w->reg[HT_RBP];
-	uint32_t known = HT_BIT(HT_RSP) | (w->known & HT_BIT(HT_RBP));
-	if (!ht_accept_cfa(w, cfa, cfa, 0) || !ht_rd_stack(&w->win, cfa - 8, &ra))
-		return HT_STEP_ERR;
-	if (v & HT_C_SAVED) {
-		if (!ht_rd_stack(&w->win, cfa - 8 * ((v >> HT_C_K_SHIFT) & 63), &bp))
-			return HT_STEP_ERR;
-		known |= HT_BIT(HT_RBP);
-	}
-	w->reg[HT_RSP] = cfa;
-	w->reg[HT_RBP] = bp;
-	w->known = known;
-	w->cfa = cfa;
-	w->pc = ra;
-	w->exact = 0;
-	return HT_STEP_OK;
-}
-
 static int ht_apply_row(struct ht_walk *w, const struct ht_row *row, const struct ht_fde *f)
 {
 	if (row->r[f->ra_col].how == HT_R_UNDEF)
@@ -1152,17 +1147,90 @@ void ht_unwind_invalidate(void)
 		__atomic_store_n(&ht_cache[i], 0, __ATOMIC_RELAXED);
 }
 
-/* One step from w's frame to its caller. */
-static int ht_step(struct ht_walk *w, int *slow)
+/* Steps through rules of the cached shape with the walk state in registers: first v (a
+ * rule just computed by the full path) if non-zero, then cache hits, until a miss
+ * (HT_STEP_MISS, w at the frame that missed) or the end of the walk. Frames go to
+ * pcs[*n...]. After such a step only rsp and rbp are known, whether the rule came from the
+ * cache or not, so hits and misses give the same walk. */
+HT_UNW_NOASAN static inline __attribute__((always_inline)) int
+ht_fast(struct ht_walk *w, uint64_t *pcs, int max, int *n, uint64_t v)
+{
+	if (!v && w->full)
+		return HT_STEP_MISS;
+	uint64_t pc = w->pc, sp = w->reg[HT_RSP], bp = w->reg[HT_RBP], cfa = w->cfa;
+	uint64_t lo = w->win.lo, hi = w->win.hi;
+	uint32_t known = w->known;
+	int bp_known = (known & HT_BIT(HT_RBP)) != 0, exact = w->exact, k = *n, r;
+	for (;;) {
+		uint64_t e = v;
+		v = 0;
+		if (!e) {
+			uint64_t l = pc - 1 + (uint64_t)exact;
+			e = __atomic_load_n(&ht_cache[ht_cache_slot(l)], __ATOMIC_RELAXED);
+			if ((e >> HT_C_RULE_BITS) != (l >> HT_CACHE_BITS) || !(e & HT_C_VALID)) {
+				r = HT_STEP_MISS;
+				break;
+			}
+		}
+		if (e & HT_C_END) {
+			r = HT_STEP_END;
+			break;
+		}
+		if ((e & HT_C_RBP) && !bp_known) {
+			w->need_regs = 1;
+			r = HT_STEP_ERR;
+			break;
+		}
+		uint64_t next = ((e & HT_C_RBP) ? bp : sp) + ((e >> HT_C_OFF_SHIFT) & ((1u << 21) - 1)) * 8;
+		uint64_t ra, bp_at = next - 8 * ((e >> HT_C_K_SHIFT) & 63);
+		/* CFA strictly up, and the return address (at CFA-8) and saved rbp (below it)
+		 * inside [lo, hi); see ht_rd_stack. */
+		if (next <= cfa || next > hi || next - 8 < lo || ((e & HT_C_SAVED) && bp_at < lo)) {
+			r = HT_STEP_ERR;
+			break;
+		}
+		memcpy(&ra, (const void *)(uintptr_t)(next - 8), 8);
+		if (e & HT_C_SAVED) {
+			memcpy(&bp, (const void *)(uintptr_t)bp_at, 8);
+			bp_known = 1;
+		}
+		sp = cfa = next;
+		pc = ra;
+		exact = 0;
+		known = HT_BIT(HT_RSP) | (bp_known ? HT_BIT(HT_RBP) : 0);
+		if (ra == 0) {          /* a zero return address ends a stack (as libgcc) */
+			r = HT_STEP_END;
+			break;
+		}
+		if (k >= max) {
+			r = HT_STEP_MORE;
+			break;
+		}
+		pcs[k++] = ra;
+	}
+	w->pc = pc;
+	w->exact = exact;
+	w->reg[HT_RSP] = sp;
+	w->reg[HT_RBP] = bp;
+	w->known = known;
+	w->cfa = cfa;
+	*n = k;
+	return r;
+}
+
+/* The CIE last parsed in this walk, with the row its instructions give: an object's FDEs
+ * mostly share one CIE, so consecutive frames in one object parse and run it once. */
+struct ht_cie_memo {
+	struct ht_fde f;           /* f.cie NULL: empty */
+	struct ht_row init;        /* after the CIE's instructions */
+};
+
+/* One step from w's frame to its caller through the full CFI path. Rules of the cached
+ * shape are stored in the cache and returned in *v (HT_STEP_SIMPLE) for ht_fast to apply,
+ * unless the walk is tracking every register. */
+static int ht_step_slow(struct ht_walk *w, uint64_t *v, struct ht_cie_memo *m)
 {
 	uint64_t l = w->pc - (w->exact ? 0 : 1);
-	uint32_t slot = ht_cache_slot(l);
-	uint64_t e = __atomic_load_n(&ht_cache[slot], __ATOMIC_RELAXED);
-	if (HT_UNW_LIKELY((e >> HT_C_RULE_BITS) == (l >> HT_CACHE_BITS) && (e & HT_C_VALID)) &&
-	    !w->full)
-		return ht_apply_simple(w, e);
-
-	++*slow;
 	const uint8_t *hdr = NULL;
 	if (w->snap) {
 		hdr = ht_snap_find(l);
@@ -1175,21 +1243,29 @@ static int ht_step(struct ht_walk *w, int *slow)
 		return HT_STEP_ERR;      /* a pc in no object (JIT code, garbage), or no CFI */
 	const uint8_t *fde = ht_hdr_lookup(hdr, l);
 	struct ht_fde f;
-	if (!fde || !ht_parse_fde(fde, l, &f))
+	int memo_hit;
+	if (!fde || !ht_parse_fde(fde, l, &f, &m->f, &memo_hit))
 		return HT_STEP_ERR;
-	struct ht_row init = { .cfa = { .how = HT_R_UNSPEC } }, row;
-	if (!ht_run_cfa(f.cie_insn, f.cie_end, &f, UINT64_MAX, &init, NULL))
+	if (!memo_hit) {
+		m->f.cie = NULL;
+		m->init = (struct ht_row){ .cfa = { .how = HT_R_UNSPEC } };
+		if (!ht_run_cfa(f.cie_insn, f.cie_end, &f, UINT64_MAX, &m->init, NULL))
+			return HT_STEP_ERR;
+		m->f = f;
+	}
+	struct ht_row row = m->init;
+	if (!ht_run_cfa(f.insn, f.end, &f, l, &row, &m->init))
 		return HT_STEP_ERR;
-	row = init;
-	if (!ht_run_cfa(f.insn, f.end, &f, l, &row, &init))
-		return HT_STEP_ERR;
-	uint64_t v;
-	if (ht_simple(&row, &f, &v)) {
+	uint64_t rule;
+	if (ht_simple(&row, &f, &rule)) {
+		/* Relaxed is enough: the word is self-validating (see the top of the file). */
 		if (l >> 47 == 0)
-			__atomic_store_n(&ht_cache[slot], (l >> HT_CACHE_BITS) << HT_C_RULE_BITS | v,
-					 __ATOMIC_RELAXED);
-		if (!w->full)
-			return ht_apply_simple(w, v);
+			__atomic_store_n(&ht_cache[ht_cache_slot(l)],
+					 (l >> HT_CACHE_BITS) << HT_C_RULE_BITS | rule, __ATOMIC_RELAXED);
+		if (!w->full) {
+			*v = rule;
+			return HT_STEP_SIMPLE;
+		}
 	}
 	return ht_apply_row(w, &row, &f);
 }
@@ -1198,30 +1274,43 @@ static int ht_step(struct ht_walk *w, int *slow)
  * another callee-saved register (glibc's _dl_runtime_resolve uses rbx, some hand-written
  * assembly does the same) then fails, and the walk is redone from the start tracking every
  * register: its result is the one a cache-less walk gives, at the cost of one full walk. */
-static int ht_walk_frames(struct ht_walk *w, uint64_t *pcs, int max, int *truncated)
+HT_UNW_NOASAN static int ht_walk_frames(struct ht_walk *w, uint64_t *pcs, int max, int *truncated)
 {
 	struct ht_walk start = *w;
-	int n, slow = 0;
+	struct ht_cie_memo memo;
+	int n, r, slow = 0;
+	memo.f.cie = NULL;
 again:
 	n = 0;
+	uint64_t v = 0;
 	for (;;) {
-		int r = ht_step(w, &slow);
-		if (r != HT_STEP_OK || w->pc == 0) { /* a zero return address ends a stack (as libgcc) */
-			*truncated = r == HT_STEP_ERR;
+		r = ht_fast(w, pcs, max, &n, v);
+		v = 0;
+		if (r != HT_STEP_MISS)
+			break;
+		slow++;
+		r = ht_step_slow(w, &v, &memo);
+		if (r == HT_STEP_SIMPLE)
+			continue;
+		if (r != HT_STEP_OK)
+			break;
+		if (w->pc == 0) {
+			r = HT_STEP_END;
 			break;
 		}
 		if (n >= max) {
-			*truncated = 1;
+			r = HT_STEP_MORE;
 			break;
 		}
 		/* An interrupted pc is stored + 1 so that every frame is looked up at pc - 1. */
 		pcs[n++] = w->pc + (uint64_t)w->exact;
 	}
-	if (*truncated && w->need_regs && !w->full) {
+	if (r == HT_STEP_ERR && w->need_regs && !w->full) {
 		*w = start;
 		w->full = 1;
 		goto again;
 	}
+	*truncated = r != HT_STEP_END;
 	ht_last_slow = slow;
 	return n;
 }
@@ -1304,6 +1393,7 @@ __attribute__((noinline)) static int ht_unwind_from(const uint64_t *regs, uint64
 	w.pc = regs[0];
 	w.exact = 1;
 	w.cfa = regs[1];
+	w.full = __atomic_load_n(&ht_no_cache, __ATOMIC_RELAXED);
 	ht_window_for(&w.win, (uintptr_t)regs[1]);
 	if (HT_UNW_LIKELY(__atomic_load_n(&ht_dlfo, __ATOMIC_RELAXED) != NULL &&
 			  !__atomic_load_n(&ht_force_phdr, __ATOMIC_RELAXED)))

@@ -3,7 +3,8 @@
  *
  * Both walks run inside malloc of someone else's program: no allocation, no lock, no
  * syscall per call, and every read of stack memory is checked against the calling thread's
- * stack bounds (found once per thread). See unwind.c for the model and the costs.
+ * stack bounds (found once per thread). ht_unwind needs about 4 KiB of the caller's stack.
+ * See unwind.c for the model and the costs.
  *
  * Frames are return addresses, innermost first: pcs[0] is the return address into the
  * function that called ht_unwind / ht_unwind_fp. A frame interrupted by a signal is
@@ -37,6 +38,8 @@ void ht_unwind_invalidate(void);
 /* For tests and benchmarks. */
 /* 1: find objects with dl_iterate_phdr even when _dl_find_object is there. */
 void ht_unwind_force_phdr(int on);
+/* 1: every frame through the full CFI path (the cache is neither read nor relied on). */
+void ht_unwind_bypass_cache(int on);
 /* Frames of this thread's latest ht_unwind that needed the full CFI path (cache misses
  * and frames whose rules the cache cannot hold). */
 int ht_unwind_last_slow_frames(void);

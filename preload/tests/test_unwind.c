@@ -335,6 +335,28 @@ __attribute__((noipa)) static void takes_every_frame_from_the_cache_the_second_t
 	CHECK(slow[1] == 0, "warm walk: %d slow frames", slow[1]);
 }
 
+/* The cached walk keeps only rsp and rbp; a walk with the cache bypassed tracks every
+ * register through the full CFI path. Both must give the same frames. */
+__attribute__((noipa)) static void walks_the_same_with_the_cache_bypassed(void)
+{
+	static struct shot s[3];
+	int slow[3];
+	static volatile int rounds = 3;  /* one call site: warm, bypassed, warm again */
+	for (int i = 0; i < rounds; i++) {
+		ht_unwind_bypass_cache(i == 1);
+		chain_a(&s[i]);
+		KEEP();
+		slow[i] = ht_unwind_last_slow_frames();
+	}
+	ht_unwind_bypass_cache(0);
+	CHECK(same_shot(&s[0], &s[1]) && same_shot(&s[0], &s[2]), "bypassed walk differs");
+	CHECK(slow[1] == s[1].n + 1, "bypassed walk: %d slow frames for %d frames + the end",
+	      slow[1], s[1].n);
+	CHECK(slow[2] == 0, "warm walk after a bypassed one: %d slow frames", slow[2]);
+	if (!same_shot(&s[0], &s[1]))
+		dump("bypassed", s[1].pcs, s[1].n, s[1].truncated);
+}
+
 #define RACE_THREADS 4
 #define RACE_ROUNDS 100000
 
@@ -701,6 +723,7 @@ TEST_MAIN(CT_CASE(unwinds_a_chain_without_frame_pointers),
 	  CT_CASE(unwinds_a_thread_to_its_start),
 	  CT_CASE(stops_at_max_frames_and_says_truncated),
 	  CT_CASE(takes_every_frame_from_the_cache_the_second_time),
+	  CT_CASE(walks_the_same_with_the_cache_bypassed),
 	  CT_CASE(gives_the_same_stacks_from_four_threads_at_once),
 	  CT_CASE(unwinds_through_realigned_frames),
 	  CT_CASE(unwinds_through_a_frame_whose_cfa_is_in_rbx),
