@@ -539,6 +539,47 @@ __attribute__((noipa)) static void unwinds_through_a_frame_whose_cfa_is_in_rbx(v
 	}
 }
 
+/* A frame whose CFI lies: it says the return address is at CFA-8 = rsp after a push of
+ * 0x4321, so the caller's pc is 0x4321, which lies in no object. The walk reports that pc
+ * (JIT code without CFI looks the same and is worth a frame) and stops there, truncated. */
+void garbage_ra_frame(void (*fn)(void));
+__asm__(".text\n"
+	".globl garbage_ra_frame\n"
+	".type garbage_ra_frame, @function\n"
+	"garbage_ra_frame:\n"
+	".cfi_startproc\n"
+	"push $0x4321\n"          /* deliberately no .cfi_adjust_cfa_offset */
+	"call *%rdi\n"
+	"add $8, %rsp\n"
+	"ret\n"
+	".cfi_endproc\n"
+	".size garbage_ra_frame, .-garbage_ra_frame\n");
+
+static struct shot g_garbage;
+
+CHAIN static void garbage_leaf(void)
+{
+	g_garbage.n = ht_unwind(g_garbage.pcs, MAXF, &g_garbage.truncated);
+	KEEP();
+}
+
+__attribute__((noipa)) static void stops_at_a_return_address_in_no_object(void)
+{
+	static volatile int rounds = 2;  /* cold, then warm cache */
+	for (int i = 0; i < rounds; i++) {
+		memset(&g_garbage, 0, sizeof g_garbage);
+		garbage_ra_frame(garbage_leaf);
+		KEEP();
+		const struct shot *s = &g_garbage;
+		CHECK(s->n == 3 && in_fn(s->pcs[0], "garbage_leaf") &&
+		      in_fn(s->pcs[1], "garbage_ra_frame") && s->pcs[2] == 0x4321 && s->truncated == 1,
+		      "%s walk: expected garbage_leaf, garbage_ra_frame, 0x4321, truncated",
+		      i ? "warm" : "cold");
+		if (s->n != 3 || !s->truncated)
+			dump("garbage", s->pcs, s->n, s->truncated);
+	}
+}
+
 /* ---------------------------------------------------------------------------------------
  * Frame-pointer walk. */
 
@@ -628,7 +669,9 @@ __attribute__((noipa)) static void unwinds_from_a_handler_on_an_alternate_stack(
 /* SIGALRM every 20 us from a CLOCK_MONOTONIC timer while the program sorts, formats,
  * copies, reads the clock (vDSO) and calls through PLT stubs: the handler unwinds from
  * wherever it landed, prologues and epilogues included. */
-#define FUZZ_MAX 200000
+/* Until 20000 handler walks, or 3 s (a sanitizer or valgrind build gets fewer). */
+#define FUZZ_MAX 20000
+#define FUZZ_NS 3000000000L
 static volatile int g_fz_n, g_fz_clean, g_fz_bad_end, g_fz_fp;
 /* Bumped by the busy loop: the handler unwinds only after progress, so a slow build
  * (sanitizers) cannot spend all its time in handlers. */
@@ -702,7 +745,7 @@ __attribute__((noipa)) static void survives_signals_at_random_points(void)
 		g_fz_progress = g_fz_progress + 1;
 		rbx_frame(rbx_leaf);
 		clock_gettime(CLOCK_MONOTONIC, &t);
-	} while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 400000000L &&
+	} while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < FUZZ_NS &&
 		 g_fz_n < FUZZ_MAX);
 
 	timer_delete(tm);
@@ -727,6 +770,7 @@ TEST_MAIN(CT_CASE(unwinds_a_chain_without_frame_pointers),
 	  CT_CASE(gives_the_same_stacks_from_four_threads_at_once),
 	  CT_CASE(unwinds_through_realigned_frames),
 	  CT_CASE(unwinds_through_a_frame_whose_cfa_is_in_rbx),
+	  CT_CASE(stops_at_a_return_address_in_no_object),
 	  CT_CASE(walks_a_frame_pointer_chain),
 	  CT_CASE(unwinds_from_a_handler_on_an_alternate_stack),
 	  CT_CASE(survives_signals_at_random_points))
