@@ -194,6 +194,12 @@ HT_HIDDEN void ht_core_alloc(void *p, size_t size)
 		thread_setup(t);
 		uint64_t rate = decide(t, size);
 		if (rate) {
+			/* dlopen/dlclose since the last look: update the module table (and drop
+			 * cached unwind rules of unloaded objects) before unwinding. One
+			 * dl_iterate_phdr step; in exact mode, where every allocation gets here,
+			 * only every 64th time. */
+			if (rate > 1 || (t->samples & 63) == 0)
+				ht_modules_refresh(&ht_g.region);
 			uint64_t pcs[HT_MAX_DEPTH_LIMIT + 16];
 			int truncated = 0;
 			uint32_t max = ht_g.cfg.max_depth;
@@ -289,6 +295,7 @@ HT_HIDDEN void ht_core_thread_exit(void)
  * does not exist there. Fixed order. */
 HT_HIDDEN void ht_core_fork_prepare(void)
 {
+	ht_loader_fork_prepare();
 	ht_spin_lock(&ht_g.region_lock);
 	ht_spin_lock(ht_modules_lock());
 	ht_spin_lock(ht_slab_fold_lock());
@@ -303,6 +310,7 @@ HT_HIDDEN void ht_core_fork_parent(void)
 	ht_spin_unlock(ht_slab_fold_lock());
 	ht_spin_unlock(ht_modules_lock());
 	ht_spin_unlock(&ht_g.region_lock);
+	ht_loader_fork_done();
 }
 
 HT_HIDDEN void ht_core_fork_child(void)

@@ -3,6 +3,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "modules.h"
+#include "unwind.h"
 
 #define PAGE_DOWN(x) ((x) & ~(uint64_t)4095)
 #define PAGE_UP(x)   (((x) + 4095) & ~(uint64_t)4095)
@@ -13,9 +14,41 @@ static uint64_t self_lo, self_hi;
 
 HT_HIDDEN ht_spin_t *ht_modules_lock(void) { return &scan_lock; }
 
+static uint32_t loader_users;   /* heaptap threads inside dl_iterate_phdr */
+static uint32_t loader_closed;  /* a fork is under way */
+
+HT_HIDDEN int ht_loader_enter(void)
+{
+	/* Dekker pair with ht_loader_fork_prepare: both sides store, then load (seq_cst). */
+	__atomic_fetch_add(&loader_users, 1, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&loader_closed, __ATOMIC_SEQ_CST)) {
+		__atomic_fetch_sub(&loader_users, 1, __ATOMIC_RELEASE);
+		return 0;
+	}
+	return 1;
+}
+
+HT_HIDDEN void ht_loader_exit(void)
+{
+	__atomic_fetch_sub(&loader_users, 1, __ATOMIC_RELEASE);
+}
+
+HT_HIDDEN void ht_loader_fork_prepare(void)
+{
+	__atomic_store_n(&loader_closed, 1, __ATOMIC_SEQ_CST);
+	while (__atomic_load_n(&loader_users, __ATOMIC_SEQ_CST))
+		__builtin_ia32_pause();
+}
+
+HT_HIDDEN void ht_loader_fork_done(void)
+{
+	st_relaxed(&loader_users, 0);   /* in the child nobody else exists; in the parent 0 */
+	st_release(&loader_closed, 0);
+}
+
 struct scan_ctx {
 	struct ht_region *r;
-	uint64_t scan_no;             /* marks entries seen in this scan (module.reserved0) */
+	uint64_t scan_no;             /* marks entries seen in this scan (module.scan_mark) */
 	unsigned long long adds, subs;
 };
 
@@ -137,20 +170,30 @@ HT_HIDDEN void ht_modules_scan(struct ht_region *r)
 {
 	if (!r->hdr || !ht_spin_trylock(&scan_lock))
 		return;
+	if (!ht_loader_enter()) {
+		ht_spin_unlock(&scan_lock);
+		return;
+	}
 	struct scan_ctx ctx = { r, ++scans, 0, 0 };
 	if (ctx.scan_no == 0 || ctx.scan_no == 0xFFFFFFFFu)
 		ctx.scan_no = ++scans;
 	dl_iterate_phdr(scan_one, &ctx);
+	ht_loader_exit();
 	/* Entries not seen in this walk belong to objects that were unloaded. */
 	uint32_t used = r->hdr->modules_used;
 	uint64_t now = ht_now_ns();
+	int unloaded = 0;
 	for (uint32_t j = 0; j < used; j++) {
 		struct ht_module *m = &r->modules[j];
 		if (m->state == HT_MODULE_LOADED && m->scan_mark != (uint32_t)ctx.scan_no) {
 			st_relaxed(&m->unload_ns, now);
 			st_release(&m->state, HT_MODULE_UNLOADED);
+			unloaded = 1;
 		}
 	}
+	/* Another object may be mapped where this one was: forget its cached unwind rules. */
+	if (unloaded)
+		ht_unwind_invalidate();
 	seen_adds = ctx.adds;
 	seen_subs = ctx.subs;
 	ht_spin_unlock(&scan_lock);
@@ -168,7 +211,10 @@ static int first_counts(struct dl_phdr_info *info, size_t size, void *data)
 HT_HIDDEN void ht_modules_refresh(struct ht_region *r)
 {
 	unsigned long long c[2] = { 0, 0 };
+	if (!ht_loader_enter())
+		return;
 	dl_iterate_phdr(first_counts, c);
+	ht_loader_exit();
 	if (c[0] != ld_relaxed(&seen_adds) || c[1] != ld_relaxed(&seen_subs))
 		ht_modules_scan(r);
 }
@@ -204,8 +250,10 @@ static int find_self(struct dl_phdr_info *info, size_t size, void *data)
 
 HT_HIDDEN void ht_self_range(uint64_t *lo, uint64_t *hi)
 {
-	if (!self_hi)
+	if (!self_hi && ht_loader_enter()) {
 		dl_iterate_phdr(find_self, (void *)(uintptr_t)&ht_self_range);
+		ht_loader_exit();
+	}
 	*lo = self_lo;
 	*hi = self_hi;
 }

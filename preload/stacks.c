@@ -59,8 +59,21 @@ HT_HIDDEN uint32_t ht_stack_intern(struct ht_region *r, const uint64_t *pcs, uin
 		}
 		if (!mine) {
 			/* Absent: write a record, then try to claim this slot. */
-			if (ld_relaxed(&h->stacks_used) >= h->stacks.capacity) {
+			uint32_t next = ld_relaxed(&h->stacks_used);
+			if (next >= h->stacks.capacity) {
 				ht_drop(r, HT_DROP_STACKS_FULL);
+				return HT_STACK_OVERFLOW;
+			}
+			/* Back the next id and its frames before taking them, so a full file
+			 * system does not burn ids (and the table) one failed attempt at a time. */
+			uint64_t fnext = ld_relaxed(&h->frames_used);
+			if (fnext + depth > h->frames.capacity) {
+				ht_drop(r, HT_DROP_FRAMES_FULL);
+				return HT_STACK_OVERFLOW;
+			}
+			if (ht_region_reserve_ids(r, (uint64_t)next + 1) < 0 ||
+			    ht_region_reserve_frames(r, fnext + depth) < 0) {
+				ht_drop(r, HT_DROP_RESERVE_FAILED);
 				return HT_STACK_OVERFLOW;
 			}
 			uint32_t nid = add_relaxed(&h->stacks_used, 1);
@@ -69,6 +82,7 @@ HT_HIDDEN uint32_t ht_stack_intern(struct ht_region *r, const uint64_t *pcs, uin
 				return HT_STACK_OVERFLOW;
 			}
 			if (ht_region_reserve_ids(r, (uint64_t)nid + 1) < 0) {
+				/* Raced past the reserved part: the id is spent, its record unbacked. */
 				ht_drop(r, HT_DROP_RESERVE_FAILED);
 				return HT_STACK_OVERFLOW;
 			}

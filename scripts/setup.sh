@@ -18,9 +18,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x node_modules/.bin/node ] || [ package.json -nt node_modules/.package-lock.json ]; then
-  echo "heaptap setup: npm install" >&2
-  npm install --no-audit --no-fund --loglevel=error
+if [ ! -x node_modules/.bin/node ] || [ package.json -nt node_modules/.package-lock.json ] \
+   || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "heaptap setup: npm ci" >&2
+  npm ci --no-audit --no-fund --loglevel=error
 fi
 # npm's run-script puts node_modules/.bin (Node >= 22 from the npm registry) first on PATH.
 npm run --silent build

@@ -1,0 +1,155 @@
+// Running fixture programs under the preload and attributing what their regions hold to
+// the fixtures' known allocation sites. Sites are found with `nm` (function name, address,
+// size) per module: enough to check the preload without the sidecar's symbolizer.
+import { execFile, spawn } from 'node:child_process';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+
+import { readRegion, stackFrames, type RegionSnapshot } from '../../src/region.ts';
+
+const exec = promisify(execFile);
+export const root = resolve(import.meta.dirname, '../..');
+export const fixtures = join(root, 'test/fixtures/build');
+export const preload = join(root, 'preload/build/libheaptap.so');
+
+export interface Run {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  dir: string;
+}
+
+/** Runs a fixture with LD_PRELOAD=libheaptap.so and HEAPTAP_DIR set to a fresh directory. */
+export async function runUnder(
+  cmd: string[],
+  env: Record<string, string> = {},
+  opts: { preloadFirst?: string[]; preloadAfter?: string[]; timeoutMs?: number; dir?: string } = {},
+): Promise<Run> {
+  const dir = opts.dir ?? (await mkdtemp(join(tmpdir(), 'heaptap-e2e-')));
+  const ld = [...(opts.preloadFirst ?? []), preload, ...(opts.preloadAfter ?? [])].join(' ');
+  const [bin, ...args] = cmd;
+  // Its own process group, so a timeout kills forked grandchildren too (a hung one would
+  // otherwise hold the pipes open and the test would wait forever).
+  const child = spawn(bin!.includes('/') ? bin! : join(fixtures, bin!), args, {
+    env: { PATH: process.env.PATH, HEAPTAP_DIR: dir, LD_PRELOAD: ld, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  const timer = setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), opts.timeoutMs ?? 120_000);
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((res) =>
+    child.on('close', (c, s) => res([c, s])),
+  );
+  clearTimeout(timer);
+  return { code, signal, stdout, stderr, dir };
+}
+
+export async function regionsIn(dir: string): Promise<RegionSnapshot[]> {
+  const names = (await readdir(dir)).filter((n) => n.endsWith('.heaptap')).sort();
+  return names.map((n) => readRegion(join(dir, n)));
+}
+
+export async function cleanup(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+}
+
+interface Sym {
+  name: string;
+  start: bigint;
+  end: bigint;
+}
+const symCache = new Map<string, Promise<Sym[]>>();
+
+/** Function symbols of an ELF file (file virtual addresses), sorted by start: the full
+ * symbol table where there is one, and the dynamic one (all a stripped library keeps).
+ * C++ names are demangled and lose their parameter lists. */
+export function symbolsOf(path: string): Promise<Sym[]> {
+  let p = symCache.get(path);
+  if (!p) {
+    const nm = (extra: string[]) =>
+      exec('nm', ['-S', '--defined-only', '-C', ...extra, path], { maxBuffer: 64 << 20 })
+        .then(({ stdout }) => stdout)
+        .catch(() => '');
+    p = Promise.all([nm([]), nm(['-D'])]).then((outs) => {
+      const syms: Sym[] = [];
+      for (const line of outs.join('\n').split('\n')) {
+        const m = /^([0-9a-f]+) ([0-9a-f]+) [tTwWiI] (.+)$/.exec(line);
+        if (!m) continue;
+        // gcc's clones (site.constprop.0, .isra.0, .part.0, .cold) are the same site.
+        const name = m[3]!.replace(/\(.*$/, '').replace(/@.*$/, '').replace(/\.(constprop|isra|part|cold)\b.*$/, '');
+        syms.push({ name, start: BigInt('0x' + m[1]), end: BigInt('0x' + m[1]) + BigInt('0x' + m[2]) });
+      }
+      return syms.sort((a, b) => (a.start < b.start ? -1 : 1));
+    });
+    symCache.set(path, p);
+  }
+  return p;
+}
+
+/** The function names of a stack's frames, innermost first ('?' where unknown). */
+export async function frameNames(snap: RegionSnapshot, frames: BigUint64Array): Promise<string[]> {
+  const out: string[] = [];
+  for (const pc of frames) {
+    const m = snap.modules.find((mod) => pc >= mod.start && pc < mod.limit);
+    if (!m || !m.path.startsWith('/')) {
+      out.push('?');
+      continue;
+    }
+    // Return addresses point after the call: look up pc - 1.
+    const addr = pc - 1n - m.loadBias;
+    const syms = await symbolsOf(m.path);
+    const s = syms.find((x) => addr >= x.start && addr < x.end);
+    out.push(s ? s.name : '?');
+  }
+  return out;
+}
+
+export interface SiteTotals {
+  allocBytes: bigint;
+  allocObjects: number;
+  freeBytes: bigint;
+  inuseBytes: bigint;
+  samples: bigint;
+}
+
+/** Sums a region's counters by site: the innermost frame whose function name matches. */
+export async function perSite(snap: RegionSnapshot, site: RegExp): Promise<Map<string, SiteTotals>> {
+  const byId = new Map<number, number>();
+  snap.stacks.ids.forEach((id, i) => byId.set(id, i));
+  const out = new Map<string, SiteTotals>();
+  const c = snap.counters;
+  for (let i = 0; i < c.ids.length; i++) {
+    const si = byId.get(c.ids[i]!);
+    const names = si === undefined ? [] : await frameNames(snap, stackFrames(snap.stacks, si));
+    const name = names.find((n) => site.test(n)) ?? '(other)';
+    const t = out.get(name) ?? { allocBytes: 0n, allocObjects: 0, freeBytes: 0n, inuseBytes: 0n, samples: 0n };
+    t.allocBytes += c.allocBytes[i]!;
+    t.allocObjects += Number(c.allocObjects[i]!) / 65536;
+    t.freeBytes += c.freeBytes[i]!;
+    t.samples += c.samples[i]!;
+    t.inuseBytes = t.allocBytes - t.freeBytes;
+    out.set(name, t);
+  }
+  return out;
+}
+
+/** The JSON truth a fixture prints (one object per line). */
+export interface Truth {
+  pid: number;
+  role?: string;
+  lib?: string;
+  sites: Record<string, { alloc_bytes: number; alloc_objects?: number; inuse_bytes: number }>;
+}
+
+export function truths(stdout: string): Truth[] {
+  return stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l));
+}
