@@ -141,7 +141,7 @@ HT_HIDDEN int ht_config_from_env(struct ht_config *c, char *err, size_t errlen)
 		return -1;
 	c->max_depth = (uint32_t)v;
 	v = c->max_stacks;
-	if (env_u64("HEAPTAP_MAX_STACKS", 10, 1, 16, 1u << 24, &v, err, errlen))
+	if (env_u64("HEAPTAP_MAX_STACKS", 10, 1, 16, 1u << 22, &v, err, errlen))
 		return -1;
 	c->max_stacks = (uint32_t)v;
 	v = c->max_threads;

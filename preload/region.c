@@ -191,6 +191,9 @@ HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 		return -1;
 	}
 	r->fd = fd;
+	/* Liveness lock first: from the moment the file has its final name, a reader that
+	 * can take LOCK_EX knows this image is gone. */
+	flock(fd, LOCK_SH);
 	const char *what = "set the mode of";
 	if (fchmod(fd, c->file_mode) < 0)
 		goto fail;
@@ -266,7 +269,6 @@ HT_HIDDEN void ht_region_publish(struct ht_region *r)
 {
 	/* Readers that see RUNNING see every field written above (release/acquire). */
 	st_release(&r->hdr->state, HT_STATE_RUNNING);
-	flock(r->fd, LOCK_SH);
 }
 
 HT_HIDDEN void ht_region_mark_exited(struct ht_region *r)

@@ -35,7 +35,7 @@ HT_HIDDEN int ht_region_check_dir(const struct ht_config *c, char *err, size_t e
  * ht_region_publish. Returns 0 or -1 with a reason in err. */
 HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 			       uint32_t flags, char *err, size_t errlen);
-/* Stores state RUNNING (release) and takes the liveness lock. */
+/* Stores state RUNNING (release). */
 HT_HIDDEN void ht_region_publish(struct ht_region *r);
 /* Marks a normal exit. */
 HT_HIDDEN void ht_region_mark_exited(struct ht_region *r);

@@ -24,7 +24,11 @@ static void clear_entries(struct ht_region *r, struct ht_slab_header *s)
 		if (!e[i].stack_id)
 			continue;
 		st_relaxed(&e[i].stack_id, 0);
-		e[i].c = (struct ht_counters){0, 0, 0, 0, 0};
+		st_relaxed(&e[i].c.alloc_objects, 0);
+		st_relaxed(&e[i].c.alloc_bytes, 0);
+		st_relaxed(&e[i].c.free_objects, 0);
+		st_relaxed(&e[i].c.free_bytes, 0);
+		st_relaxed(&e[i].c.samples, 0);
 	}
 	s->used = 0;
 }
@@ -81,6 +85,10 @@ HT_HIDDEN int ht_slab_acquire(struct ht_region *r, struct ht_slab_ref *ref, uint
 			s->tid = tid;
 			s->acquired_ns = ht_now_ns();
 			bind(r, ref, s);
+			uint32_t hw = ld_relaxed(&h->slabs_used);
+			while (hw < i + 1 && !__atomic_compare_exchange_n(&h->slabs_used, &hw, i + 1, 1,
+							 __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+				;
 			return 0;
 		}
 	}

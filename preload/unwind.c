@@ -63,6 +63,7 @@
 #define _GNU_SOURCE     /* pthread_getattr_np, dl_iterate_phdr, RTLD_DEFAULT */
 #endif
 #include "unwind.h"
+#include "modules.h"
 
 #include <dlfcn.h>
 #include <link.h>
@@ -1400,10 +1401,13 @@ __attribute__((noinline)) static int ht_unwind_from(const uint64_t *regs, uint64
 		return ht_walk_frames(&w, pcs, max, truncated);
 
 	struct ht_phdr_walk x = { &w, pcs, max, truncated, 0, 0 };
-	if (!ht_in_phdr) {
+	/* Through the loader gate (modules.h): no fork may copy the loader's lock while this
+	 * thread holds it. While a fork is under way the walk is skipped (truncated). */
+	if (!ht_in_phdr && ht_loader_enter()) {
 		ht_in_phdr = 1;
 		dl_iterate_phdr(ht_phdr_first, &x);
 		ht_in_phdr = 0;
+		ht_loader_exit();
 	}
 	if (!x.done) {
 		*truncated = 1;

@@ -32,22 +32,31 @@
  *
  * Reader protocol (the addon), for a consistent snapshot:
  *   1. s1 = load_acquire(hdr.seq); if s1 is odd a slab fold is under way: retry.
- *   2. For every slab whose state is ACTIVE or RETIRED, for every entry:
+ *   2. For every slab below hdr.slabs_used whose state is ACTIVE or RETIRED, every entry:
  *        id = load_acquire(entry.stack_id); if id != 0, add the entry's counters (relaxed
  *        loads) to stack id's totals.
- *   3. Add every shared-table row (relaxed loads) to the same totals.
+ *   3. Add every shared-table row below stacks_used (relaxed loads) to the same totals;
+ *      rows at or past stacks_used are never written (and may not be backed by storage).
  *   4. atomic_thread_fence(acquire); s2 = load_relaxed(hdr.seq); if s2 != s1: retry.
  *   Retry a bounded number of times, then report the region as busy.
  * Each counter only grows, so a snapshot that sees one a little early or late is still
  * right within one poll. In-use (alloc - free) of a stack can be transiently negative when
  * the allocating and the freeing thread's slabs are read at different moments: clamp at 0.
  *
- * Stack records become valid when their flags word has HT_STACK_READY (load_acquire); a
- * record is never changed after that. Modules become valid when their state word is
- * non-zero (load_acquire); afterwards only state (LOADED -> UNLOADED) and unload_ns change.
+ * Stack records become valid when their flags word has HT_STACK_READY (load_acquire); after
+ * that only HT_STACK_DUPLICATE may be added (a record that lost the race to an equal stack;
+ * it never gets counts). Modules become valid when their state word is non-zero
+ * (load_acquire); afterwards only state (LOADED -> UNLOADED) and unload_ns change. The path
+ * pool is bounded by paths.bytes.
+ *
+ * Slab fold (writer, one at a time): seq = seq + 1 (relaxed, now odd); release fence; add
+ * the slab's counts to the shared table and clear it; seq = seq + 2 (release, even).
+ * A writer killed in the middle leaves seq odd for good: a reader then reports the region
+ * busy, and dead (flock) — its counts up to the fold are lost to readers.
  *
  * Liveness: the preload holds a shared flock() on the region file through an O_CLOEXEC
- * descriptor for the life of the process image. A reader that gets LOCK_EX|LOCK_NB knows
+ * descriptor for the life of the process image, taken before the file appears under its
+ * final name. A reader that gets LOCK_EX|LOCK_NB knows
  * the writer is gone (exit, kill -9, or exec into a new image), whatever hdr.state says and
  * even if the pid has been reused.
  *
@@ -172,7 +181,9 @@ struct ht_header {
 	uint64_t threads_seen;       /* threads that took a sample */
 	uint64_t slab_folds;         /* retired slabs folded into the shared table for reuse */
 	uint64_t drops[HT_DROP_SLOTS];  /* HT_DROP_*: events, not bytes (see above) */
-	uint64_t reserved1[16];
+	uint32_t slabs_used;         /* slabs [0, slabs_used) have ever been taken; others unbacked */
+	uint32_t reserved2;
+	uint64_t reserved1[15];
 };
 
 /* A loaded object: one entry per executable PT_LOAD segment, as /proc/<pid>/maps shows it. */
@@ -227,8 +238,8 @@ struct ht_counters {
 };
 
 /* A thread's slab: header, then slab_entries entries used as an open-addressed table keyed
- * by stack id (linear probing from hash(id) & (slab_entries - 1)). Only its owner writes
- * it. A new entry is made visible by store_release(stack_id) after its counters are zero. */
+ * by stack id (linear probing from ht_slab_slot(id)). Only its owner writes it. A new entry
+ * is made visible by store_release(stack_id) after its first counts are written. */
 #define HT_SLAB_FREE        0u
 #define HT_SLAB_ACTIVE      1u  /* owned by a live thread */
 #define HT_SLAB_RETIRED     2u  /* its thread exited; counts still valid, may be folded */
@@ -244,7 +255,7 @@ struct ht_slab_header {
 };
 
 struct ht_slab_entry {
-	uint32_t stack_id;       /* HT_STACK_NONE = empty; store_release after zeroing */
+	uint32_t stack_id;       /* HT_STACK_NONE = empty; store_release after the first counts */
 	uint32_t reserved;
 	struct ht_counters c;
 };
