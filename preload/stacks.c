@@ -15,6 +15,8 @@
 
 #define MAX_PROBE 512
 
+HT_HIDDEN void (*ht_stack_test_race)(void);
+
 HT_HIDDEN uint64_t ht_stack_hash(const uint64_t *pcs, uint32_t depth)
 {
 	uint64_t h = 0x2545F4914F6CDD1Dull ^ ((uint64_t)depth * 0x9E3779B97F4A7C15ull);
@@ -107,6 +109,8 @@ HT_HIDDEN uint32_t ht_stack_intern(struct ht_region *r, const uint64_t *pcs, uin
 			st_release(&s->flags, HT_STACK_READY | flags);
 			mine = nid;
 		}
+		if (HT_UNLIKELY(ht_stack_test_race != NULL))
+			ht_stack_test_race();
 		uint32_t expect = 0;
 		if (__atomic_compare_exchange_n(&r->index[slot], &expect, mine, 0, __ATOMIC_RELEASE,
 						__ATOMIC_ACQUIRE)) {

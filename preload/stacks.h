@@ -9,4 +9,7 @@ HT_HIDDEN uint64_t ht_stack_hash(const uint64_t *pcs, uint32_t depth);
  * the reason. *is_new is set when this call added the stack. Lock-free. */
 HT_HIDDEN uint32_t ht_stack_intern(struct ht_region *r, const uint64_t *pcs, uint32_t depth,
 				   uint32_t flags, int *is_new);
+/* Tests only: called between writing a new record and publishing it in the index, to
+ * play another thread that wins the race. NULL in production. */
+extern HT_HIDDEN void (*ht_stack_test_race)(void);
 #endif

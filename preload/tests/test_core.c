@@ -12,6 +12,7 @@
 #include "core.h"
 #include "live.h"
 #include "reader.h"
+#include "stacks.h"
 
 static char dir[64];
 
@@ -251,6 +252,82 @@ CHILD_CASE(reuses_slabs_of_exited_threads_without_losing_or_double_counting)
 	htr_snapshot_free(&s);
 }
 
+/* ---- many threads adding the same new stacks at once ---- */
+
+#define RACE_STACKS 500
+static void *race_body(void *arg)
+{
+	uintptr_t k = (uintptr_t)arg;
+	for (int n = 0; n < RACE_STACKS; n++) {
+		/* Each thread walks the stacks in its own order, so first insertions collide. */
+		int i = (int)((n * 7 + k * 131) % RACE_STACKS);
+		uint64_t pcs[3] = { 0xE00000 + (uint64_t)i * 16, 0xE10000 + (uint64_t)(i % 7), 0xE20000 };
+		ht_core_record(PTR(k * 100000 + (uintptr_t)n), 100, pcs, 3, 0);
+	}
+	return NULL;
+}
+
+CHILD_CASE(threads_adding_the_same_stacks_at_once_get_one_id_each)
+{
+	core_up(1, 4096, 16, 1024);
+	pthread_t t[8];
+	for (uintptr_t k = 0; k < 8; k++)
+		pthread_create(&t[k], NULL, race_body, (void *)k);
+	for (int k = 0; k < 8; k++)
+		pthread_join(t[k], NULL);
+	struct htr_snapshot s;
+	if (read_region(&s))
+		return;
+	/* Every one of the 500 stacks is counted under exactly one id, 8 x 100 bytes. */
+	int seen[RACE_STACKS] = {0};
+	int bad = 0;
+	for (uint32_t i = 0; i < s.counters.count; i++) {
+		uint32_t id = s.counters.ids[i];
+		for (uint32_t k = 0; k < s.stacks.count; k++) {
+			if (s.stacks.ids[k] != id)
+				continue;
+			uint64_t f0 = s.stacks.frames[s.stacks.frame_start[k]];
+			int which = (int)((f0 - 0xE00000) / 16);
+			if (which < 0 || which >= RACE_STACKS || s.counters.alloc_bytes[i] != 800)
+				bad++;
+			else
+				seen[which]++;
+		}
+	}
+	int once = 0;
+	for (int i = 0; i < RACE_STACKS; i++)
+		once += seen[i] == 1;
+	CHECK(bad == 0, "%d ids with wrong counts", bad);
+	CHECK(once == RACE_STACKS, "%d of %d stacks under exactly one id", once, RACE_STACKS);
+	htr_snapshot_free(&s);
+}
+
+static uint64_t race_pcs[2] = { 0xF00000, 0xF10000 };
+static uint32_t race_winner;
+static void win_the_race(void)
+{
+	ht_stack_test_race = NULL; /* once */
+	int is_new;
+	race_winner = ht_stack_intern(&ht_g.region, race_pcs, 2, 0, &is_new);
+}
+
+CHILD_CASE(a_thread_that_loses_the_race_to_add_a_stack_uses_the_winners_id)
+{
+	core_up(1, 1024, 8, 1024);
+	ht_core_record(PTR(0), 1, stack_a, 3, 0); /* makes the region */
+	ht_stack_test_race = win_the_race;
+	int is_new;
+	uint32_t id = ht_stack_intern(&ht_g.region, race_pcs, 2, 0, &is_new);
+	CHECK(race_winner >= HT_STACK_FIRST && id == race_winner && !is_new,
+	      "loser gets the winner's id: %u vs %u", id, race_winner);
+	/* The loser's own record is marked, so readers never list it with counts. */
+	uint32_t dups = 0;
+	for (uint32_t i = HT_STACK_FIRST; i < ht_g.region.hdr->stacks_used; i++)
+		dups += (ht_g.region.stacks[i].flags & HT_STACK_DUPLICATE) != 0;
+	CHECK(dups == 1, "one duplicate record (%u)", dups);
+	CHECK(ht_stack_intern(&ht_g.region, race_pcs, 2, 0, &is_new) == race_winner, "found again");
+}
+
 CHILD_CASE(live_table_grows_and_frees_every_entry)
 {
 	core_up(1, 1024, 8, 1024);
@@ -404,6 +481,8 @@ static const struct ct_case cases[] = {
 	CT_CASE(counts_bytes_under_the_overflow_stack_when_the_table_is_full),
 	CT_CASE(spills_to_the_shared_table_when_a_slab_is_full),
 	CT_CASE(reuses_slabs_of_exited_threads_without_losing_or_double_counting),
+	CT_CASE(threads_adding_the_same_stacks_at_once_get_one_id_each),
+	CT_CASE(a_thread_that_loses_the_race_to_add_a_stack_uses_the_winners_id),
 	CT_CASE(live_table_grows_and_frees_every_entry),
 	CT_CASE(a_fork_child_writes_its_own_region_and_ignores_the_parents_frees),
 	CT_CASE(a_sample_point_hit_inside_heaptap_redraws_instead_of_sampling),
