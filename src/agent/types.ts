@@ -1,0 +1,70 @@
+// The agent's typed view of the processes it watches. Exporters (Prometheus, OpenTelemetry
+// metrics, Pyroscope, OTLP profiles) see only this: never region files or raw offsets.
+import type { Profile } from 'pprof-format';
+
+/** One process image the agent watches (a region file). Figures are unsampled estimates
+ * from the region's counters, summed over all stacks; bytes and objects are numbers. */
+export interface HeapProcess {
+  /** Stable id for this process image: the region file's name (pid alone can be reused). */
+  key: string;
+  pid: number;
+  ppid: number;
+  /** Executable path as the process saw it, and its base name. */
+  exe: string;
+  exeName: string;
+  /** HEAPTAP_SERVICE_NAME / OTEL_SERVICE_NAME of the process, else the executable name. */
+  service: string;
+  /** CLOCK_REALTIME when the region was made, in ms since the epoch. */
+  startMs: number;
+  /** The process image still runs (it holds its region's lock). */
+  alive: boolean;
+  /** It exited normally (false while running, and after kill -9). */
+  exited: boolean;
+  /** Sampling interval in effect (bytes; 1 = exact). */
+  sampleRate: number;
+  paused: boolean;
+  inuseBytes: number;
+  inuseObjects: number;
+  allocatedBytes: number;
+  allocatedObjects: number;
+  freedBytes: number;
+  /** Highest inuseBytes the agent has seen for this process. */
+  peakInuseBytes: number;
+  /** VmRSS from /proc/<pid>/status; null when unreadable or the process is gone. */
+  residentBytes: number | null;
+  /** Raw sample count. */
+  samples: number;
+  /** Drop counters by reason name (constants.dropReasons). */
+  drops: Record<string, number>;
+}
+
+/** A heap site: a stack's innermost named function and its in-use bytes. */
+export interface HeapSite {
+  function: string;
+  inuseBytes: number;
+}
+
+/** What exporters read. The agent implements it over the regions it watches. */
+export interface HeapSource {
+  /** Current processes, cheap (no symbolization, no file reads). */
+  processes(): HeapProcess[];
+  /** The top n sites of one process by in-use bytes (symbolized; cached by the agent). */
+  topSites(key: string, n: number): Promise<HeapSite[]>;
+  /** A symbolized pprof profile of one process (Go heap-profile conventions, WIRE.md).
+   * view 'heap': cumulative alloc_*, absolute inuse_*; 'allocs': same data, default
+   * sample type alloc_space; 'delta': alloc_* since the previous 'delta' call for the same
+   * consumer, inuse_* absolute. */
+  profile(key: string, view: 'heap' | 'allocs' | 'delta', consumer?: string): Promise<Profile>;
+  /** Subscribe to processes that ended (exited or killed): called once per process image
+   * after its final snapshot, before the agent forgets it. */
+  onProcessEnd(listener: (p: HeapProcess) => void): () => void;
+}
+
+/** An exporter the agent starts and stops. It must never block the agent: slow or dead
+ * backends are the exporter's problem (bounded queues, timeouts, backoff). */
+export interface Exporter {
+  readonly name: string;
+  start(source: HeapSource): void;
+  /** Flush what is pending (bounded in time) and stop. */
+  stop(): Promise<void>;
+}
