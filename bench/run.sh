@@ -46,10 +46,10 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 # ---- sizes ------------------------------------------------------------------------------
 # Full sizes give runs of about 2-10 s without a profiler on a 2-core machine; quick ones
 # about 0.3 s. "small" sizes are for valgrind massif, which runs the program about 20-50x
-# slower (and on one core at a time), and for tcmalloc's heap profiler, which unwinds
+# slower (and on one core at a time), for tcmalloc's heap profiler, which unwinds
 # (libunwind) and records every allocation under a global lock (50-300x on these
-# workloads): they are compared with "none-small" and "tcmalloc-small", runs of the same
-# reduced size.
+# workloads), and on gcc for heaptrack: they are compared with "none-small",
+# "tcmalloc-small" and "heaptap-r1-small", runs of the same reduced size.
 if [ "$MODE" = quick ]; then
 	: "${ROUNDS:=1}"
 	CHURN_MIB=48; CHURN_SMALL_MIB=6
@@ -60,14 +60,15 @@ if [ "$MODE" = quick ]; then
 	RUN_TIMEOUT=120
 else
 	: "${ROUNDS:=5}"
-	CHURN_MIB=640; CHURN_SMALL_MIB=24
-	GCC_MODULES=600; GCC_SMALL_MODULES=24
+	CHURN_MIB=1536; CHURN_SMALL_MIB=48
+	GCC_MODULES=600; GCC_SMALL_MODULES=60
 	PY_ROUNDS=400; PY_SMALL_ROUNDS=20
 	REDIS_N=60000; REDIS_SMALL_N=4000
 	LOOP_N=100000000; CG_N=10000000; CG_CHURN_MIB=4; CG_PY_ROUNDS=5
 	RUN_TIMEOUT=1800
 fi
 CHURN_THREADS=2
+HEAPTRACK_AS_LIMIT=$((8 << 30))
 CHURN_LEAK_MIB=16
 WORKLOADS=(churn churn-fp gcc python redis mallocloop callgrind)
 if [ -n "$ONLY" ]; then IFS=, read -r -a WORKLOADS <<<"$ONLY"; fi
@@ -144,7 +145,7 @@ config() {
 	none|none-small) ;;
 	tcmalloc-small) CFG_ENV=(LD_PRELOAD="$TCMALLOC") ;;
 	heaptap) CFG_ENV=(LD_PRELOAD="$HT_LIB" HEAPTAP_DIR="$d") ;;
-	heaptap-r1) CFG_ENV=(LD_PRELOAD="$HT_LIB" HEAPTAP_DIR="$d" HEAPTAP_SAMPLE_RATE=1) ;;
+	heaptap-r1|heaptap-r1-small) CFG_ENV=(LD_PRELOAD="$HT_LIB" HEAPTAP_DIR="$d" HEAPTAP_SAMPLE_RATE=1) ;;
 	heaptap-fp) CFG_ENV=(LD_PRELOAD="$HT_LIB" HEAPTAP_DIR="$d" HEAPTAP_UNWINDER=fp) ;;
 	heaptap-fp-r1) CFG_ENV=(LD_PRELOAD="$HT_LIB" HEAPTAP_DIR="$d" HEAPTAP_UNWINDER=fp HEAPTAP_SAMPLE_RATE=1) ;;
 	jemalloc) CFG_ENV=(LD_PRELOAD="$JEMALLOC") ;;
@@ -175,7 +176,11 @@ STD_CONFIGS=(none heaptap heaptap-r1 jemalloc jemalloc-prof tcmalloc heaptrack
 	none-small tcmalloc-small tcmalloc-heapprof massif)
 configs_of() {
 	case $1 in
-	churn|gcc|python|redis) echo "${STD_CONFIGS[*]}" ;;
+	churn|python|redis) echo "${STD_CONFIGS[*]}" ;;
+	# heaptrack runs gcc at the reduced size: at the full size its heaptrack_interpret
+	# grows past 18 GiB when cc1 exits and dies of std::bad_alloc (heaptrack 1.4.0).
+	gcc) echo "none heaptap heaptap-r1 jemalloc jemalloc-prof tcmalloc" \
+		"none-small heaptap-r1-small heaptrack tcmalloc-small tcmalloc-heapprof massif" ;;
 	churn-fp) echo "none heaptap heaptap-fp heaptap-r1 heaptap-fp-r1" ;;
 	mallocloop) echo "none heaptap" ;;
 	esac
@@ -243,7 +248,8 @@ check_run() {
 # Runs workload $1 under configuration $2 for round $3.
 run_one() {
 	local w=$1 c=$2 r=$3 size=big d tf log rc start end status u s m
-	case $c in none-small|tcmalloc-small|tcmalloc-heapprof|massif) size=small ;; esac
+	case $c in none-small|heaptap-r1-small|tcmalloc-small|tcmalloc-heapprof|massif) size=small ;; esac
+	[ "$w" = gcc ] && [ "$c" = heaptrack ] && size=small
 	d=$SHMROOT/run
 	rm -rf "$d"; mkdir -p "$d"
 	tf=$WORK/time.txt; log=$d.log
@@ -261,9 +267,13 @@ run_one() {
 		cmd+=(-wrapper "$BENCH/heaptrack-wrap.sh")
 	fi
 	[ "$r" = 1 ] && printf '%s\t%s\t%s\n' "$w" "$c" "$(show_cmd env "${CFG_ENV[@]}" "${CFG_PREFIX[@]}" "${cmd[@]}")" >>"$CMDS"
+	# heaptrack's interpreter can grow without bound (see gcc above): cap its address
+	# space so that a blow-up fails this run and not the machine.
+	local cap=()
+	[ "$c" = heaptrack ] && cap=(prlimit "--as=$HEAPTRACK_AS_LIMIT" --)
 	start=$(date +%s%N)
 	set +e
-	timeout -k 10 "$RUN_TIMEOUT" /usr/bin/time -f '%U %S %M' -o "$tf" \
+	timeout -k 10 "$RUN_TIMEOUT" "${cap[@]}" /usr/bin/time -f '%U %S %M' -o "$tf" \
 		env "${CFG_ENV[@]}" "${CFG_PREFIX[@]}" "${cmd[@]}" >"$log" 2>&1
 	rc=$?
 	set -e
@@ -424,11 +434,11 @@ make -s -C "$ROOT/test/fixtures" >>"$OUT/build.log" 2>&1 || die "make -C test/fi
 make -s -C "$BENCH" >>"$OUT/build.log" 2>&1 || die "make -C bench failed (see $OUT/build.log)"
 "$PYTHON" "$BENCH/gen_c.py" "$GCC_MODULES" "$WORK/gen_big.c"
 "$PYTHON" "$BENCH/gen_c.py" "$GCC_SMALL_MODULES" "$WORK/gen_small.c"
-echo "gcc input: $(wc -l <"$WORK/gen_big.c") lines ($GCC_MODULES modules); massif: $(wc -l <"$WORK/gen_small.c") lines" >"$OUT/sizes.txt"
+echo "gcc input: $(wc -l <"$WORK/gen_big.c") lines ($GCC_MODULES modules); reduced size (massif, tcmalloc heap profiler, heaptrack): $(wc -l <"$WORK/gen_small.c") lines ($GCC_SMALL_MODULES modules)" >"$OUT/sizes.txt"
 {
-	echo "churn: --threads $CHURN_THREADS --mib $CHURN_MIB --leak-mib $CHURN_LEAK_MIB (massif: --mib $CHURN_SMALL_MIB)"
-	echo "python: $PY_ROUNDS rounds (massif: $PY_SMALL_ROUNDS)"
-	echo "redis: -n $REDIS_N per test (massif: -n $REDIS_SMALL_N)"
+	echo "churn: --threads $CHURN_THREADS --mib $CHURN_MIB --leak-mib $CHURN_LEAK_MIB (reduced: --mib $CHURN_SMALL_MIB)"
+	echo "python: $PY_ROUNDS rounds (reduced: $PY_SMALL_ROUNDS)"
+	echo "redis: -n $REDIS_N per test (reduced: -n $REDIS_SMALL_N)"
 	echo "mallocloop: $LOOP_N pairs; callgrind: $CG_N pairs"
 } >>"$OUT/sizes.txt"
 machine_info
