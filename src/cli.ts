@@ -1,0 +1,78 @@
+// The heaptap command line: `heaptap run -- <command>` and the region inspectors. Run as
+// `node src/cli.ts ...` (./heaptap does that) or through bin/heaptap.js (npx heaptap).
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+import { EXIT_USAGE, UsageError } from './cli/common.ts';
+import { LIST_USAGE, RUN_USAGE, SNAPSHOT_USAGE, TOP_USAGE, USAGE } from './cli/usage.ts';
+
+
+// Subcommands are imported when used: they load the native addon, help does not.
+const COMMANDS: Record<string, { usage: string; run: (args: string[]) => Promise<number> }> = {
+  run: { usage: RUN_USAGE, run: async (a) => (await import('./cli/run.ts')).runCommand(a) },
+  list: { usage: LIST_USAGE, run: async (a) => (await import('./cli/inspect.ts')).listCommand(a) },
+  snapshot: { usage: SNAPSHOT_USAGE, run: async (a) => (await import('./cli/inspect.ts')).snapshotCommand(a) },
+  top: { usage: TOP_USAGE, run: async (a) => (await import('./cli/inspect.ts')).topCommand(a) },
+};
+
+/** Runs heaptap with argv (without node and the script) and returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    if (cmd === undefined) {
+      process.stderr.write(USAGE);
+      return EXIT_USAGE;
+    }
+    if (cmd === '-h' || cmd === '--help') {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    if (cmd === 'help') {
+      const sub = rest[0];
+      if (sub === undefined) process.stdout.write(USAGE);
+      else if (COMMANDS[sub]) process.stdout.write(COMMANDS[sub].usage);
+      else throw new UsageError(`help: unknown command '${sub}'`);
+      return 0;
+    }
+    const command = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
+    if (!command) throw new UsageError(cmd.startsWith('-') ? `unknown option '${cmd}' (see heaptap --help)` : `unknown command '${cmd}' (see heaptap --help)`);
+    return await command.run(rest);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`heaptap: ${e.message}\n`);
+      return EXIT_USAGE;
+    }
+    throw e;
+  }
+}
+
+/** Runs main and exits the process with its code (flushing stdout and stderr first). */
+export async function runMain(argv: string[]): Promise<void> {
+  let code: number;
+  try {
+    code = await main(argv);
+  } catch (e) {
+    // The addon not built (or not loadable) is a setup problem: say so in one line.
+    const msg = e instanceof Error && e.message.startsWith('cannot load the heaptap addon')
+      ? `${e.message}: ${(e.cause as Error | undefined)?.message ?? ''}`
+      : (e as Error)?.stack ?? String(e);
+    process.stderr.write(`heaptap: ${msg}\n`);
+    code = 1;
+  }
+  process.exitCode = code;
+  // Let pending stdout/stderr writes drain, then leave even if a handle is still open.
+  await new Promise<void>((res) => process.stdout.write('', () => process.stderr.write('', () => res())));
+  process.exit(code);
+}
+
+function isEntry(): boolean {
+  const meta = import.meta as ImportMeta & { main?: boolean };
+  if (typeof meta.main === 'boolean') return meta.main;
+  try {
+    return !!process.argv[1] && realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntry()) void runMain(process.argv.slice(2));

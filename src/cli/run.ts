@@ -1,0 +1,387 @@
+// heaptap run [options] -- <command> [args]: runs a command (and every process it starts)
+// under the preload, follows its heap while it runs, and writes two profiles at the end.
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { access, constants as fsConstants, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { constants as osConstants, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { buildProfileAsync, encodeProfile, type ProfileInput } from '../profile.ts';
+import {
+  constants,
+  dropsByReason,
+  isRegionError,
+  listRegions,
+  objectsToNumber,
+  readRegionAsync,
+  type RegionSnapshot,
+  type RegionStacks,
+} from '../region.ts';
+import {
+  UsageError,
+  displayPath,
+  formatBytes,
+  formatCount,
+  formatSeconds,
+  parse,
+  parseInteger,
+  parseMillis,
+  parseSize,
+} from './common.ts';
+import { makeSymbolizer } from './symbols.ts';
+import { RUN_USAGE } from './usage.ts';
+import { siteTable, formatValue, type SiteTable } from './top.ts';
+
+
+/** preload/build/libheaptap.so of this package. */
+export const PRELOAD_PATH = fileURLToPath(new URL('../../preload/build/libheaptap.so', import.meta.url));
+
+/** Options that take a value, so that the first word of the command can be told apart. */
+const VALUE_OPTIONS = new Set(['-o', '--output', '--rate', '--depth', '--interval']);
+
+/** Splits heaptap's options from the command: at `--`, or at the first word that is not
+ * an option (so `heaptap run ls -l` runs `ls -l`). */
+function splitCommand(args: string[]): [string[], string[]] {
+  let i = 0;
+  while (i < args.length) {
+    const a = args[i]!;
+    if (a === '--') return [args.slice(0, i), args.slice(i + 1)];
+    if (!a.startsWith('-') || a === '-') break;
+    i += VALUE_OPTIONS.has(a) ? 2 : 1;
+  }
+  return [args.slice(0, Math.min(i, args.length)), args.slice(i)];
+}
+
+interface RunOptions {
+  outDir: string;
+  rate?: number;
+  depth?: number;
+  intervalMs: number;
+  keepRegions: boolean;
+  command: string[];
+}
+
+function parseRun(args: string[]): RunOptions | 'help' {
+  const [opts, command] = splitCommand(args);
+  const { values } = parse('run', opts, {
+    output: { type: 'string', short: 'o' },
+    rate: { type: 'string' },
+    depth: { type: 'string' },
+    interval: { type: 'string' },
+    'keep-regions': { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  }, false);
+  if (values.help) return 'help';
+  if (command.length === 0) throw new UsageError('run: no command given (heaptap run [options] -- <command> [args])');
+  return {
+    outDir: resolve(values.output ?? '.'),
+    rate: values.rate !== undefined ? parseSize('run: --rate', values.rate) : undefined,
+    depth: values.depth !== undefined ? parseInteger('run: --depth', values.depth, 1, 256) : undefined,
+    intervalMs: values.interval !== undefined ? parseMillis('run: --interval', values.interval, 1, 60_000) : 100,
+    keepRegions: values['keep-regions'] ?? false,
+    command,
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Following the regions while the command runs.
+
+interface Tracked {
+  path: string;
+  /** stack records read so far (each poll reads only the new ones) */
+  chunks: RegionStacks[];
+  next: number;
+  latest?: RegionSnapshot;
+  /** the poll that first saw the process image gone has counted its last in-use bytes */
+  endCounted: boolean;
+  error?: string;
+}
+
+interface Totals {
+  inuse: bigint;
+  allocBytes: bigint;
+  allocObjects: number;
+}
+
+function totalsOf(s: RegionSnapshot): Totals {
+  const c = s.counters;
+  let ab = 0n, fb = 0n, ao = 0n;
+  for (let i = 0; i < c.ids.length; i++) {
+    ab += c.allocBytes[i]!;
+    fb += c.freeBytes[i]!;
+    ao += c.allocObjects[i]!;
+  }
+  return { inuse: ab > fb ? ab - fb : 0n, allocBytes: ab, allocObjects: objectsToNumber(ao) };
+}
+
+class Follower {
+  readonly regions = new Map<string, Tracked>();
+  peak = { bytes: -1n, atMs: 0, snapshots: new Map<string, RegionSnapshot>() };
+  inuseNow = 0n;
+  allocNow = 0n;
+  private readonly dir: string;
+  private readonly start: number;
+
+  constructor(dir: string, start: number) {
+    this.dir = dir;
+    this.start = start;
+  }
+
+  /** Reads every region once. In use now is the sum over live process images, plus, once,
+   * the last figures of an image that ended since the previous poll (what it held when it
+   * exited or exec'd, which may have been the peak). */
+  async poll(): Promise<void> {
+    const paths = await listRegions(this.dir);
+    await Promise.all(paths.map(async (path) => {
+      let t = this.regions.get(path);
+      if (!t) this.regions.set(path, (t = { path, chunks: [], next: 0, endCounted: false }));
+      if (t.latest && !t.latest.alive) return; // ended: its region no longer changes
+      try {
+        const snap = await readRegionAsync(path, t.next);
+        if (snap.stacks.ids.length) t.chunks.push(snap.stacks);
+        t.next = snap.stacks.next;
+        t.latest = snap;
+        t.error = undefined;
+      } catch (e) {
+        // Not ready yet (being set up) or busy: next time. Anything else is kept to report.
+        if (!(isRegionError(e) && (e.code === 'ERR_HEAPTAP_NOT_READY' || e.code === 'ERR_HEAPTAP_BUSY'))) t.error = (e as Error).message;
+      }
+    }));
+    let inuse = 0n;
+    let alloc = 0n;
+    const counted = new Map<string, RegionSnapshot>();
+    for (const t of this.regions.values()) {
+      const s = t.latest;
+      if (!s) continue;
+      const tot = totalsOf(s);
+      alloc += tot.allocBytes;
+      if (s.alive || !t.endCounted) {
+        inuse += tot.inuse;
+        counted.set(t.path, s);
+        if (!s.alive) t.endCounted = true;
+      }
+    }
+    this.inuseNow = inuse;
+    this.allocNow = alloc;
+    if (inuse > this.peak.bytes && counted.size) {
+      this.peak = { bytes: inuse, atMs: Date.now() - this.start, snapshots: counted };
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+
+export async function runCommand(args: string[]): Promise<number> {
+  const parsed = parseRun(args);
+  if (parsed === 'help') {
+    process.stdout.write(RUN_USAGE);
+    return 0;
+  }
+  const o = parsed;
+  if (!existsSync(PRELOAD_PATH)) throw new UsageError(`run: ${PRELOAD_PATH} is missing: build it with \`npm run build\` (or run ./heaptap, which sets everything up)`);
+  await mkdir(o.outDir, { recursive: true }).catch((e: Error) => {
+    throw new UsageError(`run: cannot make the output directory ${o.outDir}: ${e.message}`);
+  });
+  await access(o.outDir, fsConstants.W_OK).catch(() => {
+    throw new UsageError(`run: cannot write to the output directory ${o.outDir}`);
+  });
+
+  // A private directory for this run's regions: on the memory-backed /dev/shm if we can.
+  const shm = await access('/dev/shm', fsConstants.W_OK).then(() => '/dev/shm', () => tmpdir());
+  const dir = await mkdtemp(join(shm, 'heaptap-run-'));
+  const env: NodeJS.ProcessEnv = { ...process.env, HEAPTAP_DIR: dir };
+  env.LD_PRELOAD = process.env.LD_PRELOAD ? `${PRELOAD_PATH}:${process.env.LD_PRELOAD}` : PRELOAD_PATH;
+  if (o.rate !== undefined) env.HEAPTAP_SAMPLE_RATE = String(o.rate);
+  if (o.depth !== undefined) env.HEAPTAP_MAX_DEPTH = String(o.depth);
+
+  const start = Date.now();
+  const child = spawn(o.command[0]!, o.command.slice(1), { env, stdio: 'inherit' });
+  const spawned = new Promise<void>((res, rej) => {
+    child.once('spawn', res);
+    child.once('error', rej);
+  });
+  const exited = new Promise<[number | null, NodeJS.Signals | null]>((res) => child.once('exit', (c, s) => res([c, s])));
+  try {
+    await spawned;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    await rm(dir, { recursive: true, force: true });
+    process.stderr.write(`heaptap: cannot run ${o.command[0]}: ${err.code === 'ENOENT' ? 'command not found' : err.message}\n`);
+    return err.code === 'ENOENT' ? 127 : 126;
+  }
+  const rootPid = child.pid!;
+
+  // Signals: pass them on; the command decides when it ends. In the terminal's foreground
+  // a Ctrl-C (SIGINT) or Ctrl-\ (SIGQUIT) already reached the command: don't send a second.
+  const forward = (sig: NodeJS.Signals) => {
+    if ((sig === 'SIGINT' || sig === 'SIGQUIT') && inTerminalForeground()) return;
+    try {
+      child.kill(sig);
+    } catch { /* already gone */ }
+  };
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
+  for (const sig of signals) process.on(sig, forward);
+
+  const follower = new Follower(dir, start);
+  const live = process.stderr.isTTY ? new LiveLine(start) : undefined;
+  let stopped = false;
+  const loop = (async () => {
+    while (!stopped) {
+      await follower.poll().catch(() => {});
+      live?.update(follower);
+      await new Promise((r) => setTimeout(r, o.intervalMs));
+    }
+  })();
+  const [code, signal] = await exited;
+  stopped = true;
+  await loop;
+  await follower.poll(); // the final figures: every region now holds its exit state
+  live?.clear();
+  for (const sig of signals) process.off(sig, forward);
+
+  const elapsedMs = Date.now() - start;
+  const exitCode = signal ? 128 + (osConstants.signals[signal] ?? 0) : (code ?? 1);
+  try {
+    await report(o, follower, rootPid, start, elapsedMs, code, signal);
+  } catch (e) {
+    process.stderr.write(`heaptap: ${(e as Error).message}\n`);
+    if (exitCode === 0) return 1;
+  } finally {
+    if (o.keepRegions) process.stderr.write(`heaptap: region files kept in ${dir}\n`);
+    else await rm(dir, { recursive: true, force: true });
+  }
+  return exitCode;
+}
+
+/** The root process's images first (in the order they were made), then the others by
+ * start time: the first input's main executable becomes the profile's main mapping. */
+function ordered(follower: Follower, rootPid: number, pick: (t: Tracked) => RegionSnapshot | undefined): ProfileInput[] {
+  const out: Array<{ t: Tracked; s: RegionSnapshot }> = [];
+  for (const t of follower.regions.values()) {
+    const s = pick(t);
+    if (s) out.push({ t, s });
+  }
+  out.sort((a, b) =>
+    Number(b.s.header.pid === rootPid) - Number(a.s.header.pid === rootPid) ||
+    (a.s.header.startNs < b.s.header.startNs ? -1 : a.s.header.startNs > b.s.header.startNs ? 1 : 0));
+  return out.map(({ t, s }) => ({ snapshot: s, extraStacks: t.chunks }));
+}
+
+async function report(o: RunOptions, f: Follower, rootPid: number, start: number, elapsedMs: number, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
+  const err = (s: string) => process.stderr.write(s);
+  const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+  const heapInputs = ordered(f, rootPid, (t) => t.latest);
+  const name = o.command.join(' ').slice(0, 60);
+  if (heapInputs.length === 0) {
+    const why = [...f.regions.values()].find((t) => t.error)?.error;
+    err(`heaptap: ${name} ${how} after ${formatSeconds(elapsedMs)}; no heap data: ` +
+      (why ? `its region could not be read: ${why}\n` :
+        'no process made a region (a statically linked program, or one that never called malloc?)\n'));
+    return;
+  }
+  const peakInputs = f.peak.snapshots.size ? ordered(f, rootPid, (t) => f.peak.snapshots.get(t.path)) : heapInputs;
+
+  const symbolizer = await makeSymbolizer();
+  const warnings = new Set<string>();
+  const onWarning = (m: string) => warnings.add(m);
+  const now = BigInt(Date.now()) * 1_000_000n;
+  const heap = await buildProfileAsync(heapInputs, { view: 'heap', symbolizer, timeNanos: now, onWarning });
+  const peak = await buildProfileAsync(peakInputs, {
+    view: 'heap', symbolizer, onWarning,
+    timeNanos: BigInt(start + f.peak.atMs) * 1_000_000n,
+  });
+  symbolizer?.close();
+  const heapPath = join(o.outDir, `heaptap.${rootPid}.heap.pb.gz`);
+  const peakPath = join(o.outDir, `heaptap.${rootPid}.peak.pb.gz`);
+  await writeFile(heapPath, await encodeProfile(heap));
+  await writeFile(peakPath, await encodeProfile(peak));
+
+  let allocBytes = 0n, allocObjects = 0, inuseExit = 0n;
+  const drops = new Map<string, bigint>();
+  for (const { snapshot } of heapInputs) {
+    const t = totalsOf(snapshot);
+    allocBytes += t.allocBytes;
+    allocObjects += t.allocObjects;
+    inuseExit += t.inuse;
+    for (const [reason, n] of Object.entries(dropsByReason(snapshot.header))) {
+      if (n > 0n && reason !== 'recursion' && reason !== 'paused') drops.set(reason, (drops.get(reason) ?? 0n) + n);
+    }
+  }
+  const procs = new Set(heapInputs.map((i) => i.snapshot.header.pid)).size;
+  const rate = heapInputs[0]!.snapshot.header.sampleRate;
+  const lines: string[] = [];
+  lines.push(`heaptap: ${name} ${how} after ${formatSeconds(elapsedMs)} (${procs} process${procs > 1 ? 'es' : ''}, ${heapInputs.length} image${heapInputs.length > 1 ? 's' : ''}; ` +
+    (rate === 1n ? 'every allocation recorded' : `sampled every ${formatBytes(rate)} on average: figures are estimates`) + ')');
+  lines.push(`  peak in use     ${formatBytes(f.peak.bytes > 0n ? f.peak.bytes : 0n)} at ${formatSeconds(f.peak.atMs)}`);
+  lines.push(`  allocated       ${formatBytes(allocBytes)} in ${formatCount(allocObjects)} objects`);
+  lines.push(`  in use at exit  ${formatBytes(inuseExit)}`);
+  if (drops.size) lines.push(`  dropped         ${[...drops].map(([k, n]) => `${k} ${n}`).join(', ')} (see heaptap docs: counted under synthetic stacks)`);
+  lines.push('', ...sitesBlock('top sites by bytes allocated', siteTable(heap, 'alloc_space')));
+  lines.push('', ...sitesBlock(`top sites by bytes in use at the peak`, siteTable(peak, 'inuse_space')));
+  lines.push('');
+  lines.push(`  profiles: ${displayPath(heapPath)}  (in use at exit, all allocations)`);
+  lines.push(`            ${displayPath(peakPath)}  (in use at the peak)`);
+  lines.push(`  explore:  go tool pprof -http=: ${displayPath(heapPath)}`);
+  for (const w of warnings) lines.push(`  warning: ${w}`);
+  err(lines.join('\n') + '\n');
+}
+
+function sitesBlock(title: string, table: SiteTable): string[] {
+  const rows = table.rows.filter((r) => r.flat > 0).slice(0, 10);
+  if (!rows.length) return [`  ${title}: none`];
+  const out = [`  ${title}:`];
+  for (const r of rows) {
+    const p = table.total ? ((100 * r.flat) / table.total).toFixed(1) : '0.0';
+    out.push(`    ${formatValue(r.flat, table.unit).padStart(9)} ${`${p}%`.padStart(6)}  ${r.name}`);
+  }
+  return out;
+}
+
+/** Whether this process's group is the foreground group of its controlling terminal
+ * (/proc/self/stat fields 5 pgrp, 7 tty_nr, 8 tpgid). */
+function inTerminalForeground(): boolean {
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const [pgrp, tty, tpgid] = [Number(f[2]), Number(f[4]), Number(f[5])];
+    return tty !== 0 && tpgid === pgrp;
+  } catch {
+    return false;
+  }
+}
+
+/** One status line on a terminal, redrawn in place; cleared before the summary. */
+class LiveLine {
+  private lastAlloc = 0n;
+  private lastMs: number;
+  private rate = 0;
+  private shown = false;
+  private readonly start: number;
+
+  constructor(start: number) {
+    this.start = start;
+    this.lastMs = start;
+  }
+
+  update(f: Follower): void {
+    const now = Date.now();
+    const dt = (now - this.lastMs) / 1000;
+    if (dt >= 0.25) {
+      const inst = Number(f.allocNow - this.lastAlloc) / dt;
+      this.rate = this.shown ? 0.5 * this.rate + 0.5 * inst : inst;
+      this.lastAlloc = f.allocNow;
+      this.lastMs = now;
+    }
+    const peak = f.peak.bytes > 0n ? f.peak.bytes : 0n;
+    const text = `heaptap: ${formatSeconds(now - this.start)}  in use ${formatBytes(f.inuseNow)}  peak ${formatBytes(peak)}  ` +
+      `allocating ${formatBytes(Math.max(0, this.rate))}/s  (${f.regions.size} image${f.regions.size === 1 ? '' : 's'})`;
+    const cols = process.stderr.columns || 80;
+    process.stderr.write(`\r\x1b[K${text.slice(0, cols - 1)}`);
+    this.shown = true;
+  }
+
+  clear(): void {
+    if (this.shown) process.stderr.write('\r\x1b[K');
+  }
+}

@@ -1,0 +1,111 @@
+// The help texts of heaptap and its subcommands (no imports that load the addon: --help
+// and usage errors work before anything is built).
+import { DEFAULT_REGION_DIR } from './common.ts';
+
+export const USAGE = `Usage: heaptap <command> [options]
+
+Sampled heap profiles of any program that allocates with malloc, as pprof files.
+
+Commands:
+  run [options] -- <command> [args]   run a command under heaptap; write its heap
+                                      profiles (at exit and at the peak) and a summary
+  list [--dir DIR]                    the regions in the directory: pid, state, samples
+  snapshot <pid|region> [-o FILE]     write a pprof profile of a region as it is now
+  top <pid|region>                    its top sites, as go tool pprof -top prints them
+  help [command]                      the options of a command (also: <command> --help)
+
+Environment: HEAPTAP_DIR is where list, snapshot and top look (default /dev/shm/heaptap).
+Exit codes: 2 for a usage error or an unreadable region; run exits with its command's.
+`;
+
+export const RUN_USAGE = `Usage: heaptap run [options] [--] <command> [args...]
+
+Runs <command> with the heaptap preload library (prepended to any LD_PRELOAD already
+set), follows every process it starts (fork, exec), and when the command ends writes
+
+  heaptap.<pid>.heap.pb.gz   in use at exit and everything allocated (cumulative)
+  heaptap.<pid>.peak.pb.gz   in use at the moment the total in use was highest
+
+(<pid> is the command's pid), then prints a summary: the peak and when it happened,
+the bytes and objects allocated, what was still in use at exit, the top 10 sites by
+bytes allocated and by bytes in use at the peak, and the go tool pprof line to explore.
+Read them with \`go tool pprof -http=: <file>\` (or -top, -traces, -sample_index=...).
+The profiles merge all processes of the tree; each sample has a \`pid\` label.
+
+Options:
+  -o, --output DIR     directory for the profiles (default: the current directory)
+  --rate BYTES         mean bytes between samples (default 512k, the preload's);
+                       1 records every allocation exactly; k/m/g suffixes (binary)
+  --depth N            frames kept per stack, 1..256 (default 64)
+  --interval TIME      how often the regions are read to find the peak
+                       (default 100ms; "250", "250ms", "1s")
+  --keep-regions       keep the region files (their directory is printed)
+  -h, --help           this text
+
+Signals: SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to heaptap are passed to the command
+(except SIGINT and SIGQUIT while heaptap runs in the foreground of a terminal: there the
+terminal already sends them to the command, which shares heaptap's process group).
+heaptap exits with the command's exit code, or 128 + the signal number if a signal
+killed it, after writing the profiles. The command's stdin, stdout and stderr are its
+own; heaptap writes to stderr only: on a terminal a live line (elapsed time, in use now,
+peak, allocation rate), and the summary at the end.
+
+Environment:
+  HEAPTAP_DIR is set, for the command, to a fresh private directory (removed at the end
+  unless --keep-regions). Other HEAPTAP_* variables (HEAPTAP_SEED, HEAPTAP_UNWINDER,
+  HEAPTAP_MAX_STACKS, HEAPTAP_MAX_THREADS, HEAPTAP_FOLLOW_CHILDREN...) pass through to
+  the preload; --rate and --depth set HEAPTAP_SAMPLE_RATE and HEAPTAP_MAX_DEPTH.
+
+Exit codes: the command's; 2 for a usage error; 127 if the command is not found, 126
+if it cannot be executed.
+`;
+
+const DIR_HELP = `  --dir DIR            where the regions are (default: $HEAPTAP_DIR, else ${DEFAULT_REGION_DIR})`;
+const TARGET_HELP = `<pid|region> is a pid (its newest region in the directory: after an exec a pid has
+several) or the path of a region file.`;
+
+export const LIST_USAGE = `Usage: heaptap list [--dir DIR]
+
+Lists the regions (one per process image the preload saw) in the directory: pid,
+state (running; exited; gone: it ended without exiting normally, killed or exec'd),
+samples recorded, events dropped (all drop counters added up), executable and file.
+
+Options:
+${DIR_HELP}
+  -h, --help           this text
+
+Environment: HEAPTAP_DIR (see --dir).
+`;
+
+export const SNAPSHOT_USAGE = `Usage: heaptap snapshot <pid|region> [-o FILE] [--view heap|allocs] [--dir DIR]
+
+Writes a gzipped pprof heap profile of a region as it is now (cumulative allocations, and
+what is in use), symbolized, for go tool pprof, Pyroscope or Parca.
+${TARGET_HELP}
+
+Options:
+  -o, --output FILE    where to write it (default heaptap.<pid>.<view>.pb.gz; - for stdout)
+  --view heap|allocs   heap (default): consumers show inuse_space first;
+                       allocs: the same data with alloc_space as the default sample type
+${DIR_HELP}
+  -h, --help           this text
+
+Environment: HEAPTAP_DIR (see --dir).
+`;
+
+export const TOP_USAGE = `Usage: heaptap top <pid|region> [--sample-index TYPE] [-n N] [--dir DIR]
+
+Prints the top sites of a region as it is now, as \`go tool pprof -top\` does: flat is
+what a site allocated itself, cum what it and the functions it called did. A site is the
+innermost frame that is not an allocator entry point (operator new, std::allocator,
+strdup...), as pprof does for C++ heap profiles.
+${TARGET_HELP}
+
+Options:
+  --sample-index TYPE  inuse_space (default), inuse_objects, alloc_space or alloc_objects
+  -n, --nodes N        rows to show (default 20)
+${DIR_HELP}
+  -h, --help           this text
+
+Environment: HEAPTAP_DIR (see --dir).
+`;
