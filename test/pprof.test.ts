@@ -5,8 +5,12 @@
 // these tests fail (scripts/setup.sh installs it), they never skip.
 import test, { type ExecutionContext } from 'ava';
 
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
+import { OVERFLOW_FUNCTION, TRUNCATED_FUNCTION, buildProfile, encodeProfile } from '../src/profile.ts';
+import { constants } from '../src/region.ts';
+import { fakeSymbolizer, module, snapshot } from './helpers/fakeRegion.ts';
 import { findGo, fixtures, heaptap, parseTop, pprof, profilesIn, removeDir, tempDir, truths, type Result, type TopRow } from './helpers/heaptap.ts';
 
 const SPACE = ['-unit=B', '-nodefraction=0', '-nodecount=1000'];
@@ -133,4 +137,24 @@ test('a stripped binary: pprof shows its frames by mapping name, without a warni
   const raw = await clean(t, ['-raw', heap]);
   t.regex(raw, /^1: 0x[0-9a-f]+\/0x[0-9a-f]+\/0x[0-9a-f]+ \S+\/churn-stripped [0-9a-f]{40} ?$/m,
     'mapping 1 is the executable, with its build id and no symbol flags: tools can symbolize it later');
+});
+
+test('pprof shows heaptap\'s synthetic frames: a full stack table and truncated stacks', async (t) => {
+  // A hand-made region: bytes counted under the overflow stack, and a stack the unwinder
+  // cut short (in a module the fake symbolizer names: pprof leaves it as it is).
+  findGo();
+  const dir = await tempDir('heaptap-pprof-');
+  t.teardown(() => removeDir(dir));
+  const snap = snapshot(4242, [
+    { id: constants.STACK_OVERFLOW, frames: [], alloc: [3, 3 << 20] },
+    { id: 2, frames: [0x400234n, 0x400678n], flags: constants.STACK_TRUNCATED, alloc: [1, 4096] },
+  ], { modules: [module(0, join(fixtures, 'churn'), 0x400000n, 0x401000n, constants.MODULE_MAIN)] });
+  const file = join(dir, 'synthetic.pb.gz');
+  await writeFile(file, await encodeProfile(buildProfile([{ snapshot: snap }], { view: 'heap', symbolizer: fakeSymbolizer() })));
+  const top = parseTop(await clean(t, ['-top', ...SPACE, file]));
+  t.is(top.get(OVERFLOW_FUNCTION)?.flat, 3 << 20);
+  t.is(top.get('fn_400234')?.flat, 4096);
+  t.is(top.get(TRUNCATED_FUNCTION)?.cum, 4096);
+  const traces = await clean(t, ['-traces', file]);
+  t.regex(traces, /fn_400234\n\s+fn_400678\n\s+\[heaptap: truncated\]\n/);
 });

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { access, constants as fsConstants, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { buildProfileAsync, encodeProfile, type ProfileInput } from '../profile.ts';
@@ -226,15 +226,20 @@ export async function runCommand(args: string[]): Promise<number> {
   const follower = new Follower(dir, start);
   const live = process.stderr.isTTY ? new LiveLine(start) : undefined;
   let stopped = false;
+  let wake = () => {};
   const loop = (async () => {
     while (!stopped) {
       await follower.poll().catch(() => {});
       live?.update(follower);
-      await new Promise((r) => setTimeout(r, o.intervalMs));
+      await new Promise<void>((r) => {
+        const timer = setTimeout(r, o.intervalMs);
+        wake = () => { clearTimeout(timer); r(); };
+      });
     }
   })();
   const [code, signal] = await exited;
   stopped = true;
+  wake();
   await loop;
   await follower.poll(); // the final figures: every region now holds its exit state
   live?.clear();
@@ -272,7 +277,8 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   const err = (s: string) => process.stderr.write(s);
   const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
   const heapInputs = ordered(f, rootPid, (t) => t.latest);
-  const name = o.command.join(' ').slice(0, 60);
+  const words = [basename(o.command[0]!), ...o.command.slice(1)].join(' ');
+  const name = words.length > 60 ? `${words.slice(0, 59)}…` : words;
   if (heapInputs.length === 0) {
     const why = [...f.regions.values()].find((t) => t.error)?.error;
     err(`heaptap: ${name} ${how} after ${formatSeconds(elapsedMs)}; no heap data: ` +
@@ -305,7 +311,7 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
     allocObjects += t.allocObjects;
     inuseExit += t.inuse;
     for (const [reason, n] of Object.entries(dropsByReason(snapshot.header))) {
-      if (n > 0n && reason !== 'recursion' && reason !== 'paused') drops.set(reason, (drops.get(reason) ?? 0n) + n);
+      if (n > 0n && DROP_NOTES[reason]) drops.set(reason, (drops.get(reason) ?? 0n) + n);
     }
   }
   const procs = new Set(heapInputs.map((i) => i.snapshot.header.pid)).size;
@@ -316,7 +322,7 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   lines.push(`  peak in use     ${formatBytes(f.peak.bytes > 0n ? f.peak.bytes : 0n)} at ${formatSeconds(f.peak.atMs)}`);
   lines.push(`  allocated       ${formatBytes(allocBytes)} in ${formatCount(allocObjects)} objects`);
   lines.push(`  in use at exit  ${formatBytes(inuseExit)}`);
-  if (drops.size) lines.push(`  dropped         ${[...drops].map(([k, n]) => `${k} ${n}`).join(', ')} (see heaptap docs: counted under synthetic stacks)`);
+  for (const [reason, n] of drops) lines.push(`  note            ${formatCount(n)} ${DROP_NOTES[reason]} (${reason})`);
   lines.push('', ...sitesBlock('top sites by bytes allocated', siteTable(heap, 'alloc_space')));
   lines.push('', ...sitesBlock(`top sites by bytes in use at the peak`, siteTable(peak, 'inuse_space')));
   lines.push('');
@@ -326,6 +332,18 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   for (const w of warnings) lines.push(`  warning: ${w}`);
   err(lines.join('\n') + '\n');
 }
+
+/** What a drop counter means for the figures, for the ones that change what users see
+ * (the others, like slab_full, lose nothing: those counts go to the shared table). */
+const DROP_NOTES: Record<string, string> = {
+  stacks_full: 'samples counted under [heaptap: stack table full] (HEAPTAP_MAX_STACKS)',
+  frames_full: 'samples counted under [heaptap: stack table full] (frame pool full)',
+  reserve_failed: 'samples counted under [heaptap: stack table full] (region could not grow)',
+  truncated: 'samples whose stack was cut short (--depth, or the unwinder stopped), marked [heaptap: truncated]',
+  live_full: 'sampled allocations whose free could not be tracked: in use is overstated',
+  modules_full: 'samples with frames in no known module (module table full)',
+  bootstrap: 'allocations made before the preload was ready, not sampled',
+};
 
 function sitesBlock(title: string, table: SiteTable): string[] {
   const rows = table.rows.filter((r) => r.flat > 0).slice(0, 10);
@@ -374,8 +392,9 @@ class LiveLine {
       this.lastMs = now;
     }
     const peak = f.peak.bytes > 0n ? f.peak.bytes : 0n;
+    const procs = new Set([...f.regions.values()].map((t) => t.latest?.header.pid)).size;
     const text = `heaptap: ${formatSeconds(now - this.start)}  in use ${formatBytes(f.inuseNow)}  peak ${formatBytes(peak)}  ` +
-      `allocating ${formatBytes(Math.max(0, this.rate))}/s  (${f.regions.size} image${f.regions.size === 1 ? '' : 's'})`;
+      `allocating ${formatBytes(Math.max(0, this.rate))}/s${procs > 1 ? `  (${procs} processes)` : ''}`;
     const cols = process.stderr.columns || 80;
     process.stderr.write(`\r\x1b[K${text.slice(0, cols - 1)}`);
     this.shown = true;

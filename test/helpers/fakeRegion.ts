@@ -1,0 +1,88 @@
+// Region snapshots made by hand, and a fake symbolizer, for tests of the profile builder
+// (the shapes are src/region.ts's and src/symbolize.ts's).
+import type { ProfileSymbolizer } from '../../src/profile.ts';
+import { constants, type RegionModule, type RegionSnapshot } from '../../src/region.ts';
+
+export const ONE = BigInt(constants.OBJ_ONE);
+
+export interface FakeStack {
+  id: number;
+  frames: bigint[];
+  flags?: number;
+  /** objects and bytes allocated and freed (whole objects) */
+  alloc: [number, number];
+  free?: [number, number];
+}
+
+export function module(index: number, path: string, start: bigint, limit: bigint, flags = 0): RegionModule {
+  return {
+    index, state: 1, flags, path, loadBias: start - 0x1000n, start, limit, fileOffset: 0x1000n,
+    loadNs: 0n, unloadNs: 0n, buildId: `${index}`.padStart(40, 'b'),
+  };
+}
+
+export const MAIN = module(0, '/bin/app', 0x400000n, 0x500000n, constants.MODULE_MAIN);
+export const LIBC = module(1, '/lib/libc.so.6', 0x7f0000000000n, 0x7f0000100000n);
+
+export function snapshot(pid: number, stacks: FakeStack[], opts: { rate?: bigint; modules?: RegionModule[]; heartbeat?: bigint } = {}): RegionSnapshot {
+  const real = stacks.filter((s) => s.id !== constants.STACK_OVERFLOW);
+  const frames: bigint[] = [];
+  const frameStart: number[] = [];
+  for (const s of real) {
+    frameStart.push(frames.length);
+    frames.push(...s.frames);
+  }
+  const sorted = [...stacks].sort((a, b) => a.id - b.id);
+  return {
+    header: {
+      pid, ppid: 1, exe: `/bin/app${pid}`, sampleRate: opts.rate ?? 524288n, heartbeatNs: opts.heartbeat ?? 0n,
+      drops: new BigUint64Array(constants.DROP_SLOTS), state: 1,
+    } as unknown as RegionSnapshot['header'],
+    control: { paused: 0, rate: 0n, seq: 0n },
+    alive: true,
+    modules: opts.modules ?? [MAIN, LIBC],
+    stacks: {
+      ids: Uint32Array.from(real.map((s) => s.id)),
+      depths: Uint32Array.from(real.map((s) => s.frames.length)),
+      flags: Uint32Array.from(real.map((s) => constants.STACK_READY | (s.flags ?? 0))),
+      frameStart: Uint32Array.from(frameStart),
+      frames: BigUint64Array.from(frames),
+      next: 1000,
+    },
+    counters: {
+      ids: Uint32Array.from(sorted.map((s) => s.id)),
+      allocObjects: BigUint64Array.from(sorted.map((s) => BigInt(s.alloc[0]) * ONE)),
+      allocBytes: BigUint64Array.from(sorted.map((s) => BigInt(s.alloc[1]))),
+      freeObjects: BigUint64Array.from(sorted.map((s) => BigInt(s.free?.[0] ?? 0) * ONE)),
+      freeBytes: BigUint64Array.from(sorted.map((s) => BigInt(s.free?.[1] ?? 0))),
+      samples: BigUint64Array.from(sorted.map((s) => BigInt(s.alloc[0]))),
+    },
+    retries: 0,
+    malformed: 0,
+    firstMalformed: '',
+  };
+}
+
+/** Names a frame fn_<hex of return address>, in main only; libc has functions but no
+ * files; an address ending in 0x77 gets an inlined frame. Records every call. */
+export function fakeSymbolizer(): ProfileSymbolizer & { calls: Array<{ path: string; pid: number; addresses: bigint[] }> } {
+  const calls: Array<{ path: string; pid: number; addresses: bigint[] }> = [];
+  return {
+    calls,
+    symbolize(m, pid, addresses) {
+      calls.push({ path: m.path, pid, addresses: [...addresses] });
+      const isMain = m.path === '/bin/app';
+      return {
+        info: {
+          path: m.path, buildId: m.buildId, found: true, hasFunctions: true, hasFilenames: isMain,
+          hasLineNumbers: isMain, hasInlineFrames: isMain, debugFile: '', error: '',
+        },
+        frames: [...addresses].map((a) => {
+          const f = { function: `fn_${a.toString(16)}`, systemName: `_Z${a.toString(16)}`, file: isMain ? 'app.c' : '', line: isMain ? 10 : 0, startLine: isMain ? 5 : 0 };
+          return (a & 0xffn) === 0x77n ? [{ ...f, function: 'inlined_leaf', systemName: 'inlined_leaf', line: 3, startLine: 1 }, f] : [f];
+        }),
+      };
+    },
+  };
+}
+
