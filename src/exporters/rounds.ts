@@ -1,0 +1,150 @@
+// When push exporters ask the HeapSource for profiles: a round every interval over the
+// live processes, a final profile for each process that ends, a last round at stop. Both
+// profile exporters (Pyroscope, OTLP profiles) use it and differ only in what they make of
+// the profiles (deliver).
+//
+// A round builds profiles one at a time (the agent symbolizes; a burst would compete with
+// its scans for nothing). A round still running when the next interval comes is not
+// doubled: that interval is skipped and counted. Rounds never wait for the network:
+// deliver only queues.
+import type { Profile } from 'pprof-format';
+
+import type { HeapProcess, HeapSource } from '../agent/types.ts';
+import type { ExportLog } from './push.ts';
+
+export interface BuiltProfile {
+  process: HeapProcess;
+  profile: Profile;
+  /** when the profile was asked for (ms since the epoch): the end of the span it covers */
+  atMs: number;
+  /** the process had ended: this is its last profile */
+  final: boolean;
+}
+
+export interface RoundsOptions {
+  name: string;
+  intervalMs: number;
+  /** HeapSource consumer of the 'delta' baseline */
+  consumer: string;
+  log: ExportLog;
+  now?: () => number;
+}
+
+export interface RoundStats {
+  /** profiles built */
+  profiles: number;
+  /** profiles the source could not give (region unreadable, process gone) */
+  profileErrors: number;
+  /** intervals skipped because the previous round was still building */
+  skippedRounds: number;
+  /** rounds whose profiles could not be encoded or queued (a bug: logged once) */
+  deliverErrors: number;
+}
+
+export class ProfileRounds {
+  readonly #opts: RoundsOptions;
+  readonly #deliver: (built: BuiltProfile[]) => void | Promise<void>;
+  readonly #now: () => number;
+  #source: HeapSource | null = null;
+  #timer: NodeJS.Timeout | null = null;
+  #unsubscribe: (() => void) | null = null;
+  #round: Promise<void> | null = null;
+  readonly #finals = new Set<Promise<void>>();
+  readonly #stats: RoundStats = { profiles: 0, profileErrors: 0, skippedRounds: 0, deliverErrors: 0 };
+  #stopped = false;
+
+  constructor(opts: RoundsOptions, deliver: (built: BuiltProfile[]) => void | Promise<void>) {
+    this.#opts = opts;
+    this.#deliver = deliver;
+    this.#now = opts.now ?? Date.now;
+  }
+
+  start(source: HeapSource): void {
+    if (this.#source) throw new Error(`${this.#opts.name} exporter already started`);
+    this.#source = source;
+    this.#timer = setInterval(() => {
+      if (this.#round) this.#stats.skippedRounds++;
+      else void this.round();
+    }, this.#opts.intervalMs);
+    this.#timer.unref();
+    this.#unsubscribe = source.onProcessEnd((p) => this.#final(p));
+  }
+
+  stats(): RoundStats {
+    return { ...this.#stats };
+  }
+
+  /** One round now (or the one running): resolves when its profiles are delivered (queued).
+   * Never rejects. */
+  round(): Promise<void> {
+    if (!this.#round) this.#round = this.#run().finally(() => { this.#round = null; });
+    return this.#round;
+  }
+
+  /** Stops the timer and the subscription; then a last round and the pending final
+   * profiles, given at most budgetMs to be built and delivered. */
+  async stop(budgetMs: number): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    if (this.#timer) clearInterval(this.#timer);
+    this.#unsubscribe?.();
+    if (!this.#source) return;
+    const last = (this.#round ?? Promise.resolve()).then(() => this.#run());
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([last, ...this.#finals]),
+      new Promise((r) => { timer = setTimeout(r, budgetMs); }),
+    ]);
+    clearTimeout(timer);
+  }
+
+  async #run(): Promise<void> {
+    const source = this.#source;
+    if (!source) return;
+    const built: BuiltProfile[] = [];
+    for (const p of source.processes()) {
+      if (!p.alive) continue;
+      const b = await this.#build(p, false);
+      if (b) built.push(b);
+    }
+    if (built.length > 0) {
+      try {
+        await this.#deliver(built);
+      } catch (e) {
+        // Never an unhandled rejection from a timer: count it, say it once.
+        this.#stats.deliverErrors++;
+        if (this.#stats.deliverErrors === 1) {
+          this.#opts.log('error', `${this.#opts.name}: could not encode or queue profiles`, { error: e instanceof Error ? e.message : String(e) });
+        }
+      }
+    }
+  }
+
+  #final(p: HeapProcess): void {
+    if (this.#stopped) return;
+    // Asked for inside the listener: the agent forgets the process right after.
+    const job: Promise<void> = this.#build(p, true)
+      .then((b) => (b ? this.#deliver([b]) : undefined))
+      .catch((e: unknown) => {
+        this.#stats.deliverErrors++;
+        this.#opts.log('error', `${this.#opts.name}: could not encode or queue a final profile`, { pid: p.pid, error: String(e) });
+      })
+      .finally(() => { this.#finals.delete(job); });
+    this.#finals.add(job);
+  }
+
+  async #build(p: HeapProcess, final: boolean): Promise<BuiltProfile | null> {
+    const atMs = this.#now();
+    try {
+      const profile = await this.#source!.profile(p.key, 'delta', this.#opts.consumer);
+      this.#stats.profiles++;
+      return { process: p, profile, atMs, final };
+    } catch (e) {
+      this.#stats.profileErrors++;
+      // A process that ended between the listing and the read is ordinary: warn once.
+      this.#opts.log(this.#stats.profileErrors === 1 ? 'warn' : 'debug', `${this.#opts.name}: could not get a profile`,
+        { pid: p.pid, key: p.key, error: e instanceof Error ? e.message : String(e) });
+      return null;
+    }
+  }
+}
