@@ -48,6 +48,13 @@ export async function main(argv: string[]): Promise<number> {
 
 /** Runs main and exits the process with its code (flushing stdout and stderr first). */
 export async function runMain(argv: string[]): Promise<void> {
+  // `heaptap list | head`: a reader that went away is not an error.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+      throw e;
+    });
+  }
   let code: number;
   try {
     code = await main(argv);
