@@ -14,8 +14,9 @@
 // keeps period type space/bytes, so the series are memory:alloc_space:bytes:space:bytes etc.
 //
 // Every interval each live process's delta profile is built and queued; when a process
-// ends its final delta is queued too, so the allocations of its last seconds are not lost.
-// Delivery (bounded queue, timeouts, retries, counts, logging once) is push.ts's.
+// ends its final delta is queued too, so the allocations of its last seconds are not lost
+// (rounds.ts). Delivery (bounded queue, timeouts, retries, counts, logging once) is
+// push.ts's.
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
 
