@@ -1,7 +1,7 @@
 // The delivery discipline every push exporter shares (Pyroscope, OTLP profiles): a bounded
 // queue, one request in flight, a timeout per request, retries with backoff, counts by
 // outcome, and each kind of failure logged once. A slow or dead backend costs a few queued
-// buffers and one pending request: enqueue() never waits and never throws, and stop()
+// buffers and one pending request: enqueue() never waits and never throws, and close()
 // returns by its deadline whatever the backend does.
 //
 // Outcomes of one request (classify()):
@@ -133,11 +133,11 @@ export class PushQueue {
 
   /** Queues an item; drops the oldest waiting one if full. Never blocks, never throws. */
   enqueue(item: PushItem): void {
+    this.#stats.enqueued++;
     if (this.#closed) {
       this.#stats.dropped++;
       return;
     }
-    this.#stats.enqueued++;
     if (this.#queue.length >= this.#opts.maxQueue) {
       const old = this.#queue.shift()!;
       this.#stats.dropped++;
