@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# heaptap's image: the sidecar (`heaptap agent`, the default command) and libheaptap.so at
+# /opt/heaptap/lib/libheaptap.so, which an init container copies into a volume the
+# application container preloads it from (`heaptap-init DIR`; see docs/kubernetes.md).
+#
+# The build steps are scripts/image-build.sh, which CI also runs without a Docker engine and
+# test/deploy/image.test.ts checks the tree it makes; this file adds only the base images,
+# the Debian packages and the user.
+#
+#   docker build -t heaptap:0.1.0 .
+
+ARG NODE_MAJOR=24
+
+FROM node:${NODE_MAJOR}-bookworm AS build
+# The C toolchain comes with the image (buildpack-deps); the addon links elfutils and zlib.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libdw-dev libelf-dev zlib1g-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY . .
+RUN scripts/image-build.sh /image-root
+
+FROM node:${NODE_MAJOR}-bookworm-slim
+# What the addon (src/addon/build/heaptap.node) needs at run time beyond the base image's
+# libc6, libstdc++6 and libgcc-s1; test/deploy/image.test.ts checks this list against the
+# addon's NEEDED entries.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libdw1 libelf1 zlib1g \
+ && rm -rf /var/lib/apt/lists/*
+# A fixed uid/gid, numeric in USER so that the kubelet can verify runAsNonRoot; the
+# manifests in deploy/ run the application container with the same ids.
+RUN groupadd --gid 10001 heaptap \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin heaptap
+COPY --from=build /image-root/ /
+ENV PATH=/opt/heaptap/bin:$PATH \
+    NODE_ENV=production
+USER 10001:10001
+EXPOSE 6060
+ENTRYPOINT ["/opt/heaptap/bin/heaptap"]
+CMD ["agent"]
