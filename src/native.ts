@@ -9,6 +9,7 @@ import type {
   RegionLayout,
   RegionSnapshot,
 } from './region.ts';
+import type { NativeSymbolizerConstructor } from './symbolize.ts';
 
 /** What addon.cc exports; each method's contract is stated above it there. */
 export interface NativeBinding {
@@ -17,6 +18,8 @@ export interface NativeBinding {
   writeControl(path: string, control: ControlUpdate): void;
   readonly constants: RegionConstants;
   readonly layout: RegionLayout;
+  /** symbolize.cc: ELF/DWARF symbolization with libdwfl (typed wrapper: src/symbolize.ts) */
+  readonly Symbolizer: NativeSymbolizerConstructor;
 }
 
 export const addonPath = fileURLToPath(new URL('./addon/build/heaptap.node', import.meta.url));

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "reader.h"
+#include "symbolize.h"
 
 namespace {
 
@@ -498,6 +499,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports)
 	exports.Set("constants", constants);
 	// JS: layout: RegionLayout (offsets and sizes from the C header)
 	exports.Set("layout", Layout(env));
+	// JS: Symbolizer (symbolize.cc)
+	InitSymbolize(env, exports);
 	return exports;
 }
 

@@ -1,0 +1,386 @@
+// Symbolization of the return addresses in region stacks: function names (C++ demangled),
+// file, line and inlined frames from ELF/DWARF, through the addon's libdwfl-based
+// Symbolizer (src/addon/symbolize.cc). docs/symbolization.md explains how files and debug
+// info are found, what is cached and the limits.
+//
+// This file holds the policy: which paths to try for a module, the address arithmetic
+// (runtime return address -> ELF virtual address), and a per-module cache of resolved
+// addresses, so that repeated snapshots and a thousand processes of one binary cost one
+// file load and one lookup per distinct address.
+import { statSync, type BigIntStats } from 'node:fs';
+import { stat } from 'node:fs/promises';
+
+import { native } from './native.ts';
+import { constants, type RegionModule } from './region.ts';
+
+/** One frame of an address, innermost first. Shared between results: treat as read-only. */
+export interface SymFrame {
+  /** demangled where the name is a C++ (Itanium ABI) mangled name */
+  function: string;
+  /** the raw (linkage) name; equal to function for C */
+  systemName: string;
+  /** '' when unknown (no DWARF line info) */
+  file: string;
+  /** 0 when unknown */
+  line: number;
+  /** DW_AT_decl_line of the function, 0 when unknown */
+  startLine: number;
+}
+
+export interface ModuleSymbolInfo {
+  /** the file actually used ('' if none) */
+  path: string;
+  /** the region's build id (hex) */
+  buildId: string;
+  /** an object file matching the module was opened */
+  found: boolean;
+  /** at least one address got a function name (so far, for this module) */
+  hasFunctions: boolean;
+  hasFilenames: boolean;
+  hasLineNumbers: boolean;
+  /** addresses were resolved through DWARF scopes, so inlined calls are expanded into
+   * frames (true even when none of the addresses so far happened to be inlined code) */
+  hasInlineFrames: boolean;
+  /** separate debug file used, '' if none */
+  debugFile: string;
+  /** why not found / not usable, '' if fine. With found=true it says the debug info could
+   * not be read (the ELF symbol table is still used). */
+  error: string;
+}
+
+/** frames[i] for addresses[i], innermost first; [] where nothing is known. */
+export interface SymbolizeResult {
+  info: ModuleSymbolInfo;
+  frames: SymFrame[][];
+}
+
+export interface SymbolizerOptions {
+  /** directories searched for <dir>/.build-id/xx/yyyy.debug and
+   * <dir>/<module's directory>/<.gnu_debuglink name>; default ['/usr/lib/debug'] */
+  debugDirs?: string[];
+  /** module files kept open, and modules whose resolved addresses are kept (LRU); 256 */
+  maxModules?: number;
+  /** resolved addresses kept per module before that module's cache is dropped; 2^20 */
+  maxAddressesPerModule?: number;
+  /** a module that could not be opened is tried again after this long; 30 s */
+  retryFailedAfterMs?: number;
+}
+
+/** What the addon's Symbolizer.resolve returns: frames as rows of string-table indices. */
+export interface NativeSymbols {
+  path: string;
+  debugFile: string;
+  error: string;
+  /** the build id of the file opened (or of the mismatching one), hex */
+  fileBuildId: string;
+  found: boolean;
+  /** this call opened the file (a cold load) */
+  loaded: boolean;
+  hasDwarf: boolean;
+  hasFunctions: boolean;
+  hasFilenames: boolean;
+  hasLineNumbers: boolean;
+  hasInlineFrames: boolean;
+  strings: string[];
+  /** distinct frames, 5 ints each: function, systemName, file (indices into strings),
+   * line, startLine */
+  frames: Int32Array;
+  /** address i's frames are list[starts[i]] .. list[starts[i+1] - 1], innermost first */
+  starts: Uint32Array;
+  /** indices of distinct frames */
+  list: Uint32Array;
+}
+
+export interface NativeSymbolizer {
+  resolve(candidates: string[], origPath: string, buildId: string, addrs: BigUint64Array): NativeSymbols;
+  resolveAsync(
+    candidates: string[],
+    origPath: string,
+    buildId: string,
+    addrs: BigUint64Array,
+  ): Promise<NativeSymbols>;
+  stats(): { modulesLoaded: number; moduleHits: number; modulesOpen: number };
+  close(): void;
+}
+
+export interface NativeSymbolizerConstructor {
+  new (opts: { debugDirs: string[]; maxModules?: number }): NativeSymbolizer;
+}
+
+export const DEFAULT_DEBUG_DIRS: readonly string[] = ['/usr/lib/debug'];
+
+const MASK64 = (1n << 64n) - 1n;
+const EMPTY: SymFrame[] = Object.freeze([]) as unknown as SymFrame[];
+
+interface Entry {
+  key: string;
+  info: ModuleSymbolInfo;
+  /** resolved ELF addresses (addrKey) */
+  addrs: Map<number | bigint, SymFrame[]>;
+  /** Date.now() of the failure, for entries of modules that could not be opened */
+  failedAt: number;
+}
+
+interface Plan {
+  /** cache key; '' when the module is not to be looked up (vDSO, no path) */
+  key: string;
+  candidates: string[];
+  info?: ModuleSymbolInfo;
+}
+
+function emptyInfo(buildId: string, error = ''): ModuleSymbolInfo {
+  return {
+    path: '',
+    buildId,
+    found: false,
+    hasFunctions: false,
+    hasFilenames: false,
+    hasLineNumbers: false,
+    hasInlineFrames: false,
+    debugFile: '',
+    error,
+  };
+}
+
+/** Map key of an address: a number where exact (much faster to hash than a bigint). */
+function addrKey(a: bigint): number | bigint {
+  return a <= MAX_SAFE ? Number(a) : a;
+}
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** The ELF virtual addresses of runtime return addresses: pc - 1 (inside the call
+ * instruction, so the line is the call's) minus the module's load bias, modulo 2^64. */
+export function elfAddresses(
+  module: RegionModule,
+  addresses: readonly bigint[] | BigUint64Array,
+): BigUint64Array {
+  const out = new BigUint64Array(addresses.length);
+  const bias = module.loadBias;
+  for (let i = 0; i < addresses.length; i++) out[i] = (addresses[i]! - 1n - bias) & MASK64;
+  return out;
+}
+
+/** Files to try for a module, in order: its path; the same path under /proc/<pid>/root
+ * (the process's own filesystem, e.g. another container sharing the PID namespace); and,
+ * for the main program when the build id can be checked, /proc/<pid>/exe (the image the
+ * process runs, even if the file was deleted or replaced). */
+export function candidatePaths(module: RegionModule, pid: number): string[] {
+  const p = module.path;
+  if (!p.startsWith('/')) return [];
+  const out = [p];
+  if (Number.isInteger(pid) && pid > 0) {
+    out.push(`/proc/${pid}/root${p}`);
+    if (module.flags & constants.MODULE_MAIN && module.buildId !== '') out.push(`/proc/${pid}/exe`);
+  }
+  return out;
+}
+
+export class Symbolizer {
+  readonly #native: NativeSymbolizer;
+  readonly #entries = new Map<string, Entry>();
+  readonly #maxModules: number;
+  readonly #maxAddresses: number;
+  readonly #retryMs: number;
+  #cacheHits = 0;
+  #resolved = 0;
+  #closed = false;
+
+  constructor(opts: SymbolizerOptions = {}) {
+    const debugDirs = [...(opts.debugDirs ?? DEFAULT_DEBUG_DIRS)];
+    this.#maxModules = opts.maxModules ?? 256;
+    this.#maxAddresses = opts.maxAddressesPerModule ?? 1 << 20;
+    this.#retryMs = opts.retryFailedAfterMs ?? 30_000;
+    this.#native = new native.Symbolizer({ debugDirs, maxModules: this.#maxModules });
+  }
+
+  /** Frames for runtime return addresses of one module of process pid (the class
+   * subtracts 1 and the load bias). Never throws for unreadable or hostile files: the
+   * reason is in info.error and the frames are empty. */
+  symbolize(
+    module: RegionModule,
+    pid: number,
+    addresses: readonly bigint[] | BigUint64Array,
+  ): SymbolizeResult {
+    this.#checkOpen();
+    const plan = this.#plan(module, pid, (p) => {
+      try {
+        return statSync(p, { bigint: true, throwIfNoEntry: false }) ?? null;
+      } catch {
+        return null;
+      }
+    });
+    if (plan.info) return { info: plan.info, frames: addresses.length ? Array.from(addresses, () => EMPTY) : [] };
+    const vaddrs = elfAddresses(module, addresses);
+    const entry = this.#entries.get(plan.key);
+    const misses = this.#misses(entry, vaddrs);
+    if (misses === null) return this.#answer(entry!, vaddrs);
+    const res = this.#native.resolve(plan.candidates, module.path, module.buildId, misses);
+    return this.#answer(this.#merge(plan, module, misses, res), vaddrs);
+  }
+
+  /** symbolize on the libuv thread pool (large batches, cold loads of big debug files). */
+  async symbolizeAsync(
+    module: RegionModule,
+    pid: number,
+    addresses: readonly bigint[] | BigUint64Array,
+  ): Promise<SymbolizeResult> {
+    this.#checkOpen();
+    let statted: Map<string, BigIntStats | null> | undefined;
+    if (module.buildId === '' && module.path.startsWith('/')) {
+      statted = new Map();
+      for (const p of candidatePaths(module, pid)) {
+        statted.set(p, await stat(p, { bigint: true }).catch(() => null));
+      }
+    }
+    const plan = this.#plan(module, pid, (p) => statted?.get(p) ?? null);
+    if (plan.info) return { info: plan.info, frames: addresses.length ? Array.from(addresses, () => EMPTY) : [] };
+    const vaddrs = elfAddresses(module, addresses);
+    const misses = this.#misses(this.#entries.get(plan.key), vaddrs);
+    if (misses === null) return this.#answer(this.#entries.get(plan.key)!, vaddrs);
+    const res = await this.#native.resolveAsync(plan.candidates, module.path, module.buildId, misses);
+    this.#checkOpen();
+    return this.#answer(this.#merge(plan, module, misses, res), vaddrs);
+  }
+
+  /** modulesLoaded: module files opened (cold loads); cacheHits: addresses answered from
+   * the address cache; addressesResolved: distinct addresses looked up in a file. */
+  stats(): { modulesLoaded: number; cacheHits: number; addressesResolved: number } {
+    return {
+      modulesLoaded: this.#native.stats().modulesLoaded,
+      cacheHits: this.#cacheHits,
+      addressesResolved: this.#resolved,
+    };
+  }
+
+  /** Closes every open file and drops the caches; later symbolize calls throw. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#native.close();
+    this.#entries.clear();
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new Error('the symbolizer is closed');
+  }
+
+  #plan(
+    module: RegionModule,
+    pid: number,
+    statOf: (p: string) => BigIntStats | null,
+  ): Plan {
+    if (module.flags & constants.MODULE_VDSO || module.path === '') {
+      return { key: '', candidates: [], info: emptyInfo(module.buildId) };
+    }
+    const candidates = candidatePaths(module, pid);
+    if (candidates.length === 0) {
+      return { key: '', candidates, info: emptyInfo(module.buildId, `${module.path}: not an absolute path`) };
+    }
+    let key = '';
+    if (module.buildId !== '') {
+      key = 'b:' + module.buildId;
+    } else {
+      for (const p of candidates) {
+        const st = statOf(p);
+        if (st && st.isFile()) {
+          key = `f:${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
+          break;
+        }
+      }
+      if (key === '') key = 'p:' + module.path;
+    }
+    const e = this.#entries.get(key) ?? this.#entries.get(this.#failKey(key, candidates));
+    if (e && e.failedAt !== 0) {
+      if (Date.now() - e.failedAt < this.#retryMs) return { key, candidates, info: e.info };
+      this.#entries.delete(this.#failKey(key, candidates));
+    }
+    return { key, candidates };
+  }
+
+  #failKey(key: string, candidates: string[]): string {
+    return 'x:' + key + '\0' + candidates.join('\0');
+  }
+
+  /** The distinct addresses not cached yet (null if none), touching the entry's LRU slot. */
+  #misses(entry: Entry | undefined, vaddrs: BigUint64Array): BigUint64Array | null {
+    if (entry) {
+      this.#touch(entry);
+      const seen = new Set<bigint>();
+      let hits = 0;
+      for (const a of vaddrs) {
+        if (entry.addrs.has(addrKey(a))) hits++;
+        else seen.add(a);
+      }
+      this.#cacheHits += hits;
+      return seen.size === 0 ? null : BigUint64Array.from(seen);
+    }
+    return BigUint64Array.from(new Set(vaddrs));
+  }
+
+  #touch(entry: Entry): void {
+    this.#entries.delete(entry.key);
+    this.#entries.set(entry.key, entry);
+  }
+
+  #merge(plan: Plan, module: RegionModule, misses: BigUint64Array, res: NativeSymbols): Entry {
+    if (!res.found) {
+      const key = this.#failKey(plan.key, plan.candidates);
+      const entry: Entry = { key, info: emptyInfo(module.buildId, res.error), addrs: new Map(), failedAt: Date.now() };
+      this.#put(entry);
+      return entry;
+    }
+    let entry = this.#entries.get(plan.key);
+    if (!entry || entry.failedAt !== 0) {
+      entry = { key: plan.key, info: emptyInfo(module.buildId), addrs: new Map(), failedAt: 0 };
+      this.#put(entry);
+    }
+    const info = entry.info;
+    info.found = true;
+    info.path = res.path;
+    info.debugFile = res.debugFile;
+    info.error = res.error;
+    info.hasFunctions ||= res.hasFunctions;
+    info.hasFilenames ||= res.hasFilenames;
+    info.hasLineNumbers ||= res.hasLineNumbers;
+    info.hasInlineFrames ||= res.hasInlineFrames;
+    if (entry.addrs.size + misses.length > this.#maxAddresses) entry.addrs.clear();
+    const { strings: s, frames: rows, starts, list } = res;
+    const distinct: SymFrame[] = new Array(rows.length / 5);
+    for (let f = 0, r = 0; r < rows.length; f++, r += 5) {
+      distinct[f] = {
+        function: s[rows[r]!]!,
+        systemName: s[rows[r + 1]!]!,
+        file: s[rows[r + 2]!]!,
+        line: rows[r + 3]!,
+        startLine: rows[r + 4]!,
+      };
+    }
+    for (let i = 0; i < misses.length; i++) {
+      const from = starts[i]!;
+      const to = starts[i + 1]!;
+      let frames = EMPTY;
+      if (to > from) {
+        frames = new Array<SymFrame>(to - from);
+        for (let k = from; k < to; k++) frames[k - from] = distinct[list[k]!]!;
+      }
+      entry.addrs.set(addrKey(misses[i]!), frames);
+    }
+    this.#resolved += misses.length;
+    return entry;
+  }
+
+  #put(entry: Entry): void {
+    this.#entries.delete(entry.key);
+    this.#entries.set(entry.key, entry);
+    while (this.#entries.size > this.#maxModules) {
+      const oldest = this.#entries.keys().next().value as string;
+      this.#entries.delete(oldest);
+    }
+  }
+
+  #answer(entry: Entry, vaddrs: BigUint64Array): SymbolizeResult {
+    const frames = new Array<SymFrame[]>(vaddrs.length);
+    for (let i = 0; i < vaddrs.length; i++) frames[i] = entry.addrs.get(addrKey(vaddrs[i]!)) ?? EMPTY;
+    return { info: { ...entry.info }, frames };
+  }
+}
