@@ -1,0 +1,502 @@
+// The processes the agent watches: one per region file in the directory. Identity is the
+// file (its name carries pid and a unique start stamp), never the pid alone, so a reused
+// pid is a new process.
+//
+// Life of a region:
+//   seen     a scan finds the file (every --poll, and at once on an inotify event)
+//   live     re-read every poll: counters in full, stack records only from the last
+//            snapshot's stacks.next on (they never change once READY)
+//   ended    a read says no writer holds it (exited, or killed with -9): one more read
+//            after that (so nothing written just before death is missed) is the final
+//            snapshot; onEnd listeners run once with it
+//   removed  --retention after the end (for a region already dead when the agent
+//            starts: after its exit time, else its last heartbeat or mtime), the file is
+//            unlinked and the process forgotten.
+// Counters in a region only grow and are never reset, so an agent that starts late or
+// restarts loses nothing: it reads the same cumulative totals.
+import { watch, type FSWatcher } from 'node:fs';
+import { readFile, stat, unlink } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+
+import type { HeapProcess } from './types.ts';
+import type { Logger } from './log.ts';
+import { StackStore } from './stackStore.ts';
+import {
+  constants,
+  dropsByReason,
+  isRegionError,
+  listRegions,
+  objectsToNumber,
+  readRegionAsync,
+  type RegionSnapshot,
+  type RegionStacks,
+} from '../region.ts';
+
+export type ReadRegion = (path: string, sinceStack: number) => Promise<RegionSnapshot>;
+
+export interface WatcherOptions {
+  dir: string;
+  pollMs: number;
+  retentionMs: number;
+  log: Logger;
+  /** region reads in flight at once (they run on the libuv pool, which zlib also uses) */
+  readConcurrency?: number;
+  /** tests: replace the addon's reader */
+  readRegion?: ReadRegion;
+  /** tests: /proc root */
+  procRoot?: string;
+  now?: () => number;
+}
+
+export type Phase = 'live' | 'ended';
+
+const EXITED = constants.stateNames.indexOf('exited');
+
+/** What the agent knows about one region. `snapshot.stacks` holds only the records of the
+ * last read; `stacks` holds all of them. */
+export class Tracked {
+  readonly key: string;
+  readonly path: string;
+  snapshot: RegionSnapshot | null = null;
+  readonly stacks = new StackStore();
+  phase: Phase = 'live';
+  /** ms since the epoch when the process ended (drives retention) */
+  endedAtMs = 0;
+  /** bumps on every read: caches keyed on it know when counters changed */
+  version = 0;
+  info: HeapProcess | null = null;
+  residentBytes: number | null = null;
+  peakInuseBytes = 0;
+  /** reads of this region are serialized through this chain */
+  private chain: Promise<unknown> = Promise.resolve();
+
+  constructor(key: string, path: string) {
+    this.key = key;
+    this.path = path;
+  }
+
+  serialize<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn, fn);
+    this.chain = run.catch(() => {});
+    return run;
+  }
+
+  /** The latest snapshot with every stack record read so far, as the profile builder
+   * takes it. Taken synchronously, it stays consistent while a build awaits. */
+  profileInput(): { snapshot: RegionSnapshot; extraStacks: RegionStacks[] } | null {
+    if (!this.snapshot) return null;
+    return { snapshot: { ...this.snapshot, stacks: EMPTY_STACKS }, extraStacks: [this.stacks.view()] };
+  }
+}
+
+const EMPTY_STACKS: RegionStacks = {
+  ids: new Uint32Array(0),
+  depths: new Uint32Array(0),
+  flags: new Uint32Array(0),
+  frameStart: new Uint32Array(0),
+  frames: new BigUint64Array(0),
+  next: 0,
+};
+
+/** Sums of one snapshot's counters, as numbers (bytes exact below 2^53). */
+export function totals(snap: RegionSnapshot): {
+  inuseBytes: number; inuseObjects: number; allocatedBytes: number; allocatedObjects: number;
+  freedBytes: number; samples: number;
+} {
+  const c = snap.counters;
+  let ab = 0n, fb = 0n, ao = 0n, fo = 0n, sm = 0n;
+  for (let i = 0; i < c.ids.length; i++) {
+    ab += c.allocBytes[i]!;
+    fb += c.freeBytes[i]!;
+    ao += c.allocObjects[i]!;
+    fo += c.freeObjects[i]!;
+    sm += c.samples[i]!;
+  }
+  return {
+    inuseBytes: Number(ab > fb ? ab - fb : 0n),
+    inuseObjects: objectsToNumber(ao > fo ? ao - fo : 0n),
+    allocatedBytes: Number(ab),
+    allocatedObjects: objectsToNumber(ao),
+    freedBytes: Number(fb),
+    samples: Number(sm),
+  };
+}
+
+export function exeName(exe: string, pid: number): string {
+  return basename(exe) || `pid-${pid}`;
+}
+
+export class Watcher {
+  private readonly opts: Required<Omit<WatcherOptions, 'readRegion' | 'procRoot' | 'now'>> & {
+    readRegion: ReadRegion; procRoot: string; now: () => number;
+  };
+  private readonly tracked = new Map<string, Tracked>();
+  /** files that failed to read for good, by name: the (mtime, size) they had */
+  private readonly bad = new Map<string, string>();
+  private readonly endListeners = new Set<(p: Tracked) => void>();
+  private readonly seenListeners = new Set<(p: Tracked) => void>();
+  private timer: NodeJS.Timeout | null = null;
+  private fsWatcher: FSWatcher | null = null;
+  private scanning: Promise<void> | null = null;
+  private rescan = false;
+  private stopped = false;
+  private readyResolve!: () => void;
+  /** resolves after the first complete scan */
+  readonly ready: Promise<void>;
+  isReady = false;
+  scans = 0;
+  lastScanMs = 0;
+  readErrors = 0;
+
+  constructor(opts: WatcherOptions) {
+    this.opts = {
+      readConcurrency: 2,
+      readRegion: (p, s) => readRegionAsync(p, s),
+      procRoot: '/proc',
+      now: () => Date.now(),
+      ...opts,
+    };
+    this.ready = new Promise((r) => (this.readyResolve = r));
+  }
+
+  /** Starts scanning: the first scan now, then every pollMs, and on directory events. */
+  start(): void {
+    this.stopped = false;
+    const loop = async () => {
+      if (this.stopped) return;
+      await this.scan();
+      if (!this.stopped) this.timer = setTimeout(loop, this.opts.pollMs);
+    };
+    void loop();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.fsWatcher?.close();
+    this.fsWatcher = null;
+    await this.scanning;
+  }
+
+  get dir(): string {
+    return this.opts.dir;
+  }
+
+  all(): Tracked[] {
+    return [...this.tracked.values()];
+  }
+
+  get(key: string): Tracked | undefined {
+    return this.tracked.get(key);
+  }
+
+  onEnd(fn: (p: Tracked) => void): () => void {
+    this.endListeners.add(fn);
+    return () => this.endListeners.delete(fn);
+  }
+
+  onSeen(fn: (p: Tracked) => void): () => void {
+    this.seenListeners.add(fn);
+    return () => this.seenListeners.delete(fn);
+  }
+
+  /** One scan, or joins the one under way (and asks for another after it: a file may have
+   * appeared after it listed the directory). */
+  scan(): Promise<void> {
+    if (this.scanning) {
+      this.rescan = true;
+      return this.scanning;
+    }
+    this.scanning = (async () => {
+      try {
+        do {
+          this.rescan = false;
+          await this.scanOnce();
+        } while (this.rescan && !this.stopped);
+      } finally {
+        this.scanning = null;
+      }
+    })();
+    return this.scanning;
+  }
+
+  /** Reads a live process now (the latest counters) and returns it. */
+  async refresh(key: string): Promise<Tracked | undefined> {
+    const p = this.tracked.get(key);
+    if (!p) return undefined;
+    if (p.phase === 'live') await this.read(p);
+    return this.tracked.get(key) ?? p;
+  }
+
+  private async scanOnce(): Promise<void> {
+    const t0 = performance.now();
+    const { dir, log } = this.opts;
+    this.ensureFsWatch();
+    let paths: string[];
+    try {
+      paths = await listRegions(dir);
+      log.reset('dir');
+    } catch (e) {
+      log.once('dir', 'warn', 'cannot list the region directory', { dir, error: (e as Error).message });
+      paths = [];
+    }
+    const names = new Set(paths.map((p) => basename(p)));
+
+    // Files that went away under us (removed by hand, or by another agent).
+    for (const p of this.tracked.values()) {
+      if (names.has(p.key)) continue;
+      if (p.phase === 'live') this.end(p, this.opts.now(), 'region file removed');
+      this.forget(p, 'file gone');
+    }
+    for (const name of [...this.bad.keys()]) if (!names.has(name)) this.bad.delete(name);
+
+    const work: Tracked[] = [];
+    for (const path of paths) {
+      const key = basename(path);
+      const known = this.tracked.get(key);
+      if (known) {
+        if (known.phase === 'live') work.push(known);
+        continue;
+      }
+      if (this.bad.has(key)) {
+        const sig = await fileSig(path);
+        if (sig === this.bad.get(key)) continue;
+        this.bad.delete(key);
+      }
+      const p = new Tracked(key, path);
+      this.tracked.set(key, p);
+      work.push(p);
+    }
+    await this.eachLimited(work, (p) => this.read(p));
+    if (this.stopped) return;
+    await this.eachLimited(work.filter((p) => p.phase === 'live' && this.tracked.has(p.key)), (p) => this.readResident(p));
+    await this.expire();
+    this.scans++;
+    this.lastScanMs = performance.now() - t0;
+    if (!this.isReady) {
+      this.isReady = true;
+      this.readyResolve();
+    }
+  }
+
+  private async eachLimited<T>(items: T[], fn: (t: T) => Promise<void>): Promise<void> {
+    let i = 0;
+    const worker = async () => {
+      while (i < items.length && !this.stopped) await fn(items[i++]!);
+    };
+    await Promise.all(Array.from({ length: Math.min(this.opts.readConcurrency, items.length) }, worker));
+  }
+
+  private read(p: Tracked): Promise<void> {
+    return p.serialize(async () => {
+      if (p.phase !== 'live' || !this.tracked.has(p.key)) return;
+      const first = p.snapshot === null;
+      let snap: RegionSnapshot;
+      try {
+        snap = await this.opts.readRegion(p.path, p.stacks.next);
+      } catch (e) {
+        await this.readFailed(p, e);
+        return;
+      }
+      this.apply(p, snap);
+      if (first) this.seen(p);
+      if (!snap.alive) {
+        // The writer is gone. This read may have taken the counters just before it died;
+        // one more, now that nothing writes, is complete.
+        try {
+          this.apply(p, await this.opts.readRegion(p.path, p.stacks.next));
+        } catch {
+          // keep what the first read got
+        }
+        this.end(p, first ? await this.exitTime(p) : this.opts.now(), snap.header.state === EXITED ? 'exited' : 'no writer (killed)');
+      }
+    });
+  }
+
+  private apply(p: Tracked, snap: RegionSnapshot): void {
+    p.stacks.append(snap.stacks);
+    p.snapshot = snap;
+    p.version++;
+    const h = snap.header;
+    const t = totals(snap);
+    if (t.inuseBytes > p.peakInuseBytes) p.peakInuseBytes = t.inuseBytes;
+    const drops: Record<string, number> = {};
+    for (const [k, v] of Object.entries(dropsByReason(h))) drops[k] = Number(v);
+    const exe = exeName(h.exe, h.pid);
+    p.info = {
+      key: p.key,
+      pid: h.pid,
+      ppid: h.ppid,
+      exe: h.exe,
+      exeName: exe,
+      service: h.service || exe,
+      startMs: Number(h.startNs / 1_000_000n),
+      alive: snap.alive && p.phase === 'live',
+      exited: h.state === EXITED,
+      sampleRate: Number(h.rateNow || h.sampleRate),
+      paused: h.pausedNow !== 0,
+      ...t,
+      peakInuseBytes: p.peakInuseBytes,
+      residentBytes: snap.alive ? p.residentBytes : null,
+      drops,
+    };
+    if (snap.malformed > 0) {
+      this.opts.log.once(`malformed:${p.key}`, 'warn', 'region has inconsistent entries (skipped)', {
+        region: p.key, pid: h.pid, count: snap.malformed, first: snap.firstMalformed,
+      });
+    }
+  }
+
+  private seen(p: Tracked): void {
+    const i = p.info!;
+    this.opts.log.info('process seen', { pid: i.pid, exe: i.exeName, service: i.service, region: p.key, alive: i.alive });
+    for (const fn of this.seenListeners) fn(p);
+  }
+
+  private async readFailed(p: Tracked, e: unknown): Promise<void> {
+    const { log } = this.opts;
+    this.readErrors++;
+    const code = isRegionError(e) ? e.code : 'ERR';
+    if (code === 'ENOENT') {
+      if (p.phase === 'live' && p.snapshot) this.end(p, this.opts.now(), 'region file removed');
+      this.forget(p, 'file gone');
+      return;
+    }
+    const alive = isRegionError(e) ? e.alive : undefined;
+    if ((code === 'ERR_HEAPTAP_NOT_READY' || code === 'ERR_HEAPTAP_BUSY') && alive !== false) {
+      return; // a writer is setting up or folding: next poll
+    }
+    if (p.snapshot) {
+      // It read before: keep serving the last good snapshot. A writer that died in the
+      // middle of a fold leaves the region unreadable for good, so that is the final one.
+      if (alive === false) {
+        this.end(p, this.opts.now(), `no writer (${code})`);
+        return;
+      }
+      log.once(`read:${p.key}:${code}`, 'warn', 'cannot read region (keeping the last snapshot)', {
+        region: p.key, code, error: (e as Error).message,
+      });
+      return;
+    }
+    // Never read: nothing to serve. Left alone until the file changes; a dead one that
+    // never became readable is removed after retention like any ended process.
+    log.once(`read:${p.key}:${code}`, 'warn', 'cannot read region', { region: p.key, code, error: (e as Error).message });
+    this.tracked.delete(p.key);
+    if (alive === false) {
+      const sig = await fileSig(p.path);
+      const mtime = sig ? Number(sig.split(':')[0]) : 0;
+      if (mtime + this.opts.retentionMs <= this.opts.now()) await this.unlink(p, 'unreadable, no writer');
+      else this.bad.set(p.key, sig ?? '');
+    } else {
+      this.bad.set(p.key, (await fileSig(p.path)) ?? '');
+    }
+  }
+
+  /** When a region found dead ended: its exit time, else its last heartbeat or mtime. */
+  private async exitTime(p: Tracked): Promise<number> {
+    const h = p.snapshot!.header;
+    if (h.exitNs > 0n) return Number(h.exitNs / 1_000_000n);
+    const sig = await fileSig(p.path);
+    const mtime = sig ? Number(sig.split(':')[0]) : 0;
+    return Math.max(Number(h.heartbeatNs / 1_000_000n), mtime) || this.opts.now();
+  }
+
+  private end(p: Tracked, atMs: number, why: string): void {
+    if (p.phase === 'ended') return;
+    p.phase = 'ended';
+    p.endedAtMs = atMs;
+    p.residentBytes = null;
+    if (p.info) p.info = { ...p.info, alive: false, residentBytes: null };
+    const i = p.info;
+    this.opts.log.info('process ended', {
+      pid: i?.pid, exe: i?.exeName, region: p.key, why, inuse_bytes: i?.inuseBytes,
+      remove_in_s: Math.max(0, Math.round((atMs + this.opts.retentionMs - this.opts.now()) / 1000)),
+    });
+    if (!p.info) return;
+    for (const fn of this.endListeners) {
+      try {
+        fn(p);
+      } catch (e) {
+        this.opts.log.once('end-listener', 'error', 'a process-end listener threw', { error: (e as Error).message });
+      }
+    }
+  }
+
+  private async expire(): Promise<void> {
+    const now = this.opts.now();
+    for (const p of [...this.tracked.values()]) {
+      if (p.phase !== 'ended' || p.endedAtMs + this.opts.retentionMs > now) continue;
+      await this.unlink(p, 'retention over');
+      this.forget(p, 'retention over');
+    }
+  }
+
+  private async unlink(p: Tracked, why: string): Promise<void> {
+    try {
+      await unlink(p.path);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT') {
+        this.opts.log.once(`unlink:${code}`, 'warn', 'cannot remove region file', { region: p.key, path: p.path, error: (e as Error).message });
+      }
+    }
+    this.opts.log.info('region removed', { pid: p.info?.pid, region: p.key, why });
+  }
+
+  private forget(p: Tracked, _why: string): void {
+    this.tracked.delete(p.key);
+  }
+
+  /** VmRSS of a live process, checking that the pid is still the region's process: its
+   * /proc start time must match the one the region recorded. */
+  private async readResident(p: Tracked): Promise<void> {
+    const h = p.snapshot?.header;
+    if (!h || !p.info) return;
+    const root = this.opts.procRoot;
+    let rss: number | null = null;
+    try {
+      const stat = await readFile(join(root, String(h.pid), 'stat'), 'utf8');
+      // Fields after the parenthesized command; starttime is field 22 (index 19 here).
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const start = BigInt(fields[19] ?? '0');
+      if (h.procStartTicks === 0n || start === h.procStartTicks) {
+        const status = await readFile(join(root, String(h.pid), 'status'), 'utf8');
+        const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+        if (m) rss = Number(m[1]) * 1024;
+      }
+    } catch {
+      rss = null; // not visible from here (no shared pid namespace) or gone
+    }
+    p.residentBytes = rss;
+    if (p.phase === 'live') p.info = { ...p.info, residentBytes: rss };
+  }
+
+  private ensureFsWatch(): void {
+    if (this.fsWatcher || this.stopped) return;
+    try {
+      // inotify on the directory: a new region is read at once rather than at the next
+      // poll. Without it (the directory does not exist yet) polling still finds it.
+      this.fsWatcher = watch(this.opts.dir, { persistent: false }, (_event, name) => {
+        if (name && String(name).endsWith(constants.REGION_SUFFIX) && !this.tracked.has(String(name))) {
+          setTimeout(() => void this.scan(), 20).unref();
+        }
+      });
+      this.fsWatcher.on('error', () => {
+        this.fsWatcher?.close();
+        this.fsWatcher = null;
+      });
+    } catch {
+      this.fsWatcher = null;
+    }
+  }
+}
+
+async function fileSig(path: string): Promise<string | null> {
+  try {
+    const s = await stat(path);
+    return `${Math.round(s.mtimeMs)}:${s.size}`;
+  } catch {
+    return null;
+  }
+}

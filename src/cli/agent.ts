@@ -1,0 +1,53 @@
+// `heaptap agent`: the long-running sidecar (src/agent/). Runs until SIGINT or SIGTERM,
+// then stops the watcher, flushes the exporters and exits 0. Bad settings: one line on
+// stderr and exit code 2 (a UsageError, as every subcommand reports them).
+import { startAgent } from '../agent/agent.ts';
+import { ConfigError, parseAgentArgs, usage } from '../agent/config.ts';
+import { createLogger } from '../agent/log.ts';
+import { Symbolizer } from '../symbolize.ts';
+import { UsageError } from './common.ts';
+
+export const AGENT_USAGE = usage() + '\n';
+
+export async function agentCommand(args: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseAgentArgs(args);
+  } catch (e) {
+    if (e instanceof ConfigError) throw new UsageError(`agent: ${e.message} (see heaptap agent --help)`);
+    throw e;
+  }
+  if (parsed.help) {
+    process.stdout.write(AGENT_USAGE);
+    return 0;
+  }
+  const config = parsed.config;
+  const log = createLogger({ format: config.logFormat, level: config.logLevel });
+  const symbolizer = new Symbolizer();
+  let agent;
+  try {
+    agent = await startAgent(config, { log, symbolizer });
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    symbolizer.close();
+    if (err.code === 'EADDRINUSE' || err.code === 'EACCES' || err.code === 'EADDRNOTAVAIL' || err.code === 'ENOTFOUND') {
+      throw new UsageError(`agent: cannot listen on ${config.host}:${config.port}: ${err.code}`);
+    }
+    throw e;
+  }
+  return new Promise<number>((resolve) => {
+    let signalled = false;
+    const onSignal = (sig: NodeJS.Signals) => {
+      if (signalled) {
+        // A second signal: do not wait for the exporters.
+        resolve(1);
+        return;
+      }
+      signalled = true;
+      log.info('stopping', { signal: sig });
+      agent.stop().then(() => resolve(0), () => resolve(1));
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+}
