@@ -121,9 +121,29 @@ static int reserve(struct ht_region *r, uint64_t off, uint64_t len)
 	return -1;
 }
 
+/* mkdir -p, each missing component 0700. */
+static int make_dirs(const char *dir)
+{
+	char p[sizeof ((struct ht_config *)0)->dir];
+	size_t n = strlen(dir);
+	if (n >= sizeof p)
+		return -1;
+	memcpy(p, dir, n + 1);
+	for (size_t i = 1; i <= n; i++) {
+		if (p[i] != '/' && p[i] != 0)
+			continue;
+		char saved = p[i];
+		p[i] = 0;
+		if (mkdir(p, 0700) < 0 && errno != EEXIST)
+			return -1;
+		p[i] = saved;
+	}
+	return 0;
+}
+
 HT_HIDDEN int ht_region_check_dir(const struct ht_config *c, char *err, size_t errlen)
 {
-	if (mkdir(c->dir, 0700) < 0 && errno != EEXIST) {
+	if (make_dirs(c->dir) < 0) {
 		snprintf(err, errlen, "cannot create HEAPTAP_DIR %s: %s", c->dir, strerror(errno));
 		return -1;
 	}

@@ -437,6 +437,25 @@ CHILD_CASE(an_unwritable_directory_is_a_clear_error)
 	CHECK(strstr(err, "/proc/heaptap-cannot-exist") != NULL, "message names the dir: %s", err);
 }
 
+CHILD_CASE(missing_parents_of_the_directory_are_created)
+{
+	struct ht_config c;
+	ht_config_defaults(&c);
+	snprintf(c.dir, sizeof c.dir, "%s/a/b/c", dir);
+	c.rate = 1;
+	char err[256] = "";
+	CHECK(ht_core_init(&c, 0, err, sizeof err) == 0, "%s", err);
+	ht_core_record(PTR(0), 10, stack_a, 3, 0);
+	struct stat st;
+	CHECK(stat(c.dir, &st) == 0 && S_ISDIR(st.st_mode) && (st.st_mode & 0777) == 0700, "made 0700");
+	CHECK(strncmp(ht_g.region.path, c.dir, strlen(c.dir)) == 0, "region inside it");
+	char p[512];
+	unlink(ht_g.region.path);
+	snprintf(p, sizeof p, "%s/a/b/c", dir); rmdir(p);
+	snprintf(p, sizeof p, "%s/a/b", dir); rmdir(p);
+	snprintf(p, sizeof p, "%s/a", dir); rmdir(p);
+}
+
 CHILD_CASE(region_files_are_private_unless_a_mode_is_given)
 {
 	setenv("HEAPTAP_FILE_MODE", "0640", 1);
@@ -488,6 +507,7 @@ static const struct ct_case cases[] = {
 	CT_CASE(a_sample_point_hit_inside_heaptap_redraws_instead_of_sampling),
 	CT_CASE(the_control_area_pauses_and_changes_the_rate),
 	CT_CASE(an_unwritable_directory_is_a_clear_error),
+	CT_CASE(missing_parents_of_the_directory_are_created),
 	CT_CASE(region_files_are_private_unless_a_mode_is_given),
 };
 

@@ -36,7 +36,7 @@ check "requires glibc <= 2.34 (requires $maxv)" '[ "$(printf "%s\n2.34\n" "$maxv
 # Bad configuration: one line on stderr starting "heaptap:", same stdout, same exit code.
 ref_out=$($FIX/forker 2>/dev/null | grep -c role); ref_rc=$?
 for cfg in "HEAPTAP_SAMPLE_RATE=abc" "HEAPTAP_SAMPLE_RATE=0" "HEAPTAP_MAX_DEPTH=100000" \
-           "HEAPTAP_DIR=/proc/heaptap-no" "HEAPTAP_DIR=relative" "HEAPTAP_UNWINDER=magic" \
+           "HEAPTAP_DIR=/proc/heaptap-no/x" "HEAPTAP_DIR=relative" "HEAPTAP_UNWINDER=magic" \
            "HEAPTAP_FILE_MODE=0777" "HEAPTAP_FOLLOW_CHILDREN=maybe"; do
   err=$(mktemp)
   out=$(env "$cfg" LD_PRELOAD="$SO" $FIX/forker 2>"$err" | grep -c role); rc=$?
