@@ -1,4 +1,4 @@
-// The heaptap command line: `heaptap run -- <command>` and the region inspectors. Run as
+// The heaptap command line: `heaptap run -- <command>`, the region inspectors, the agent. Run as
 // `node src/cli.ts ...` (./heaptap does that) or through bin/heaptap.js (npx heaptap).
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -6,13 +6,21 @@ import { fileURLToPath } from 'node:url';
 import { EXIT_USAGE, UsageError } from './cli/common.ts';
 import { LIST_USAGE, RUN_USAGE, SNAPSHOT_USAGE, TOP_USAGE, USAGE } from './cli/usage.ts';
 
-
-// Subcommands are imported when used: they load the native addon, help does not.
-const COMMANDS: Record<string, { usage: string; run: (args: string[]) => Promise<number> }> = {
-  run: { usage: RUN_USAGE, run: async (a) => (await import('./cli/run.ts')).runCommand(a) },
-  list: { usage: LIST_USAGE, run: async (a) => (await import('./cli/inspect.ts')).listCommand(a) },
-  snapshot: { usage: SNAPSHOT_USAGE, run: async (a) => (await import('./cli/inspect.ts')).snapshotCommand(a) },
-  top: { usage: TOP_USAGE, run: async (a) => (await import('./cli/inspect.ts')).topCommand(a) },
+// Subcommands are imported when used: they load the native addon; help for run, list,
+// snapshot and top does not (agent and ctl keep their help beside their code).
+const COMMANDS: Record<string, { usage: () => Promise<string>; run: (args: string[]) => Promise<number> }> = {
+  run: { usage: async () => RUN_USAGE, run: async (a) => (await import('./cli/run.ts')).runCommand(a) },
+  list: { usage: async () => LIST_USAGE, run: async (a) => (await import('./cli/inspect.ts')).listCommand(a) },
+  snapshot: { usage: async () => SNAPSHOT_USAGE, run: async (a) => (await import('./cli/inspect.ts')).snapshotCommand(a) },
+  top: { usage: async () => TOP_USAGE, run: async (a) => (await import('./cli/inspect.ts')).topCommand(a) },
+  agent: {
+    usage: async () => (await import('./cli/agent.ts')).AGENT_USAGE,
+    run: async (a) => (await import('./cli/agent.ts')).agentCommand(a),
+  },
+  ctl: {
+    usage: async () => (await import('./cli/ctl.ts')).CTL_USAGE,
+    run: async (a) => (await import('./cli/ctl.ts')).ctlCommand(a),
+  },
 };
 
 /** Runs heaptap with argv (without node and the script) and returns the exit code. */
@@ -30,7 +38,7 @@ export async function main(argv: string[]): Promise<number> {
     if (cmd === 'help') {
       const sub = rest[0];
       if (sub === undefined) process.stdout.write(USAGE);
-      else if (COMMANDS[sub]) process.stdout.write(COMMANDS[sub].usage);
+      else if (Object.hasOwn(COMMANDS, sub)) process.stdout.write(await COMMANDS[sub]!.usage());
       else throw new UsageError(`help: unknown command '${sub}'`);
       return 0;
     }

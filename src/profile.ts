@@ -26,10 +26,7 @@ import {
 } from 'pprof-format';
 
 import { constants, objectsToNumber, type RegionModule, type RegionSnapshot, type RegionStacks } from './region.ts';
-// TODO(symbolize.ts lands): import type { SymbolizeResult } from './symbolize.ts';
-interface SymFrame { function: string; systemName: string; file: string; line: number; startLine: number; }
-interface ModuleSymbolInfo { path: string; buildId: string; found: boolean; hasFunctions: boolean; hasFilenames: boolean; hasLineNumbers: boolean; hasInlineFrames: boolean; debugFile: string; error: string; }
-interface SymbolizeResult { info: ModuleSymbolInfo; frames: SymFrame[][]; }
+import type { SymbolizeResult } from './symbolize.ts';
 
 const gzipAsync = promisify(gzip);
 const gunzipAsync = promisify(gunzip);

@@ -5,9 +5,9 @@ import { resolve } from 'node:path';
 import { buildProfileAsync, encodeProfile, type ProfileView } from '../profile.ts';
 import { constants, readRegionAsync } from '../region.ts';
 import type { SampleTypeName } from '../profile.ts';
+import { Symbolizer } from '../symbolize.ts';
 import { UsageError, describeError, displayPath, parse, parseInteger, regionDir } from './common.ts';
 import { regionFiles, resolveRegion } from './regions.ts';
-import { makeSymbolizer } from './symbols.ts';
 import { SAMPLE_TYPE_NAMES, formatTopTable, siteTable } from './top.ts';
 import { LIST_USAGE, SNAPSHOT_USAGE, TOP_USAGE } from './usage.ts';
 
@@ -52,14 +52,14 @@ export async function listCommand(args: string[]): Promise<number> {
 
 async function profileOf(spec: string, dir: string, view: ProfileView) {
   const { path, snapshot } = await resolveRegion(spec, dir);
-  const symbolizer = await makeSymbolizer();
+  const symbolizer = new Symbolizer();
   const warnings: string[] = [];
   try {
     const profile = await buildProfileAsync([{ snapshot }], { view, symbolizer, onWarning: (m) => warnings.push(m) });
     for (const w of warnings) process.stderr.write(`heaptap: warning: ${w}\n`);
     return { path, snapshot, profile };
   } finally {
-    symbolizer?.close();
+    symbolizer.close();
   }
 }
 

@@ -8,6 +8,7 @@ import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { buildProfileAsync, encodeProfile, type ProfileInput } from '../profile.ts';
+import { Symbolizer } from '../symbolize.ts';
 import {
   constants,
   dropsByReason,
@@ -29,7 +30,6 @@ import {
   parseMillis,
   parseSize,
 } from './common.ts';
-import { makeSymbolizer } from './symbols.ts';
 import { RUN_USAGE } from './usage.ts';
 import { siteTable, formatValue, type SiteTable } from './top.ts';
 
@@ -288,7 +288,7 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   }
   const peakInputs = f.peak.snapshots.size ? ordered(f, rootPid, (t) => f.peak.snapshots.get(t.path)) : heapInputs;
 
-  const symbolizer = await makeSymbolizer();
+  const symbolizer = new Symbolizer();
   const warnings = new Set<string>();
   const onWarning = (m: string) => warnings.add(m);
   const now = BigInt(Date.now()) * 1_000_000n;
@@ -297,7 +297,7 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
     view: 'heap', symbolizer, onWarning,
     timeNanos: BigInt(start + f.peak.atMs) * 1_000_000n,
   });
-  symbolizer?.close();
+  symbolizer.close();
   const heapPath = join(o.outDir, `heaptap.${rootPid}.heap.pb.gz`);
   const peakPath = join(o.outDir, `heaptap.${rootPid}.peak.pb.gz`);
   await writeFile(heapPath, await encodeProfile(heap));
