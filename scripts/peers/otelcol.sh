@@ -15,7 +15,7 @@
 # build graph ourselves (go get + go build -mod=mod fetch what the binary imports, nothing
 # more). v0.163+ also needs collector/internal/statusutil, which the proxy refuses too;
 # v0.162.0 is the newest version that builds here (profiles need v0.148+).
-# First build: about 6 minutes on 2 cores; afterwards instant.
+# First build: about 10 minutes on 2 cores with empty Go caches; afterwards instant.
 set -euo pipefail
 
 version="${OTELCOL_VERSION:-0.162.0}"
