@@ -202,16 +202,6 @@ export async function runCommand(args: string[]): Promise<number> {
     child.once('error', rej);
   });
   const exited = new Promise<[number | null, NodeJS.Signals | null]>((res) => child.once('exit', (c, s) => res([c, s])));
-  try {
-    await spawned;
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    await rm(dir, { recursive: true, force: true });
-    process.stderr.write(`heaptap: cannot run ${o.command[0]}: ${err.code === 'ENOENT' ? 'command not found' : err.message}\n`);
-    return err.code === 'ENOENT' ? 127 : 126;
-  }
-  const rootPid = child.pid!;
-
   // Signals: pass them on; the command decides when it ends. In the terminal's foreground
   // a Ctrl-C (SIGINT) or Ctrl-\ (SIGQUIT) already reached the command: don't send a second.
   const forward = (sig: NodeJS.Signals) => {
@@ -221,7 +211,19 @@ export async function runCommand(args: string[]): Promise<number> {
     } catch { /* already gone */ }
   };
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
+  // Installed in the same tick as the spawn: a signal that comes as soon as the command
+  // runs must not find heaptap with the default action (which would end it).
   for (const sig of signals) process.on(sig, forward);
+  try {
+    await spawned;
+  } catch (e) {
+    for (const sig of signals) process.off(sig, forward);
+    const err = e as NodeJS.ErrnoException;
+    await rm(dir, { recursive: true, force: true });
+    process.stderr.write(`heaptap: cannot run ${o.command[0]}: ${err.code === 'ENOENT' ? 'command not found' : err.message}\n`);
+    return err.code === 'ENOENT' ? 127 : 126;
+  }
+  const rootPid = child.pid!;
 
   const follower = new Follower(dir, start);
   const live = process.stderr.isTTY ? new LiveLine(start) : undefined;
