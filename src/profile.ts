@@ -92,14 +92,14 @@ export interface AsyncBuildOptions extends Omit<BuildOptions, 'symbolizer'> {
 /** Builds one profile from one or several regions (e.g. every process of a tree), with a
  * numeric label `pid` on every sample. Symbolizes synchronously. */
 export function buildProfile(inputs: readonly ProfileInput[], opts: BuildOptions): Profile {
-  const plan = plan_(inputs, opts);
+  const plan = planProfile(inputs, opts);
   const resolved = plan.requests.map((r) => resolveOne(r, opts, () => opts.symbolizer!.symbolize(r.module, r.pid, r.addresses)));
   return assemble(plan, resolved, opts);
 }
 
 /** buildProfile with the symbolizer's async API (the event loop stays free). */
 export async function buildProfileAsync(inputs: readonly ProfileInput[], opts: AsyncBuildOptions): Promise<Profile> {
-  const plan = plan_(inputs, opts);
+  const plan = planProfile(inputs, opts);
   const resolved: Resolved[] = [];
   // One module at a time: the symbolizer caches by build id, so the same library in
   // several processes is read once.
@@ -163,7 +163,7 @@ interface Plan {
   period: bigint;
 }
 
-function plan_(inputs: readonly ProfileInput[], opts: { view: ProfileView }): Plan {
+function planProfile(inputs: readonly ProfileInput[], opts: { view: ProfileView }): Plan {
   if (opts.view !== 'heap' && opts.view !== 'allocs') throw new TypeError(`unknown profile view '${String(opts.view)}'`);
   const rows: Row[] = [];
   const frameModule: Map<bigint, number>[] = [];
