@@ -63,7 +63,7 @@ export async function startAgent(config: AgentConfig, opts: StartOptions): Promi
   pruneTimer.unref();
   watcher.start();
 
-  const exporters = opts.exporters ?? (await createExporters(config, log));
+  const exporters = opts.exporters ?? (await createExporters(config, log, VERSION));
   for (const e of exporters) {
     try {
       e.start(source);

@@ -29,6 +29,8 @@ export interface AgentConfig {
   /** OpenTelemetry metrics: on when OTEL_EXPORTER_OTLP(_METRICS)_ENDPOINT is set or
    * --otel-metrics is given */
   otelMetrics: boolean;
+  /** extra labels on pushed Pyroscope profiles (--label k=v) */
+  labels: Record<string, string>;
   /** how often push exporters send, ms */
   pushIntervalMs: number;
   /** upper bound for ?seconds=N, s */
@@ -59,32 +61,59 @@ export const OPTIONS: readonly Option[] = [
   { flag: '--log-format', env: 'HEAPTAP_LOG_FORMAT', arg: 'text|json', def: 'text', help: 'one line per event, as text or JSON' },
   { flag: '--log-level', env: 'HEAPTAP_LOG_LEVEL', arg: 'LEVEL', def: 'info', help: 'debug, info, warn or error' },
   { flag: '--pyroscope-url', env: 'HEAPTAP_PYROSCOPE_URL', arg: 'URL', help: 'push profiles to Grafana Pyroscope (or Alloy) at URL' },
+  { flag: '--label', env: 'HEAPTAP_LABELS', arg: 'K=V', help: 'extra label on pushed Pyroscope profiles; repeat the flag (the variable takes K=V,K2=V2)' },
   { flag: '--otlp-profiles-url', env: 'HEAPTAP_OTLP_PROFILES_URL', arg: 'URL', help: 'push OTLP profiles to URL (a Collector with profiles enabled, or Pyroscope)' },
   { flag: '--otel-metrics', env: 'HEAPTAP_OTEL_METRICS', help: 'export OpenTelemetry metrics over OTLP/HTTP (also on when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT is set; OTEL_* variables configure it)' },
   { flag: '--push-interval', env: 'HEAPTAP_PUSH_INTERVAL', arg: 'DURATION', def: '15s', help: 'how often Pyroscope and OTLP profiles are pushed' },
   { flag: '--max-seconds', env: 'HEAPTAP_MAX_SECONDS', arg: 'N', def: '600', help: 'largest ?seconds=N a profile request may ask for' },
 ];
 
+function wrap(text: string, width: number): string[] {
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(' ')) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) lines.push(line);
+  return lines;
+}
+
 export function usage(): string {
-  const rows = OPTIONS.map((o) => {
+  const col = 28;
+  const rows = OPTIONS.flatMap((o) => {
     const left = `  ${o.flag}${o.arg ? ` ${o.arg}` : ''}`;
-    const right = `${o.help}${o.def ? ` (default ${o.def})` : ''}${o.env ? ` [${o.env}]` : ''}`;
-    return `${left.padEnd(34)}${right}`;
+    const extra = [o.def ? `default ${o.def}` : '', o.env ? `env ${o.env}` : ''].filter(Boolean).join('; ');
+    const text = wrap(`${o.help}${extra ? ` (${extra})` : ''}`, 88 - col);
+    const first = left.length < col ? `${left.padEnd(col)}${text[0]}` : `${left}\n${' '.repeat(col)}${text[0]}`;
+    return [first, ...text.slice(1).map((t) => ' '.repeat(col) + t)];
   });
   return [
-    'usage: heaptap agent [options]',
+    'Usage: heaptap agent [options]',
     '',
-    'Watches the region directory and serves every profiled process\'s heap: pprof profiles',
-    'at /debug/pprof/*, Prometheus metrics at /metrics, and (when configured) pushes to',
-    'Pyroscope, OTLP profiles and OpenTelemetry metrics. Runs until SIGINT or SIGTERM.',
+    'The sidecar: watches the region directory and serves every profiled process\'s heap as',
+    'pprof profiles at /debug/pprof/* and Prometheus metrics at /metrics, and pushes to',
+    'Pyroscope, OTLP profiles and OpenTelemetry metrics when configured. Runs until SIGINT',
+    'or SIGTERM. Each option can also be set by its environment variable; a flag wins.',
     '',
-    'options (each also read from the environment variable in brackets; a flag wins):',
+    'Options:',
     ...rows,
-    `  ${'-h, --help'.padEnd(32)}this text`,
+    `${'  -h, --help'.padEnd(col)}this text`,
     '',
-    'endpoints: /debug/pprof/ /debug/pprof/heap /debug/pprof/allocs /debug/pprof/delta_heap',
-    '  (?pid=N, ?seconds=N, ?debug=1, ?consumer=NAME), /metrics, /healthz, /readyz,',
-    '  /debug/heaptap/processes, POST /debug/heaptap/control?pid=N&action=pause|resume|rate&bytes=N',
+    'Endpoints:',
+    '  GET  /debug/pprof/            HTML index of the processes, with links',
+    '  GET  /debug/pprof/heap        in use and allocated (pprof, gzipped protobuf)',
+    '  GET  /debug/pprof/allocs      the same, default sample type alloc_space',
+    '  GET  /debug/pprof/delta_heap  allocations since the previous call of this consumer',
+    '       ?pid=N  one process (default: the one running, or all merged with pid and exe',
+    '       labels); ?seconds=N  delta over N s; ?debug=1  text; ?consumer=NAME  delta key',
+    '  GET  /metrics                 Prometheus; /healthz, /readyz (never need the token)',
+    '  GET  /debug/heaptap/processes JSON list of the processes served',
+    '  POST /debug/heaptap/control?pid=N&action=pause|resume|rate[&bytes=N]',
+    '',
+    'Exit codes: 0 after SIGINT/SIGTERM, 2 for an invalid option or value.',
   ].join('\n');
 }
 
@@ -161,6 +190,7 @@ export interface ParsedArgs {
 export function parseAgentArgs(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ParsedArgs {
   const byFlag = new Map(OPTIONS.map((o) => [o.flag, o]));
   const given = new Map<string, string>();
+  const labelArgs: string[] = [];
   let help = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -176,12 +206,14 @@ export function parseAgentArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
       given.set(opt.flag, eq > 0 && name !== a ? a.slice(eq + 1) : 'true');
       continue;
     }
-    if (name !== a) given.set(opt.flag, a.slice(eq + 1));
+    let v: string | undefined;
+    if (name !== a) v = a.slice(eq + 1);
     else {
-      const v = argv[++i];
+      v = argv[++i];
       if (v === undefined) throw new ConfigError(`option ${opt.flag} needs a value (${opt.arg})`);
-      given.set(opt.flag, v);
     }
+    if (opt.flag === '--label') labelArgs.push(v);
+    given.set(opt.flag, v);
   }
   const value = (flag: string): string => {
     const o = byFlag.get(flag)!;
@@ -224,6 +256,13 @@ export function parseAgentArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
   const otlpProfilesUrl = parseUrl(value('--otlp-profiles-url'), what('--otlp-profiles-url'));
   const otelMetrics = parseBool(value('--otel-metrics'), what('--otel-metrics')) ||
     !!env.OTEL_EXPORTER_OTLP_ENDPOINT || !!env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT;
+  const labels: Record<string, string> = {};
+  const labelTexts = labelArgs.length ? labelArgs : (env.HEAPTAP_LABELS ?? '').split(',').filter((x) => x.trim() !== '');
+  for (const text of labelTexts) {
+    const m = /^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(text);
+    if (!m) throw new ConfigError(`invalid ${labelArgs.length ? '--label' : 'HEAPTAP_LABELS'} '${text}': expected NAME=VALUE (NAME: letters, digits, _)`);
+    labels[m[1]!] = m[2]!.trim();
+  }
   const pushIntervalMs = parseDuration(value('--push-interval'), what('--push-interval'));
   if (pushIntervalMs < 1000 || pushIntervalMs > 3_600_000) throw new ConfigError(`invalid ${what('--push-interval')} '${value('--push-interval')}': must be between 1s and 1h`);
   const maxSeconds = parseInteger(value('--max-seconds'), what('--max-seconds'), 1, 86_400);
@@ -232,7 +271,7 @@ export function parseAgentArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
     config: {
       dir, host, port, pollMs, retentionMs, token, topSites,
       logFormat, logLevel: logLevel as LogLevel,
-      pyroscopeUrl, otlpProfilesUrl, otelMetrics, pushIntervalMs, maxSeconds,
+      pyroscopeUrl, otlpProfilesUrl, otelMetrics, labels, pushIntervalMs, maxSeconds,
     },
   };
 }

@@ -161,6 +161,14 @@ export function createMetrics(opts: MetricsOptions): Registry {
     gauge(METRIC.agentScanSeconds, 'Duration of the last scan (list the directory, read every live region).', [], (g) => g.set(stats().lastScanMs / 1000));
     counter(METRIC.agentReadErrors, 'Region reads that failed (the region was kept at its last snapshot or skipped).', [], (c) => c.inc(stats().readErrors));
   }
-  if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: registry });
+  if (opts.defaultMetrics ?? true) {
+    collectDefaultMetrics({ register: registry });
+    // prom-client's sums of the per-type nodejs_active_* gauges are gauges named *_total,
+    // which promtool rejects ("non-counter metrics should not have _total suffix"); the
+    // per-type series stay.
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+      registry.removeSingleMetric(name);
+    }
+  }
   return registry;
 }

@@ -2,12 +2,14 @@
 // then stops the watcher, flushes the exporters and exits 0. Bad settings: one line on
 // stderr and exit code 2 (a UsageError, as every subcommand reports them).
 import { startAgent } from '../agent/agent.ts';
-import { ConfigError, parseAgentArgs, usage } from '../agent/config.ts';
+import { ConfigError, parseAgentArgs } from '../agent/config.ts';
 import { createLogger } from '../agent/log.ts';
 import { Symbolizer } from '../symbolize.ts';
 import { UsageError } from './common.ts';
 
-export const AGENT_USAGE = usage() + '\n';
+import { AGENT_USAGE } from '../agent/usage.ts';
+
+export { AGENT_USAGE };
 
 export async function agentCommand(args: string[]): Promise<number> {
   let parsed;

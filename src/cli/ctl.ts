@@ -5,21 +5,10 @@ import { basename } from 'node:path';
 
 import { applyControl, ControlError, describeControl, parseControl } from '../agent/control.ts';
 import { isRegionError, listRegions, readRegionAsync } from '../region.ts';
+import { CTL_USAGE } from '../agent/usage.ts';
 import { describeError, parse, regionDir, UsageError } from './common.ts';
 
-export const CTL_USAGE = `Usage: heaptap ctl <pid> pause|resume|rate <bytes> [--dir DIR]
-
-Controls sampling in a running process through its region's control area:
-  pause          stop sampling (allocations are still counted as dropped, reason "paused")
-  resume         sample again
-  rate <bytes>   mean bytes between samples (1 = every allocation; 512k, 4m accepted)
-The process applies it at its next sampled allocation. No agent is needed.
-
-Options:
-  --dir DIR      region directory (default $HEAPTAP_DIR, else /dev/shm/heaptap)
-
-Exit codes: 0 done, 1 no running process with that pid, 2 usage error.
-`;
+export { CTL_USAGE };
 
 export async function ctlCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse('ctl', args, {

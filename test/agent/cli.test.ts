@@ -1,0 +1,135 @@
+// `heaptap agent` and `heaptap ctl` from the command line: settings, the exit code 2 for
+// bad values, and ctl's round trip through a running process's control area.
+import { spawn } from 'node:child_process';
+import test from 'ava';
+
+import { ConfigError, parseAgentArgs, parseDuration, parseListen } from '../../src/agent/config.ts';
+import { constants, listRegions, readRegion } from '../../src/region.ts';
+import { cli, node, startTicker, tempDir, until } from './helpers.ts';
+
+function run(args: string[], env: Record<string, string> = {}, ms = 20_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(node, [cli, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout!.on('data', (d) => (stdout += d));
+    p.stderr!.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => p.kill('SIGKILL'), ms);
+    p.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+test('settings come from flags over HEAPTAP_* variables, with the documented defaults', (t) => {
+  const d = parseAgentArgs([], {}).config;
+  t.like(d, { dir: '/dev/shm/heaptap', host: '127.0.0.1', port: 6060, pollMs: 1000, retentionMs: 600_000, token: '', topSites: 10, logFormat: 'text', otelMetrics: false, pushIntervalMs: 15_000 });
+  const env = { HEAPTAP_DIR: '/x', HEAPTAP_LISTEN: ':7070', HEAPTAP_POLL: '250ms', HEAPTAP_RETENTION: '1m30s', HEAPTAP_TOKEN: 'abc', HEAPTAP_TOP_SITES: '3', HEAPTAP_LOG_FORMAT: 'json', HEAPTAP_LABELS: 'team=core, zone=a' };
+  t.like(parseAgentArgs([], env).config, { dir: '/x', host: '0.0.0.0', port: 7070, pollMs: 250, retentionMs: 90_000, token: 'abc', topSites: 3, logFormat: 'json', labels: { team: 'core', zone: 'a' } });
+  t.like(parseAgentArgs(['--dir=/y', '--poll', '2s', '--label', 'a=1', '--label=b=2'], env).config, { dir: '/y', pollMs: 2000, labels: { a: '1', b: '2' } });
+  t.true(parseAgentArgs([], { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318' }).config.otelMetrics);
+  t.deepEqual(parseListen('[::1]:80'), { host: '::1', port: 80 });
+  t.is(parseDuration('10m', 'x'), 600_000);
+  t.is(parseDuration('1.5', 'x'), 1500);
+  for (const [args, env2] of [
+    [['--poll', '0'], {}],
+    [['--poll', '50ms'], {}],
+    [['--retention', 'soon'], {}],
+    [['--listen', 'localhost'], {}],
+    [['--listen', '127.0.0.1:99999'], {}],
+    [['--top-sites', '-1'], {}],
+    [['--log-format', 'xml'], {}],
+    [['--pyroscope-url', 'ftp://x'], {}],
+    [['--label', 'no-equals'], {}],
+    [['--token', 'a', '--token-file', '/etc/hostname'], {}],
+    [['--token-file', '/nonexistent/token'], {}],
+    [['--nope'], {}],
+    [['stray'], {}],
+    [['--dir'], {}],
+    [[], { HEAPTAP_POLL: 'fast' }],
+  ] as [string[], Record<string, string>][]) {
+    t.throws(() => parseAgentArgs(args, env2), { instanceOf: ConfigError }, JSON.stringify([args, env2]));
+  }
+  t.throws(() => parseAgentArgs([], { HEAPTAP_RETENTION: 'x' }), { message: /HEAPTAP_RETENTION/ }, 'names the variable that was wrong');
+});
+
+test('bad flags and values: one line on stderr and exit code 2', async (t) => {
+  const cases = [
+    [['agent', '--poll', '0'], {}, /--poll/],
+    [['agent', '--listen', 'nowhere'], {}, /--listen/],
+    [['agent', '--bogus'], {}, /unknown option '--bogus'/],
+    [['agent'], { HEAPTAP_LOG_FORMAT: 'xml' }, /HEAPTAP_LOG_FORMAT/],
+    [['ctl'], {}, /need <pid>/],
+    [['ctl', 'abc', 'pause'], {}, /bad pid/],
+    [['ctl', '1', 'rate'], {}, /byte count/],
+    [['ctl', '1', 'rate', '0'], {}, /out of range/],
+    [['ctl', '1', 'explode'], {}, /unknown action/],
+  ] as [string[], Record<string, string>, RegExp][];
+  const results = await Promise.all(cases.map(([args, env]) => run(args, env)));
+  cases.forEach(([args, , what], i) => {
+    const r = results[i]!;
+    t.is(r.code, 2, args.join(' '));
+    t.is(r.stderr.trim().split('\n').length, 1, `${args.join(' ')}: one line (${r.stderr})`);
+    t.regex(r.stderr, /^heaptap: /);
+    t.regex(r.stderr, what);
+  });
+  const help = await run(['agent', '--help']);
+  t.is(help.code, 0);
+  for (const flag of ['--dir', '--listen', '--poll', '--retention', '--token', '--top-sites', '--log-format', '--pyroscope-url', '--otlp-profiles-url', 'HEAPTAP_TOKEN']) {
+    t.true(help.stdout.includes(flag), flag);
+  }
+  t.is((await run(['ctl', '--help'])).code, 0);
+});
+
+test('heaptap agent listens where told, logs JSON lines, and exits 0 on SIGTERM', async (t) => {
+  const { dir, cleanup } = await tempDir();
+  t.teardown(cleanup);
+  const p = spawn(node, [cli, 'agent', '--dir', dir, '--listen', '127.0.0.1:0', '--log-format', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  p.stderr!.on('data', (d) => (stderr += d));
+  await until(() => stderr.includes('"msg":"listening"'), 15_000, 'listening');
+  p.kill('SIGTERM');
+  const code = await new Promise((r) => p.on('exit', r));
+  t.is(code, 0);
+  const lines = stderr.trim().split('\n');
+  const parsed = lines.map((l) => JSON.parse(l) as { time: string; level: string; msg: string });
+  t.true(parsed.every((l) => l.time && l.level && l.msg), 'every line is one JSON event');
+  t.deepEqual(parsed.map((l) => l.msg), ['listening', 'stopping', 'stopped']);
+});
+
+test('heaptap ctl pauses, resumes and sets the rate of a running process without an agent', async (t) => {
+  const { dir, cleanup } = await tempDir();
+  const fx = await startTicker(dir, { keepKib: 4, periodUs: 1000 });
+  t.teardown(async () => {
+    fx.kill();
+    await cleanup();
+  });
+  const [path] = await listRegions(dir);
+  const header = () => readRegion(path!, 0xffffffff).header;
+  const ctl = (...a: string[]) => run(['ctl', String(fx.pid), ...a, '--dir', dir]);
+
+  let r = await ctl('pause');
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, new RegExp(`pid ${fx.pid}: sampling paused`));
+  await until(() => header().pausedNow === 1, 5000, 'paused');
+  const slot = constants.dropReasons.indexOf('paused');
+  const paused = header().drops[slot]!;
+  await until(() => header().drops[slot]! > paused, 5000, 'paused drops counted');
+
+  r = await ctl('resume');
+  t.is(r.code, 0);
+  await until(() => header().pausedNow === 0, 5000, 'resumed');
+
+  r = await run(['ctl', String(fx.pid), 'rate', '64k'], { HEAPTAP_DIR: dir });
+  t.is(r.code, 0, r.stderr);
+  await until(() => header().rateNow === 65536n, 5000, 'rate 64k');
+
+  // A pid with no region, and a process that ended: exit 1, not 2.
+  t.is((await run(['ctl', '999999999', 'pause', '--dir', dir])).code, 1);
+  fx.kill('SIGKILL');
+  await fx.exited;
+  const ended = await ctl('pause');
+  t.is(ended.code, 1);
+  t.regex(ended.stderr, /no running region/);
+});

@@ -1,0 +1,126 @@
+// A real Prometheus server (Debian's package, installed by scripts/peers/prometheus.sh)
+// scrapes the agent every second; the test asks Prometheus's query API for the fixture's
+// heap in use. promtool checks the exposition. A missing Prometheus fails the test.
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+
+import { totals } from '../../src/agent/processes.ts';
+import { readRegion } from '../../src/region.ts';
+import { exec, fixtures, get, inProcessAgent, root, startFixture, tempDir, until } from './helpers.ts';
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+async function peers(): Promise<{ prometheus: string; promtool: string }> {
+  try {
+    const { stdout } = await exec('bash', [join(root, 'scripts/peers/prometheus.sh')], { timeout: 280_000 });
+    const [prometheus, promtool] = stdout.trim().split('\n');
+    return { prometheus: prometheus!, promtool: promtool! };
+  } catch (e) {
+    throw new Error(`Prometheus is not available (scripts/peers/prometheus.sh failed): ${(e as { stderr?: string }).stderr || (e as Error).message}`);
+  }
+}
+
+interface PromSample {
+  metric: Record<string, string>;
+  value: [number, string];
+}
+
+test('Prometheus scrapes the agent and reports the fixture\'s heap in use; promtool check metrics is clean', async (t) => {
+  const { prometheus, promtool } = await peers();
+  const { dir, cleanup } = await tempDir();
+  const work = await mkdtemp(join(tmpdir(), 'heaptap-prom-'));
+  // Exact mode: every allocation recorded, so in-use is known to the byte. --hold keeps
+  // the process (and its heap) still while Prometheus scrapes.
+  const fx = await startFixture([join(fixtures, 'churn'), '--threads', '2', '--mib', '1', '--leak-mib', '3', '--truth', '-', '--hold'], dir, { HEAPTAP_SAMPLE_RATE: '1' });
+  const truth = JSON.parse(fx.stdout.find((l) => l.startsWith('{'))!) as { sites: Record<string, { inuse_bytes: number }> };
+  const agent = await inProcessAgent(dir);
+  const port = await freePort();
+  const config = `global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: heaptap
+    static_configs:
+      - targets: ['127.0.0.1:${agent.address.port}']
+`;
+  await writeFile(join(work, 'prometheus.yml'), config);
+  const prom = spawn(prometheus, [
+    `--config.file=${join(work, 'prometheus.yml')}`,
+    `--storage.tsdb.path=${join(work, 'data')}`,
+    `--web.listen-address=127.0.0.1:${port}`,
+    '--log.level=warn',
+  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let promLog = '';
+  prom.stderr!.on('data', (d) => (promLog += d));
+  const promExit = new Promise((r) => prom.on('exit', r));
+  t.teardown(async () => {
+    prom.kill('SIGTERM');
+    await promExit;
+    await agent.stop();
+    await fx.finish();
+    await cleanup();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  const query = async (q: string): Promise<PromSample[]> => {
+    const r = await get(`http://127.0.0.1:${port}/api/v1/query?query=${encodeURIComponent(q)}`);
+    if (r.status !== 200) throw new Error(`query ${q}: ${r.status} ${r.text}`);
+    return (JSON.parse(r.text) as { data: { result: PromSample[] } }).data.result;
+  };
+  const series = await until(async () => {
+    const res = await query(`heaptap_heap_inuse_bytes{pid="${fx.pid}"}`);
+    return res.length > 0 ? res : null;
+  }, 30_000, `Prometheus to have scraped heaptap_heap_inuse_bytes (its log: ${promLog})`);
+
+  t.is(series.length, 1);
+  const s = series[0]!;
+  t.like(s.metric, { __name__: 'heaptap_heap_inuse_bytes', job: 'heaptap', pid: String(fx.pid), exe: 'churn', service: 'churn' });
+  // The process is idle: what Prometheus has is the region's exact in-use total...
+  const region = agent.source.processes().find((p) => p.pid === fx.pid)!;
+  const exact = totals(readRegion(agent.source.watcher.get(region.key)!.path)).inuseBytes;
+  t.is(Number(s.value[1]), exact);
+  // ...which is the fixture's leak plus the little that libc and main() keep.
+  const leak = truth.sites.site_leak!.inuse_bytes;
+  t.true(exact >= leak && exact < leak + 256 * 1024, `in use ${exact} vs leak ${leak}`);
+
+  // The top site, through Prometheus too: exact in this mode.
+  const site = await until(async () => {
+    const res = await query(`heaptap_site_inuse_bytes{pid="${fx.pid}",function="site_leak"}`);
+    return res.length > 0 ? res : null;
+  }, 10_000, 'heaptap_site_inuse_bytes for site_leak');
+  t.is(Number(site[0]!.value[1]), leak);
+  const counter = await query(`heaptap_heap_allocated_bytes_total{pid="${fx.pid}"}`);
+  t.true(Number(counter[0]!.value[1]) > leak);
+  const up = await query('up{job="heaptap"}');
+  t.is(up[0]!.value[1], '1');
+
+  // promtool reads the exposition from stdin; it prints nothing and exits 0 when clean.
+  const metrics = await get(`${agent.url}/metrics`);
+  t.regex(metrics.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
+  const check = await new Promise<{ code: number | null; out: string }>((resolve) => {
+    const p = spawn(promtool, ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout!.on('data', (d) => (out += d));
+    p.stderr!.on('data', (d) => (out += d));
+    p.on('exit', (code) => resolve({ code, out }));
+    p.stdin!.end(metrics.body);
+  });
+  t.is(check.out.trim(), '', 'promtool has no complaints');
+  t.is(check.code, 0);
+  for (const name of ['heaptap_heap_inuse_objects', 'heaptap_heap_allocated_objects_total', 'heaptap_heap_freed_bytes_total',
+    'heaptap_heap_peak_inuse_bytes', 'heaptap_samples_total', 'heaptap_samples_dropped_total', 'heaptap_process_info',
+    'heaptap_build_info', 'process_resident_memory_bytes']) {
+    t.regex(metrics.text, new RegExp(`^${name}[{ ]`, 'm'), name);
+  }
+  t.regex(metrics.text, /^# TYPE heaptap_heap_allocated_bytes_total counter$/m);
+});
