@@ -116,7 +116,7 @@ mkdir -p "$OUT"
 WORK=$OUT/work
 rm -rf "$WORK"
 rm -f "$OUT"/failed-*.log "$OUT"/{results.md,callgrind_r1_churn.md,callgrind_r1_python.md,runs.tsv,commands.tsv} \
-	"$OUT"/{callgrind.tsv,failures.txt,machine.txt,sizes.txt,redis_allocator.txt}
+	"$OUT"/{callgrind.tsv,callgrind_gcc.tsv,failures.txt,machine.txt,sizes.txt,redis_allocator.txt}
 mkdir -p "$WORK"
 SHMROOT=$(mktemp -d /dev/shm/heaptap-bench.XXXXXX)
 REDIS_PID=
@@ -367,6 +367,25 @@ run_callgrind() {
 	if [ -z "$(find "$d" -name '*.heaptap' -print -quit)" ]; then
 		printf 'callgrind heaptap: left no region file\n' >>"$FAILS"
 	fi
+	rm -rf "$d"
+
+	# gcc at the reduced size, every process (gcc, cc1, as) counted: the overhead of the
+	# default rate in instructions, which the noise of a shared machine cannot blur.
+	for c in none heaptap; do
+		rm -rf "$d"; mkdir -p "$d"
+		config "$c" "$d"
+		f=$WORK/callgrind.gcc.$c
+		printf 'callgrind\tgcc %s\t%s\n' "$c" "$(show_cmd env "${CFG_ENV[@]}" valgrind --tool=callgrind --trace-children=yes "--callgrind-out-file=$f.%p" gcc -O2 -c "$WORK/gen_small.c" -o "$d/out.o")" >>"$CMDS"
+		set +e
+		timeout -k 10 "$RUN_TIMEOUT" env "${CFG_ENV[@]}" valgrind --tool=callgrind -q --trace-children=yes \
+			"--callgrind-out-file=$f.%p" gcc -O2 -c "$WORK/gen_small.c" -o "$d/out.o" >"$f.log" 2>&1
+		rc=$?
+		set -e
+		if [ "$rc" != 0 ] || ! "$PYTHON" "$BENCH/summarize.py" callgrind-total "$c" "$f".[0-9]* >>"$OUT/callgrind_gcc.tsv"; then
+			printf 'callgrind gcc %s: status %s (log %s.log)\n' "$c" "$rc" "$f" >>"$FAILS"
+			say "FAILED: callgrind gcc $c"
+		fi
+	done
 	rm -rf "$d"
 
 	# Where heaptap's time goes when every allocation is sampled: libheaptap's Ir per

@@ -8,6 +8,9 @@
     summarize.py callgrind-row CONFIG N CALLGRIND_OUT
                                             one row of callgrind.tsv: the Ir total of a
                                             callgrind output file and libheaptap's self Ir
+    summarize.py callgrind-total CONFIG FILE...
+                                            one row of callgrind_gcc.tsv: Ir summed over the
+                                            files of a process tree
     summarize.py callgrind-breakdown LABEL CALLGRIND_OUT
                                             Markdown: libheaptap's Ir per allocation by source
                                             file (for the rate-1 runs)
@@ -265,6 +268,27 @@ def report(out, mode):
     if cg:
         parts.append("")
         parts.append("### Fast path: instructions per malloc/free pair (valgrind --tool=callgrind)\n\n" + cg)
+        gcc_rows = {}
+        gpath = os.path.join(out, "callgrind_gcc.tsv")
+        if os.path.exists(gpath):
+            with open(gpath) as f:
+                for line in f:
+                    c, nfiles, total, ht, allocs = line.split("\t")
+                    gcc_rows[c] = (int(nfiles), int(total), int(ht), int(allocs))
+        if "none" in gcc_rows and "heaptap" in gcc_rows:
+            n0, t0, _, _ = gcc_rows["none"]
+            n1, t1, h1, a1 = gcc_rows["heaptap"]
+            sizes = read_text(os.path.join(out, "sizes.txt"))
+            m = re.search(r"reduced size[^:]*: (\d+) lines", sizes)
+            parts.append("\n#### gcc -O2 -c at the reduced size (%s lines), all processes, under callgrind\n\n"
+                         "| | processes | Ir total | calls to allocation functions |\n|---|---:|---:|---:|\n"
+                         "| none | %d | %s | |\n| heaptap, default rate | %d | %s | %s |\n\n"
+                         "Instructions with heaptap ÷ without: **%.4f×** (+%s); libheaptap's own "
+                         "instructions are %.2f%% of the total, %.1f per allocation call."
+                         % (m.group(1) if m else "?", n0, format(t0, ","), n1, format(t1, ","), format(a1, ","),
+                            t1 / t0, format(t1 - t0, ","), 100.0 * h1 / t1, h1 / a1 if a1 else 0))
+        else:
+            missing_all.append("callgrind gcc")
         for name in ("churn", "python"):
             r1 = read_text(os.path.join(out, "callgrind_r1_%s.md" % name))
             if r1:
@@ -396,6 +420,23 @@ def callgrind_row(config, n, out_file):
     return 0
 
 
+def callgrind_total(config, files):
+    """One row of callgrind_gcc.tsv: instructions summed over a process tree's files, with
+    libheaptap's self Ir and the calls into its allocation functions."""
+    total = ht = allocs = 0
+    for path in files:
+        cg = callgrind_parse(path)
+        if cg["total"] is None:
+            return 1
+        total += cg["total"]
+        ht += sum(v for (ob, fn), v in cg["by_fn"].items() if "libheaptap" in ob)
+        allocs += sum(v for (ob, fn), v in cg["calls"].items() if "libheaptap" in ob and fn in ALLOC_FNS)
+    if not files:
+        return 1
+    print("%s\t%d\t%d\t%d\t%d" % (config, len(files), total, ht, allocs))
+    return 0
+
+
 def callgrind_breakdown(label, out_file):
     """A Markdown table: where heaptap's instructions go per allocation, by source file."""
     cg = callgrind_parse(out_file)
@@ -426,6 +467,8 @@ def main(argv):
         return report(argv[2], argv[3])
     if len(argv) >= 4 and argv[1] == "splice":
         return splice(argv[2], argv[3])
+    if len(argv) >= 4 and argv[1] == "callgrind-total":
+        return callgrind_total(argv[2], argv[3:])
     if len(argv) >= 4 and argv[1] == "callgrind-breakdown":
         return callgrind_breakdown(argv[2], argv[3])
     if len(argv) >= 5 and argv[1] == "callgrind-row":
