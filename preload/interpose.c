@@ -31,7 +31,10 @@ struct real_fns {
 	void *(*pvalloc)(size_t);
 	size_t (*malloc_usable_size)(void *);
 };
-static struct real_fns real;
+static void free_unresolved(void *p);
+/* real.free is never NULL, so free() need not test it: until the next allocator is
+ * resolved it points at a stub that resolves first. */
+static struct real_fns real = { .free = free_unresolved };
 static uint32_t real_state;   /* 0 unresolved, 1 resolving, 2 resolved */
 
 /* glibc's own entry points: the fallback if dlsym(RTLD_NEXT) finds nothing. */
@@ -44,7 +47,9 @@ extern void *__libc_memalign(size_t, size_t);
 /* ---- bootstrap arena ------------------------------------------------------------------
  * dlsym() allocates (its error buffer) before we know the real allocator. Those requests,
  * and any made by other threads meanwhile, are served from this static arena; its blocks
- * are never reused, and free() ignores them. 16-byte header: the size. */
+ * are never reused, and free() ignores them. Each block is marked in the live filter, so
+ * free()'s one filter test also sends it to the slow path, which recognises it: the fast
+ * path needs no range check. 16-byte header: the size. */
 #define BOOT_BYTES (256u * 1024u)
 static uint8_t boot_arena[BOOT_BYTES] __attribute__((aligned(4096)));
 static size_t boot_used;
@@ -69,6 +74,7 @@ static void *boot_alloc(size_t n, size_t align)
 		if (__atomic_compare_exchange_n(&boot_used, &cur, end, 1, __ATOMIC_RELAXED,
 						__ATOMIC_RELAXED)) {
 			*(size_t *)(boot_arena + start - 16) = n;
+			ht_live_mark(boot_arena + start);
 			if (ht_g.region.hdr)
 				ht_drop(&ht_g.region, HT_DROP_BOOTSTRAP);
 			return boot_arena + start;
@@ -140,25 +146,30 @@ HT_EXPORT void *malloc(size_t n)
 	return malloc_slow(n);
 }
 
+static void free_unresolved(void *p)
+{
+	/* A pointer that is neither ours nor live before the allocator is known cannot
+	 * exist; if it does, leak it rather than crash. */
+	if (p && resolve())
+		real.free(p);
+}
+
 static HT_NOINLINE void free_slow(void *p)
 {
-	if (is_boot(p))
+	if (!p || is_boot(p))
 		return;
-	if (ht_live_maybe(p))
-		ht_core_free(p);
-	if (HT_UNLIKELY(!resolve()))
-		return; /* cannot happen for a pointer we handed out; leak rather than crash */
+	ht_core_free(p);
 	real.free(p);
 }
 
 HT_EXPORT void free(void *p)
 {
-	if (HT_LIKELY(!ht_live_maybe(p) && !is_boot(p) && real.free)) {
+	/* One hash, one load, one test: p is no live sample (nor a bootstrap block). */
+	if (HT_LIKELY(!ht_live_maybe(p))) {
 		real.free(p);
 		return;
 	}
-	if (p)
-		free_slow(p);
+	free_slow(p);
 }
 
 HT_EXPORT void *calloc(size_t n, size_t m)
@@ -181,7 +192,7 @@ HT_EXPORT void *calloc(size_t n, size_t m)
 	return p;
 }
 
-static void *realloc_impl(void *p, size_t n)
+static HT_NOINLINE void *realloc_slow(void *p, size_t n)
 {
 	if (!p)
 		return malloc(n);
@@ -209,6 +220,18 @@ static void *realloc_impl(void *p, size_t n)
 	}
 	account(q, n);
 	return q;
+}
+
+/* The common case: p is an ordinary block (not a live sample, not a bootstrap block: the
+ * filter says so), hence the allocator is resolved. */
+static inline void *realloc_impl(void *p, size_t n)
+{
+	if (HT_LIKELY(p && !ht_live_maybe(p))) {
+		void *q = real.realloc(p, n);
+		account(q, n);
+		return q;
+	}
+	return realloc_slow(p, n);
 }
 
 HT_EXPORT void *realloc(void *p, size_t n)

@@ -15,7 +15,7 @@ struct gen {
 	uint64_t live;   /* entries live now */
 };
 
-HT_HIDDEN uint32_t *ht_live_filter;
+HT_HIDDEN uint32_t ht_live_filter[1u << HT_LIVE_FILTER_BITS];
 static struct gen gens[MAX_GENS];
 static uint32_t ngens;            /* published with release after gens[ngens-1] is set */
 static ht_spin_t grow_lock;
@@ -58,18 +58,10 @@ static int add_gen(uint32_t bits)
 
 HT_HIDDEN int ht_live_init(void)
 {
-	if (ht_live_filter)
-		return 0;
-	uint32_t *f = map_anon(sizeof(uint32_t) << HT_LIVE_FILTER_BITS);
-	if (!f)
-		return -1;
 	ht_spin_lock(&grow_lock);
-	int rc = ngens ? 0 : add_gen(FIRST_BITS);
+	int rc = ld_relaxed(&ngens) ? 0 : add_gen(FIRST_BITS);
 	ht_spin_unlock(&grow_lock);
-	if (rc)
-		return -1;
-	st_release(&ht_live_filter, f);
-	return 0;
+	return rc;
 }
 
 static int try_insert(struct gen *g, uintptr_t p, uint32_t stack_id, uint32_t epoch,
@@ -100,7 +92,7 @@ HT_HIDDEN int ht_live_insert(const void *ptr, uint32_t stack_id, uint32_t epoch,
 			     uint64_t objects, uint64_t bytes)
 {
 	uintptr_t p = (uintptr_t)ptr;
-	if (p <= TOMBSTONE || !ht_live_filter)
+	if (p <= TOMBSTONE || !ld_acquire(&ngens))
 		return -1;
 	/* The filter goes up first: a free that follows this allocation (after the program's
 	 * own synchronisation) then always looks in the tables. */

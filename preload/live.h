@@ -27,21 +27,27 @@ struct ht_live_entry {
 	uint64_t bytes;
 };
 
-extern HT_HIDDEN uint32_t *ht_live_filter;
+/* A static array (zero pages until touched), so free() needs no NULL test before it. */
+extern HT_HIDDEN uint32_t ht_live_filter[1u << HT_LIVE_FILTER_BITS];
 
 static inline uint32_t ht_live_hash(uintptr_t p)
 {
 	return (uint32_t)(((uint64_t)p * 0x9E3779B97F4A7C15ull) >> (64 - HT_LIVE_FILTER_BITS));
 }
 
-/* Non-zero when p may be a live sample. Before ht_live_init: always 0. */
+/* Non-zero when p may be a live sample (or is a bootstrap block: see interpose.c). */
 static inline int ht_live_maybe(const void *p)
 {
-	uint32_t *f = ht_live_filter;
-	return f && ld_relaxed(&f[ht_live_hash((uintptr_t)p)]) != 0;
+	return ld_relaxed(&ht_live_filter[ht_live_hash((uintptr_t)p)]) != 0;
 }
 
-/* Maps the filter and the first table. 0 or -1. */
+/* Marks p's filter slot for good: free(p) then always takes the slow path. */
+static inline void ht_live_mark(const void *p)
+{
+	add_relaxed(&ht_live_filter[ht_live_hash((uintptr_t)p)], 1);
+}
+
+/* Maps the first table. 0 or -1. */
 HT_HIDDEN int ht_live_init(void);
 /* Returns 0, or -1 when no table has room (the caller counts HT_DROP_LIVE_FULL). */
 HT_HIDDEN int ht_live_insert(const void *p, uint32_t stack_id, uint32_t epoch, uint64_t objects,
