@@ -18,10 +18,9 @@
 // token, every endpoint but /healthz and /readyz wants `Authorization: Bearer <token>`.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Profile } from 'pprof-format';
+import { Profile } from 'pprof-format';
 import type { Registry } from 'prom-client';
 
-import { encodeProfile } from '../profile.ts';
 import { applyControl, ControlError, describeControl, parseControl } from './control.ts';
 import type { Logger } from './log.ts';
 import { NotFound, type AgentSource, type View } from './source.ts';
@@ -180,13 +179,13 @@ export function createAgentServer(opts: ServerOptions): Server {
     const keys = procs.map((p) => p.key);
     const consumer = q.get('consumer') ?? `${req.socket.remoteAddress ?? ''} ${req.headers['user-agent'] ?? ''}`;
 
-    let built: Profile;
+    let raw: Uint8Array;
     if (seconds > 0) {
       const abort = new AbortController();
       const onClose = () => abort.abort();
       res.on('close', onClose);
       try {
-        built = await opts.source.deltaOver(keys, view === 'allocs' ? 'allocs' : 'heap', seconds * 1000, abort.signal);
+        raw = await opts.source.deltaBytes(keys, view === 'allocs' ? 'allocs' : 'heap', seconds * 1000, abort.signal);
       } catch (e) {
         if (abort.signal.aborted) return; // the client went away
         throw e;
@@ -194,7 +193,7 @@ export function createAgentServer(opts: ServerOptions): Server {
         res.off('close', onClose);
       }
     } else {
-      built = await builds.run(() => opts.source.profileOf(keys, view, consumer));
+      raw = await builds.run(() => opts.source.profileBytes(keys, view, consumer));
     }
     // The process list again, after the build: the same data the profile was made from.
     const shown = procs.map((p) => opts.source.processes().find((x) => x.key === p.key) ?? p);
@@ -202,10 +201,10 @@ export function createAgentServer(opts: ServerOptions): Server {
       const what = procs.length === 1 ? `pid ${procs[0]!.pid}` : `${procs.length} processes merged`;
       const title = `${name} profile, ${what}${seconds ? `, delta over ${seconds} s` : view === 'delta' ? ', allocations since your previous delta_heap call' : ''}`;
       res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' });
-      res.end(profileText(built, { title, processes: shown, sortBy: view === 'allocs' ? 'alloc_space' : 'inuse_space' }));
+      res.end(profileText(Profile.decode(raw), { title, processes: shown, sortBy: view === 'allocs' ? 'alloc_space' : 'inuse_space' }));
       return;
     }
-    const body = await encodeProfile(built);
+    const body = await opts.source.gzip(raw);
     res.writeHead(200, {
       'Content-Type': 'application/octet-stream',
       'Content-Disposition': `attachment; filename="${name}"`,

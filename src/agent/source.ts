@@ -2,20 +2,13 @@
 // read. Processes come from the Watcher's latest snapshots (no file reads); profiles and
 // sites are symbolized through one shared symbolizer, which caches by module build id.
 import { basename } from 'node:path';
-import type { Profile } from 'pprof-format';
+import { Profile } from 'pprof-format';
 
-import {
-  buildProfileAsync,
-  OVERFLOW_FUNCTION,
-  TRUNCATED_FUNCTION,
-  UNKNOWN_STACK_FUNCTION,
-  type AsyncProfileSymbolizer,
-  type ProfileInput,
-} from '../profile.ts';
-import { constants, type RegionModule, type RegionSnapshot } from '../region.ts';
+import { OVERFLOW_FUNCTION, UNKNOWN_STACK_FUNCTION, type AsyncProfileSymbolizer } from '../profile.ts';
+import { constants, type RegionSnapshot } from '../region.ts';
 import type { Logger } from './log.ts';
+import { encodeHeapProfile, gzipProfile, SymbolTables, type EncodeInput } from './pprof.ts';
 import type { Tracked, Watcher } from './processes.ts';
-import { subtractProfiles } from './subtract.ts';
 import type { HeapProcess, HeapSite, HeapSource } from './types.ts';
 
 export type View = 'heap' | 'allocs' | 'delta';
@@ -52,8 +45,8 @@ export class AgentSource implements HeapSource {
   readonly watcher: Watcher;
   private readonly opts: Required<Omit<SourceOptions, 'symbolizer'>> & { symbolizer?: AsyncProfileSymbolizer };
   private readonly siteCache = new Map<string, SiteCache>();
-  /** per process key: frame name by return address ('' = none found) */
-  private readonly names = new Map<string, Map<bigint, string>>();
+  /** per process key: its locations, functions and strings (pprof.ts) */
+  private readonly tables = new Map<string, SymbolTables>();
   private readonly consumers = new Map<string, Consumer>();
 
   constructor(watcher: Watcher, opts: SourceOptions) {
@@ -85,48 +78,69 @@ export class AgentSource implements HeapSource {
     return matches.find((p) => p.alive) ?? matches.sort((a, b) => b.startMs - a.startMs)[0];
   }
 
+  /** HeapSource.profile: the same bytes the HTTP endpoints serve, decoded. */
   async profile(key: string, view: View, consumer = ''): Promise<Profile> {
-    return this.profileOf([key], view, consumer);
+    return Profile.decode(await this.profileBytes([key], view, consumer));
   }
 
-  /** One profile of several processes (merged: every sample has pid and exe labels). */
-  async profileOf(keys: readonly string[], view: View, consumer = ''): Promise<Profile> {
+  /** One profile of one or several processes (merged: every sample has pid and exe
+   * labels), as raw protobuf; gzipProfile() makes the served form. */
+  async profileBytes(keys: readonly string[], view: View, consumer = ''): Promise<Uint8Array> {
     const tracked = keys.map((k) => this.need(k));
-    const inputs: ProfileInput[] = [];
-    let bases: Map<string, RegionSnapshot> | undefined;
-    if (view === 'delta') bases = this.consumer(consumer).bases;
-    // Everything is taken synchronously here: a process forgotten while the build awaits
-    // still builds from what it had.
+    const bases = view === 'delta' ? this.consumer(consumer).bases : undefined;
+    // The snapshots and the delta baselines are taken synchronously, now: a process
+    // forgotten while symbols are looked up still builds from what it had.
+    const inputs: { p: Tracked; snapshot: RegionSnapshot; base?: RegionSnapshot }[] = [];
     for (const p of tracked) {
-      const input = p.profileInput();
-      if (!input) continue;
+      if (!p.snapshot) continue;
       const base = bases?.get(p.key);
-      inputs.push(base ? { ...input, base } : input);
-      bases?.set(p.key, input.snapshot);
+      inputs.push({ p, snapshot: p.snapshot, base });
+      bases?.set(p.key, p.snapshot);
     }
-    return this.build(inputs, view === 'allocs' ? 'allocs' : 'heap', tracked.length > 1);
+    return this.encode(inputs, { view: view === 'allocs' ? 'allocs' : 'heap', exeLabel: keys.length > 1 });
   }
 
   /** Go's ?seconds=N: every value is p1 - p0 over the interval (in-use may be negative).
    * Reads the regions now and again after the wait, rather than use the last poll. */
-  async deltaOver(keys: readonly string[], view: 'heap' | 'allocs', ms: number, signal?: AbortSignal): Promise<Profile> {
-    const before = await this.freshInputs(keys);
-    await sleep(ms, signal);
-    const after = await this.freshInputs(keys);
-    const merged = keys.length > 1;
-    // Stacks only accumulate, so the later stack set serves both ends.
-    const p0Inputs: ProfileInput[] = [];
-    const p1Inputs: ProfileInput[] = [];
-    for (const [key, b] of before) {
-      const a = after.get(key) ?? b;
-      p1Inputs.push(a);
-      p0Inputs.push({ ...b, extraStacks: a.extraStacks });
+  async deltaBytes(keys: readonly string[], view: 'heap' | 'allocs', ms: number, signal?: AbortSignal): Promise<Uint8Array> {
+    const before = new Map<string, RegionSnapshot>();
+    for (const k of keys) {
+      const p = await this.watcher.refresh(k);
+      if (p?.snapshot) before.set(k, p.snapshot);
     }
-    const p1 = await this.build(p1Inputs, view, merged);
-    const p0 = await this.build(p0Inputs, view, merged);
-    const out = subtractProfiles(p1, p0);
-    out.durationNanos = BigInt(ms) * 1_000_000n;
-    return out;
+    await sleep(ms, signal);
+    const inputs: { p: Tracked; snapshot: RegionSnapshot; base?: RegionSnapshot }[] = [];
+    for (const [k, base] of before) {
+      const p = (await this.watcher.refresh(k)) ?? this.watcher.get(k);
+      if (p?.snapshot) inputs.push({ p, snapshot: p.snapshot, base });
+    }
+    return this.encode(inputs, { view, exeLabel: keys.length > 1, fullDelta: true, durationNanos: BigInt(ms) * 1_000_000n });
+  }
+
+  /** The served form: gzipped at BestSpeed, as Go writes profiles. */
+  gzip(raw: Uint8Array): Promise<Buffer> {
+    return gzipProfile(raw);
+  }
+
+  private async encode(
+    inputs: { p: Tracked; snapshot: RegionSnapshot; base?: RegionSnapshot }[],
+    opts: { view: 'heap' | 'allocs'; exeLabel: boolean; fullDelta?: boolean; durationNanos?: bigint },
+  ): Promise<Uint8Array> {
+    const enc: EncodeInput[] = [];
+    for (const { p, snapshot, base } of inputs) {
+      const tables = this.tablesOf(p);
+      await tables.update(p.stacks, snapshot.modules, snapshot.header.pid, this.opts.symbolizer, this.warn);
+      enc.push({ snapshot, tables, base });
+    }
+    return encodeHeapProfile(enc, opts);
+  }
+
+  private readonly warn = (m: string) => this.opts.log.once(`symbolize:${m}`, 'warn', m);
+
+  private tablesOf(p: Tracked): SymbolTables {
+    let t = this.tables.get(p.key);
+    if (!t) this.tables.set(p.key, (t = new SymbolTables()));
+    return t;
   }
 
   async topSites(key: string, n: number): Promise<HeapSite[]> {
@@ -136,20 +150,15 @@ export class AgentSource implements HeapSource {
     const snap = p.snapshot;
     if (!snap) return [];
     const version = p.version;
+    const tables = this.tablesOf(p);
+    await tables.update(p.stacks, snap.modules, snap.header.pid, this.opts.symbolizer, this.warn);
     const c = snap.counters;
-    // In-use bytes per stack, then per site name.
-    const rows: { id: number; inuse: number; frames: BigUint64Array | undefined }[] = [];
+    const bySite = new Map<string, number>();
     for (let i = 0; i < c.ids.length; i++) {
       const inuse = c.allocBytes[i]! - c.freeBytes[i]!;
       if (inuse <= 0n) continue;
-      const id = c.ids[i]!;
-      rows.push({ id, inuse: Number(inuse), frames: id === constants.STACK_OVERFLOW ? undefined : p.stacks.framesOf(id) });
-    }
-    const names = await this.frameNames(p, snap.modules, rows);
-    const bySite = new Map<string, number>();
-    for (const r of rows) {
-      const site = this.siteName(r.id, r.frames, names, snap.modules, p);
-      bySite.set(site, (bySite.get(site) ?? 0) + r.inuse);
+      const site = this.siteName(c.ids[i]!, tables);
+      bySite.set(site, (bySite.get(site) ?? 0) + Number(inuse));
     }
     const sites = [...bySite].map(([fn, inuseBytes]) => ({ function: fn, inuseBytes }))
       .sort((a, b) => b.inuseBytes - a.inuseBytes || (a.function < b.function ? -1 : 1))
@@ -161,7 +170,7 @@ export class AgentSource implements HeapSource {
   /** Drops caches of processes the watcher forgot (called after each scan). */
   prune(): void {
     for (const key of [...this.siteCache.keys()]) if (!this.watcher.get(key)) this.siteCache.delete(key);
-    for (const key of [...this.names.keys()]) if (!this.watcher.get(key)) this.names.delete(key);
+    for (const key of [...this.tables.keys()]) if (!this.watcher.get(key)) this.tables.delete(key);
     const now = Date.now();
     for (const [id, c] of this.consumers) {
       if (now - c.lastUsed > this.opts.consumerIdleMs) this.consumers.delete(id);
@@ -189,107 +198,31 @@ export class AgentSource implements HeapSource {
     return c;
   }
 
-  private async freshInputs(keys: readonly string[]): Promise<Map<string, ProfileInput>> {
-    const out = new Map<string, ProfileInput>();
-    for (const k of keys) {
-      const p = await this.watcher.refresh(k);
-      const input = p?.profileInput();
-      if (input) out.set(k, input);
-    }
-    return out;
-  }
 
-  private build(inputs: ProfileInput[], view: 'heap' | 'allocs', merged: boolean): Promise<Profile> {
-    return buildProfileAsync(inputs, {
-      view,
-      symbolizer: this.opts.symbolizer,
-      exeLabel: merged,
-      onWarning: (m) => this.opts.log.once(`symbolize:${m}`, 'warn', m),
-    });
-  }
 
-  /** Names of the frames site search needs: innermost first, deeper only for stacks whose
-   * inner frames have no name or are allocator entry points. */
-  private async frameNames(p: Tracked, modules: RegionModule[], rows: { frames: BigUint64Array | undefined }[]): Promise<Map<bigint, string>> {
-    let names = this.names.get(p.key);
-    if (!names) this.names.set(p.key, (names = new Map()));
-    for (let depth = 0; depth < SITE_DEPTH; depth++) {
-      const want = new Set<bigint>();
-      for (const r of rows) {
-        if (!r.frames || depth >= r.frames.length) continue;
-        // Is a frame above this depth already a site?
-        let done = false;
-        for (let d = 0; d < depth; d++) {
-          const nm = names.get(r.frames[d]!);
-          if (nm && !ALLOCATOR_FRAME.test(nm)) {
-            done = true;
-            break;
-          }
-        }
-        if (done) continue;
-        const pc = r.frames[depth]!;
-        if (!names.has(pc)) want.add(pc);
-      }
-      if (want.size === 0) {
-        if (depth > 0) break;
-        continue;
-      }
-      await this.symbolize(p, modules, [...want], names);
-    }
-    return names;
-  }
 
-  private async symbolize(p: Tracked, modules: RegionModule[], pcs: bigint[], names: Map<bigint, string>): Promise<void> {
-    const byModule = new Map<number, bigint[]>();
-    for (const pc of pcs) {
-      const pos = moduleOf(modules, pc);
-      if (pos < 0) {
-        names.set(pc, '');
-        continue;
-      }
-      let list = byModule.get(pos);
-      if (!list) byModule.set(pos, (list = []));
-      list.push(pc);
-    }
-    const sym = this.opts.symbolizer;
-    for (const [pos, list] of byModule) {
-      let frames: { function: string }[][] = [];
-      if (sym) {
-        try {
-          frames = (await sym.symbolizeAsync(modules[pos]!, p.info?.pid ?? 0, list)).frames;
-        } catch (e) {
-          this.opts.log.once(`symbolize:${modules[pos]!.path}`, 'warn', 'cannot symbolize module', { module: modules[pos]!.path, error: (e as Error).message });
-        }
-      }
-      list.forEach((pc, i) => {
-        const f = frames[i];
-        // Inlined frames come innermost first: the innermost is the function the
-        // allocation call is written in.
-        names.set(pc, f && f.length > 0 ? f[0]!.function : '');
-      });
-    }
-  }
 
-  private siteName(id: number, frames: BigUint64Array | undefined, names: Map<bigint, string>, modules: RegionModule[], p: Tracked): string {
+  /** A stack's site: the innermost function name past allocator entry points, within
+   * SITE_DEPTH frames; else the innermost location as module+offset. */
+  private siteName(id: number, t: SymbolTables): string {
     if (id === constants.STACK_OVERFLOW) return OVERFLOW_FUNCTION;
-    if (!frames) return UNKNOWN_STACK_FUNCTION;
-    if (frames.length === 0) return TRUNCATED_FUNCTION;
+    const locs = t.locationsOf(id);
+    if (!locs) return UNKNOWN_STACK_FUNCTION;
     let fallback = '';
-    for (let d = 0; d < Math.min(frames.length, SITE_DEPTH); d++) {
-      const nm = names.get(frames[d]!);
-      if (!nm) continue;
-      if (!ALLOCATOR_FRAME.test(nm)) return nm;
-      fallback ||= nm;
+    for (let d = 0; d < Math.min(locs.length, SITE_DEPTH); d++) {
+      for (const nm of t.functionName(locs[d]!)) {
+        if (!nm) continue;
+        if (!ALLOCATOR_FRAME.test(nm)) return nm;
+        fallback ||= nm;
+      }
     }
     if (fallback) return fallback;
-    // No name within reach: the innermost frame as module+offset (stable across runs of
-    // one build, unlike the address).
-    const pc = frames[0]!;
-    const pos = moduleOf(modules, pc);
-    if (pos < 0) return `0x${pc.toString(16)}`;
-    const m = modules[pos]!;
-    void p;
-    return `${basename(m.path)}+0x${(pc - 1n - m.loadBias).toString(16)}`;
+    const loc = locs[0]! - 1;
+    const mapping = t.locMapping.data[loc]!;
+    const address = t.locAddress.data[loc]!;
+    if (!mapping) return `0x${address.toString(16)}`;
+    const m = t.mappings[mapping - 1]!.module;
+    return `${basename(m.path)}+0x${(BigInt(address) - m.loadBias).toString(16)}`;
   }
 }
 
@@ -297,18 +230,6 @@ export class NotFound extends Error {
   override name = 'NotFound';
 }
 
-/** The module whose range holds pc: a loaded one before an unloaded one that had the same
- * range; -1 if none. */
-function moduleOf(modules: RegionModule[], pc: bigint): number {
-  let hit = -1;
-  for (let i = 0; i < modules.length; i++) {
-    const m = modules[i]!;
-    if (pc < m.start || pc >= m.limit) continue;
-    if (m.state === 1) return i;
-    if (hit < 0) hit = i;
-  }
-  return hit;
-}
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {

@@ -6,9 +6,8 @@ import { parseControl, ControlError } from '../../src/agent/control.ts';
 import { createLogger } from '../../src/agent/log.ts';
 import { createMetrics } from '../../src/agent/metrics.ts';
 import { StackStore } from '../../src/agent/stackStore.ts';
-import { subtractProfiles } from '../../src/agent/subtract.ts';
 import { tokenMatches } from '../../src/agent/http.ts';
-import { FakeHeapSource, fakeProcess, heapProfile } from '../../src/exporters/fake-source.ts';
+import { FakeHeapSource, fakeProcess } from '../../src/exporters/fake-source.ts';
 import type { RegionStacks } from '../../src/region.ts';
 
 function stacks(next: number, recs: [number, bigint[]][]): RegionStacks {
@@ -46,22 +45,6 @@ test('the stack store appends reads, keeps earlier views valid across growth, an
   const v = s.view();
   t.is(v.ids.length, 202);
   t.is(v.frames.length, 3 + 200 * 3);
-});
-
-test('subtracting profiles gives p1 - p0 per stack, negative in-use included, and drops zero rows', (t) => {
-  const p0 = heapProfile({ stacks: [
-    { frames: ['a', 'main'], allocObjects: 10, allocBytes: 1000, inuseObjects: 5, inuseBytes: 500 },
-    { frames: ['b', 'main'], allocObjects: 1, allocBytes: 100, inuseObjects: 1, inuseBytes: 100 },
-  ] });
-  const p1 = heapProfile({ stacks: [
-    { frames: ['a', 'main'], allocObjects: 30, allocBytes: 3000, inuseObjects: 2, inuseBytes: 200 },
-    { frames: ['b', 'main'], allocObjects: 1, allocBytes: 100, inuseObjects: 1, inuseBytes: 100 },
-    { frames: ['c', 'main'], allocObjects: 4, allocBytes: 40, inuseObjects: 4, inuseBytes: 40 },
-  ] });
-  const d = subtractProfiles(p1, p0);
-  t.deepEqual(d.sample.map((s) => s.value.map(Number)), [[20, 2000, -3, -300], [4, 40, 4, 40]]);
-  t.is(d.period, p1.period);
-  t.deepEqual(d.sampleType, p1.sampleType);
 });
 
 test('the logger writes one line per event, as text or JSON, and once() logs a kind once', (t) => {

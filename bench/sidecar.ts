@@ -1,0 +1,432 @@
+// Sidecar cost: what the agent spends to turn regions into profiles, and what it holds.
+//
+//   npm run bench:sidecar            all sizes, prints a table
+//   npm run bench:sidecar -- --write also replaces the "## Sidecar cost" section of
+//                                    bench/RESULTS.md
+//   npm run bench:sidecar -- --quick 1k and 10k stacks, 20 processes (checks the harness)
+//
+// Regions are synthetic (test/helpers/regionBuilder.ts writes them byte by byte) but their
+// frames are real addresses: return addresses spread over the executable segments of
+// libc.so.6 (ELF symbols only) and of a copy of the heaptap addon (full DWARF), so the
+// symbolizer does the work it does in production. Stacks share a 4-frame root, then 4 to 12
+// frames drawn from a pool of distinct addresses (half as many as stacks).
+//
+// Per size (1k, 10k, 100k stacks), in this process:
+//   read       readRegionAsync(path, 0): the whole snapshot (the agent does this once)
+//   poll       readRegionAsync(path, next): counters only (every --poll after that)
+//   build      buildProfileAsync with a fresh Symbolizer (cold: files opened, every
+//              address resolved) and again with the same one (warm: cached)
+//   encode     encodeProfile (protobuf + gzip)
+// Then through `heaptap agent` in a child process: GET /debug/pprof/heap cold and warm,
+// with /healthz fetched every 10 ms meanwhile (its worst latency is how long the agent's
+// event loop was blocked), and the agent's RSS.
+//
+// Steady state: 100 live processes (a helper holds the regions' flocks, as the preload
+// does) of 1k stacks each, one agent: RSS after the first polls, after three /metrics
+// scrapes (the first symbolizes every process's top sites), after a merged /heap of all
+// 100; CPU per second of idle polling.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+
+import { buildProfileAsync, encodeProfile } from '../src/profile.ts';
+import { readRegionAsync, type RegionSnapshot } from '../src/region.ts';
+import { Symbolizer } from '../src/symbolize.ts';
+import { buildRegion, MODULE_MAIN, OBJ_ONE, SLAB_ACTIVE, STATE_RUNNING, type CountSpec, type ModuleSpec } from '../test/helpers/regionBuilder.ts';
+
+const root = resolve(import.meta.dirname, '..');
+const args = new Set(process.argv.slice(2));
+const quick = args.has('--quick');
+const write = args.has('--write');
+const SIZES = process.env.BENCH_SIZES ? process.env.BENCH_SIZES.split(',').filter(Boolean).map(Number) : quick ? [1000, 10_000] : [1000, 10_000, 100_000];
+const STEADY_PROCESSES = Number(process.env.BENCH_PROCESSES ?? (quick ? 20 : 100));
+const STEADY_STACKS = 1000;
+const TARGET_MS = 250;
+const TARGET_RSS_MB = 150;
+
+// ---------------------------------------------------------------------------------------
+// Modules with real files.
+
+interface RealModule {
+  path: string;
+  buildId: number[];
+  /** the executable PT_LOAD segment: file offset, vaddr, size */
+  offset: bigint;
+  vaddr: bigint;
+  size: bigint;
+}
+
+export function elfModule(path: string): RealModule {
+  const notes = execFileSync('readelf', ['-n', path], { encoding: 'utf8' });
+  const id = /Build ID: ([0-9a-f]+)/.exec(notes)?.[1];
+  if (!id) throw new Error(`${path}: no build id`);
+  const phdrs = execFileSync('readelf', ['-lW', path], { encoding: 'utf8' });
+  const m = /LOAD\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)\s+0x[0-9a-f]+\s+(0x[0-9a-f]+)\s+0x[0-9a-f]+\s+R E/.exec(phdrs);
+  if (!m) throw new Error(`${path}: no executable segment`);
+  return { path, buildId: id.match(/../g)!.map((h) => parseInt(h, 16)), offset: BigInt(m[1]!), vaddr: BigInt(m[2]!), size: BigInt(m[3]!) };
+}
+
+interface Placed {
+  spec: ModuleSpec;
+  start: bigint;
+  limit: bigint;
+}
+
+export function place(mods: RealModule[]): Placed[] {
+  return mods.map((m, i) => {
+    const bias = 0x7f0000000000n + BigInt(i) * 0x10000000n;
+    const start = bias + m.vaddr;
+    const limit = start + m.size;
+    return {
+      start,
+      limit,
+      spec: { path: m.path, flags: i === 0 ? MODULE_MAIN : 0, loadBias: bias, start, limit, fileOffset: m.offset, buildId: m.buildId },
+    };
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Synthetic regions.
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 4294967296;
+  };
+}
+
+function pow2(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+export function makeRegion(dir: string, name: string, pid: number, n: number, placed: Placed[], seed: number): string {
+  const r = rng(seed);
+  const pick = (m: Placed) => m.start + 1n + BigInt(Math.floor(r() * Number(m.limit - m.start - 2n)));
+  // 70% of frames in the first module (libc), 30% in the second (DWARF).
+  const poolSize = Math.max(64, Math.floor(n / 2));
+  const pool = Array.from({ length: poolSize }, () => pick(r() < 0.7 ? placed[0]! : placed[1]!));
+  const rootChain = Array.from({ length: 4 }, () => pick(placed[0]!));
+  const stacks = [];
+  const seen = new Set<string>();
+  while (stacks.length < n) {
+    const depth = 4 + Math.floor(r() * 9);
+    const frames = Array.from({ length: depth }, () => pool[Math.floor(r() * poolSize)]!);
+    const key = frames.join(',');
+    if (seen.has(key)) continue;
+    seen.add(key);
+    stacks.push({ frames: [...frames, ...rootChain] });
+  }
+  const slab: CountSpec[] = [];
+  const shared: CountSpec[] = [];
+  stacks.forEach((_, i) => {
+    const objects = 1n + BigInt(Math.floor(r() * 1000));
+    const bytes = objects * BigInt(16 + Math.floor(r() * 4096));
+    const freed = (bytes * BigInt(Math.floor(r() * 100))) / 100n;
+    const c = { allocObjects: objects * OBJ_ONE, allocBytes: bytes, freeObjects: (objects * OBJ_ONE * freed) / bytes, freeBytes: freed, samples: objects };
+    (i % 2 ? slab : shared).push({ stackId: 2 + i, counters: c });
+  });
+  const frames = stacks.reduce((s, x) => s + x.frames.length, 0);
+  const { buf } = buildRegion({
+    capacities: { stacks: n + 2, stackIndex: pow2(2 * (n + 2)), frames, shared: n + 2, slabs: 1, modules: 8 },
+    slabEntries: pow2(Math.ceil(slab.length * 1.5) + 1),
+    stacks,
+    modules: placed.map((p) => p.spec),
+    slabs: [{ state: SLAB_ACTIVE, entries: slab }],
+    shared,
+    header: { pid, state: STATE_RUNNING, exe: placed[0]!.spec.path, service: `bench-${pid}`, sampleRate: 524288n, startNs: BigInt(Date.now()) * 1_000_000n },
+  });
+  const path = join(dir, name);
+  writeFileSync(path, buf);
+  return path;
+}
+
+// ---------------------------------------------------------------------------------------
+// Measuring.
+
+const ms = (t0: number) => performance.now() - t0;
+/** CPU time of this process (user + system) in ms: on a loaded machine the wall time of a
+ * step includes waiting for a core, its CPU time does not. */
+const cpuMs = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
+const fmt = (x: number) => (x >= 100 ? x.toFixed(0) : x.toFixed(1));
+const mb = (bytes: number) => (bytes / 1048576).toFixed(0);
+
+function rssOf(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(/^VmRSS:\s+(\d+)/m.exec(status)![1]) * 1024;
+}
+
+function cpuTicksOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(f[11]) + Number(f[12]); // utime + stime, clock ticks
+}
+
+interface ChildAgent {
+  child: ChildProcess;
+  url: string;
+  stop(): Promise<void>;
+}
+
+async function startAgent(dir: string): Promise<ChildAgent> {
+  const child = spawn(process.execPath, [...(process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean), join(root, 'src/cli.ts'), 'agent', '--dir', dir, '--listen', '127.0.0.1:0', '--log-format', 'json', '--log-level', 'warn', '--retention', '1h'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // --log-level warn hides the "listening" line: find the port from /proc instead.
+  const lines: string[] = [];
+  createInterface({ input: child.stderr! }).on('line', (l) => lines.push(l));
+  const port = await new Promise<number>((res, rej) => {
+    const t0 = Date.now();
+    const tick = () => {
+      try {
+        const tcp = readFileSync('/proc/net/tcp', 'utf8');
+        const inodes = new Set(execFileSync('ls', ['-l', `/proc/${child.pid}/fd`], { encoding: 'utf8' }).match(/socket:\[(\d+)\]/g)?.map((s) => s.slice(8, -1)) ?? []);
+        for (const row of tcp.split('\n').slice(1)) {
+          const f = row.trim().split(/\s+/);
+          if (f[3] === '0A' && inodes.has(f[9]!)) return res(parseInt(f[1]!.split(':')[1]!, 16));
+        }
+      } catch {
+        // not up yet
+      }
+      if (Date.now() - t0 > 20_000) return rej(new Error(`agent did not listen: ${lines.join('\n')}`));
+      setTimeout(tick, 50);
+    };
+    tick();
+  });
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 200; i++) {
+    const r = await fetch(`${url}/readyz`).catch(() => null);
+    if (r?.status === 200) break;
+    await new Promise((r2) => setTimeout(r2, 50));
+  }
+  return {
+    child,
+    url,
+    stop: () => new Promise((r) => {
+      child.once('exit', () => r());
+      child.kill('SIGTERM');
+    }),
+  };
+}
+
+/** GETs url while fetching /healthz every 10 ms; returns the request's time and the worst
+ * /healthz latency seen meanwhile. */
+async function timedGet(agent: ChildAgent, path: string): Promise<{ ms: number; bytes: number; healthMaxMs: number }> {
+  let done = false;
+  let healthMax = 0;
+  const pinger = (async () => {
+    while (!done) {
+      const t0 = performance.now();
+      await fetch(`${agent.url}/healthz`).then((r) => r.arrayBuffer());
+      healthMax = Math.max(healthMax, ms(t0));
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  })();
+  const t0 = performance.now();
+  const r = await fetch(`${agent.url}${path}`);
+  const body = await r.arrayBuffer();
+  const took = ms(t0);
+  done = true;
+  await pinger;
+  if (r.status !== 200) throw new Error(`${path}: ${r.status} ${Buffer.from(body).toString()}`);
+  return { ms: took, bytes: body.byteLength, healthMaxMs: healthMax };
+}
+
+/** Holds a shared flock on each path (what the preload does while its process runs). */
+function holdLocks(paths: string[]): Promise<ChildProcess> {
+  const code = 'import fcntl,sys\nfs=[open(p,"rb") for p in sys.argv[1:]]\nfor f in fs: fcntl.flock(f, fcntl.LOCK_SH)\nprint("locked", flush=True)\nsys.stdin.read()\n';
+  const child = spawn('python3', ['-c', code, ...paths], { stdio: ['pipe', 'pipe', 'inherit'] });
+  return new Promise((res, rej) => {
+    child.stdout!.once('data', () => res(child));
+    child.once('exit', (c) => rej(new Error(`lock holder exited ${c}`)));
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+
+interface SizeRow {
+  readCpu: number;
+  pollCpu: number;
+  buildColdCpu: number;
+  buildWarmCpu: number;
+  encodeCpu: number;
+  stacks: number;
+  frames: number;
+  fileMb: number;
+  read: number;
+  poll: number;
+  buildCold: number;
+  buildWarm: number;
+  encode: number;
+  pbKb: number;
+  totalCold: number;
+  totalWarm: number;
+  httpCold: number;
+  httpWarm: number;
+  healthMax: number;
+  agentRss: number;
+}
+
+async function main(): Promise<void> {
+  const work = mkdtempSync(join('/dev/shm', 'heaptap-bench-'));
+  const out: string[] = [];
+  const say = (s: string) => {
+    out.push(s);
+    process.stdout.write(s + '\n');
+  };
+  try {
+    // Copies, so that a rebuild of the addon during the run changes nothing.
+    const dwarfCopy = join(work, 'heaptap-addon-copy.so');
+    copyFileSync(join(root, 'src/addon/build/heaptap.node'), dwarfCopy);
+    const placed = place([elfModule('/lib/x86_64-linux-gnu/libc.so.6'), elfModule(dwarfCopy)]);
+
+    const rows: SizeRow[] = [];
+    for (const n of SIZES) {
+      const dir = join(work, `size-${n}`);
+      execFileSync('mkdir', ['-p', dir]);
+      const path = makeRegion(dir, `${1000 + n}-1.heaptap`, 1000 + n, n, placed, n);
+      const fileMb = readFileSync(path).length / 1048576;
+      // Reads and symbolization run on the libuv pool: their CPU time is in cpuUsage too.
+      let t0 = performance.now();
+      let c0 = cpuMs();
+      const snap: RegionSnapshot = await readRegionAsync(path, 0);
+      const read = ms(t0);
+      const readCpu = cpuMs() - c0;
+      t0 = performance.now();
+      c0 = cpuMs();
+      await readRegionAsync(path, snap.stacks.next);
+      const poll = ms(t0);
+      const pollCpu = cpuMs() - c0;
+      const sym = new Symbolizer();
+      t0 = performance.now();
+      c0 = cpuMs();
+      const cold = await buildProfileAsync([{ snapshot: snap }], { view: 'heap', symbolizer: sym });
+      const buildCold = ms(t0);
+      const buildColdCpu = cpuMs() - c0;
+      t0 = performance.now();
+      c0 = cpuMs();
+      const pb = await encodeProfile(cold);
+      const encode = ms(t0);
+      const encodeCpu = cpuMs() - c0;
+      t0 = performance.now();
+      c0 = cpuMs();
+      const warm = await buildProfileAsync([{ snapshot: snap }], { view: 'heap', symbolizer: sym });
+      const buildWarm = ms(t0);
+      const buildWarmCpu = cpuMs() - c0;
+      await encodeProfile(warm);
+      sym.close();
+      if (cold.sample.length !== n) throw new Error(`expected ${n} samples, got ${cold.sample.length}`);
+      const named = cold.function.filter((f) => cold.stringTable.strings[Number(f.name)]).length;
+      if (named === 0) throw new Error('nothing was symbolized');
+
+      const holder = await holdLocks([path]);
+      const agent = await startAgent(dir);
+      const httpCold = await timedGet(agent, '/debug/pprof/heap');
+      const httpWarm = await timedGet(agent, '/debug/pprof/heap');
+      const agentRss = rssOf(agent.child.pid!);
+      await agent.stop();
+      holder.kill();
+      rows.push({
+        readCpu, pollCpu, buildColdCpu, buildWarmCpu, encodeCpu,
+        stacks: n, frames: snap.stacks.frames.length, fileMb, read, poll, buildCold, buildWarm, encode,
+        pbKb: pb.length / 1024, totalCold: read + buildCold + encode, totalWarm: poll + buildWarm + encode,
+        httpCold: httpCold.ms, httpWarm: httpWarm.ms, healthMax: Math.max(httpCold.healthMaxMs, httpWarm.healthMaxMs), agentRss,
+      });
+      process.stdout.write(`  ${n} stacks done\n`);
+      rmSync(dir, { recursive: true, force: true });
+    }
+
+    // Steady state.
+    const dir = join(work, 'steady');
+    execFileSync('mkdir', ['-p', dir]);
+    const paths = Array.from({ length: STEADY_PROCESSES }, (_, i) => makeRegion(dir, `${20000 + i}-1.heaptap`, 20000 + i, STEADY_STACKS, placed, 7 + i));
+    const holder = await holdLocks(paths);
+    const agent = await startAgent(dir);
+    const pid = agent.child.pid!;
+    await new Promise((r) => setTimeout(r, 3000));
+    const rssPolls = rssOf(pid);
+    const tick0 = cpuTicksOf(pid);
+    await new Promise((r) => setTimeout(r, 10_000));
+    const cpuPct = ((cpuTicksOf(pid) - tick0) / 100 / 10) * 100; // ticks at 100 Hz, over 10 s
+    const scrapes: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      const r = await fetch(`${agent.url}/metrics`);
+      const text = await r.text();
+      scrapes.push(ms(t0));
+      if (!text.includes('heaptap_site_inuse_bytes')) throw new Error('no site metrics');
+    }
+    const rssMetrics = rssOf(pid);
+    const merged = await timedGet(agent, '/debug/pprof/heap');
+    const rssMerged = rssOf(pid);
+    await new Promise((r) => setTimeout(r, 3000));
+    const rssAfter = rssOf(pid);
+    await agent.stop();
+    holder.kill();
+
+    const cpu = cpus()[0]?.model ?? 'unknown CPU';
+    say(`Command: \`npm run bench:sidecar${quick ? ' -- --quick' : ''}\` (bench/sidecar.ts), ${new Date().toISOString().slice(0, 10)}, ` +
+      `${cpus().length} cores (${cpu}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.versions.node}.`);
+    say('');
+    say('Profile of one region: snapshot, symbolize, encode (ms; cold = fresh symbolizer, warm = its caches filled).');
+    say('Targets: 100k stacks in ≤ 250 ms, sidecar RSS ≤ 150 MB.');
+    say('');
+    say('Each cell: wall time (CPU time of the process in parentheses: on a busy machine the wall time also counts waiting for a core).');
+    say('');
+    say('| stacks | frames | region file | read (full) | poll (counters) | build cold | build warm | encode | pprof.gz | read+build+encode cold | poll+build+encode warm |');
+    say('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+    const wc = (w: number, c: number) => `${fmt(w)} (${fmt(c)})`;
+    for (const r of rows) {
+      say(`| ${r.stacks.toLocaleString('en-US')} | ${r.frames.toLocaleString('en-US')} | ${r.fileMb.toFixed(1)} MB | ${wc(r.read, r.readCpu)} | ${wc(r.poll, r.pollCpu)} | ${wc(r.buildCold, r.buildColdCpu)} | ${wc(r.buildWarm, r.buildWarmCpu)} | ${wc(r.encode, r.encodeCpu)} | ${r.pbKb.toFixed(0)} KB | ${wc(r.totalCold, r.readCpu + r.buildColdCpu + r.encodeCpu)} | ${wc(r.totalWarm, r.pollCpu + r.buildWarmCpu + r.encodeCpu)} |`);
+    }
+    say('');
+    say('Through `heaptap agent` (child process; /healthz fetched every 10 ms during the request):');
+    say('');
+    say('| stacks | GET /debug/pprof/heap cold | warm | worst /healthz latency meanwhile | agent RSS after |');
+    say('| ---: | ---: | ---: | ---: | ---: |');
+    for (const r of rows) {
+      say(`| ${r.stacks.toLocaleString('en-US')} | ${fmt(r.httpCold)} ms | ${fmt(r.httpWarm)} ms | ${fmt(r.healthMax)} ms | ${mb(r.agentRss)} MB |`);
+    }
+    const big = rows.find((r) => r.stacks === 100_000);
+    if (big) {
+      say('');
+      say(`100k stacks: warm ${fmt(big.totalWarm)} ms, cold ${fmt(big.totalCold)} ms (target ≤ ${TARGET_MS} ms: ${big.totalWarm <= TARGET_MS ? 'met warm' : 'missed warm'}, ${big.totalCold <= TARGET_MS ? 'met cold' : 'missed cold'}).`);
+    }
+    say('');
+    say(`Steady state: ${STEADY_PROCESSES} live processes of ${STEADY_STACKS.toLocaleString('en-US')} stacks each, one agent (--poll 1s).`);
+    say('');
+    say('| after | agent RSS |');
+    say('| --- | ---: |');
+    say(`| 3 s of polling | ${mb(rssPolls)} MB |`);
+    say(`| 3 /metrics scrapes (${scrapes.map(fmt).join(', ')} ms; the first symbolizes every top site) | ${mb(rssMetrics)} MB |`);
+    say(`| a merged /debug/pprof/heap of all ${STEADY_PROCESSES} (${fmt(merged.ms)} ms, ${(merged.bytes / 1024).toFixed(0)} KB, worst /healthz meanwhile ${fmt(merged.healthMaxMs)} ms) | ${mb(rssMerged)} MB |`);
+    say(`| 3 s more of polling | ${mb(rssAfter)} MB |`);
+    say('');
+    say(`Idle polling cost: ${cpuPct.toFixed(1)}% of one core (CPU time over 10 s of polls). RSS target ≤ ${TARGET_RSS_MB} MB: ${Math.max(rssPolls, rssMetrics, rssMerged, rssAfter) <= TARGET_RSS_MB * 1048576 ? 'met' : 'missed'} (peak ${mb(Math.max(rssPolls, rssMetrics, rssMerged, rssAfter))} MB).`);
+
+    if (write) {
+      const file = join(root, 'bench/RESULTS.md');
+      const text = readFileSync(file, 'utf8');
+      const section = `## Sidecar cost\n\n${out.join('\n')}\n`;
+      const start = text.indexOf('## Sidecar cost');
+      let next = start < 0 ? -1 : text.indexOf('\n## ', start + 1);
+      if (next >= 0) next += 1;
+      const updated = start < 0
+        ? text.replace(/\n*$/, '\n\n') + section
+        : text.slice(0, start) + section + (next >= 0 ? '\n' + text.slice(next) : '');
+      writeFileSync(file, updated);
+      process.stdout.write(`wrote the "## Sidecar cost" section of ${file}\n`);
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+if ((import.meta as ImportMeta & { main?: boolean }).main) await main();

@@ -1,0 +1,803 @@
+// The agent's pprof encoder: Go heap profiles (WIRE.md), written straight to protobuf from
+// per-process tables that live as long as the process is watched.
+//
+// Why not src/profile.ts's buildProfile for every request: a region's stack records never
+// change once READY, so what a profile needs besides the counters (locations, functions,
+// strings, each stack's location ids) can be built once per stack and kept. A request then
+// only walks the counters and writes varints: for 100k stacks that is tens of ms, where
+// building pprof-format objects anew takes seconds and hundreds of MB. The output follows
+// src/profile.ts exactly (same sample types, values, labels, mappings, locations,
+// synthetic frames, comments); test/agent/pprof-equivalence.test.ts checks the two agree.
+//
+// Tables per process (SymbolTables): strings (index 0 ""), functions deduplicated by
+// (name, system name, file, start line), locations by return address (address = pc - 1,
+// symbolized frames innermost first as lines), mappings by module, and per stack id its
+// location ids. Symbolization happens once per new return address, on the symbolizer's
+// async API (module by module, as profile.ts does).
+import { promisify } from 'node:util';
+import { constants as zc, gzip } from 'node:zlib';
+
+import {
+  OVERFLOW_FUNCTION,
+  SAMPLE_TYPES,
+  TRUNCATED_FUNCTION,
+  UNKNOWN_STACK_FUNCTION,
+  type AsyncProfileSymbolizer,
+} from '../profile.ts';
+import { constants, objectsToNumber, type RegionModule, type RegionSnapshot } from '../region.ts';
+import type { StackStore } from './stackStore.ts';
+
+const gzipAsync = promisify(gzip);
+
+// ---------------------------------------------------------------------------------------
+// A protobuf writer over one growable buffer.
+
+class Writer {
+  buf: Uint8Array;
+  pos = 0;
+  constructor(size = 1 << 16) {
+    this.buf = new Uint8Array(size);
+  }
+
+  ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    let cap = this.buf.length * 2;
+    while (cap < this.pos + n) cap *= 2;
+    const b = new Uint8Array(cap);
+    b.set(this.buf.subarray(0, this.pos));
+    this.buf = b;
+  }
+
+  /** A non-negative integer below 2^53. */
+  uvarint(v: number): void {
+    this.ensure(10);
+    const buf = this.buf;
+    let p = this.pos;
+    if (v < 0x80) {
+      buf[p] = v;
+      this.pos = p + 1;
+      return;
+    }
+    if (v < 0x80000000) {
+      while (v >= 0x80) {
+        buf[p++] = (v & 0x7f) | 0x80;
+        v >>>= 7;
+      }
+      buf[p++] = v;
+      this.pos = p;
+      return;
+    }
+    while (v >= 0x80) {
+      buf[p++] = (v % 0x80) | 0x80;
+      v = Math.floor(v / 0x80);
+    }
+    buf[p++] = v;
+    this.pos = p;
+  }
+
+  /** An int64: negatives as their 64-bit two's complement (ten bytes), as protobuf does. */
+  varint(v: number | bigint): void {
+    if (typeof v === 'number' && v >= 0 && v <= Number.MAX_SAFE_INTEGER) return this.uvarint(v);
+    let b = BigInt.asUintN(64, BigInt(v));
+    this.ensure(10);
+    while (b >= 0x80n) {
+      this.buf[this.pos++] = Number(b & 0x7fn) | 0x80;
+      b >>= 7n;
+    }
+    this.buf[this.pos++] = Number(b);
+  }
+
+  tag(field: number, wire: number): void {
+    this.uvarint((field << 3) | wire);
+  }
+
+  /** field = v, omitted when 0 (proto3 default). */
+  field(field: number, v: number | bigint): void {
+    if (v === 0 || v === 0n) return;
+    this.tag(field, 0);
+    this.varint(v);
+  }
+
+  bool(field: number, v: boolean): void {
+    if (v) this.field(field, 1);
+  }
+
+  string(field: number, s: string): void {
+    const bytes = Buffer.from(s, 'utf8');
+    this.tag(field, 2);
+    this.uvarint(bytes.length);
+    this.ensure(bytes.length);
+    this.buf.set(bytes, this.pos);
+    this.pos += bytes.length;
+  }
+
+  /** A length-delimited field whose content `body` writes: room for the length is left
+   * first and the content moved if its varint turns out longer than guessed. */
+  message(field: number, body: () => void): void {
+    this.tag(field, 2);
+    const lenAt = this.pos;
+    this.ensure(1);
+    this.pos += 1;
+    const start = this.pos;
+    body();
+    const len = this.pos - start;
+    const lenBytes = len < 0x80 ? 1 : len < 0x4000 ? 2 : len < 0x200000 ? 3 : len < 0x10000000 ? 4 : 5;
+    if (lenBytes > 1) {
+      this.ensure(lenBytes - 1);
+      this.buf.copyWithin(start + lenBytes - 1, start, this.pos);
+      this.pos += lenBytes - 1;
+    }
+    let v = len;
+    let p = lenAt;
+    while (v >= 0x80) {
+      this.buf[p++] = (v & 0x7f) | 0x80;
+      v >>>= 7;
+    }
+    this.buf[p] = v;
+  }
+
+  raw(bytes: Uint8Array): void {
+    this.ensure(bytes.length);
+    this.buf.set(bytes, this.pos);
+    this.pos += bytes.length;
+  }
+
+  bytes(): Uint8Array {
+    return this.buf.subarray(0, this.pos);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-process tables.
+
+interface MappingInfo {
+  module: RegionModule;
+  hasFunctions: boolean;
+  hasFilenames: boolean;
+  hasLineNumbers: boolean;
+  hasInlineFrames: boolean;
+}
+
+/** Growable Uint32/Int32/Float64 columns. */
+class Column<T extends Uint32Array | Int32Array | Float64Array> {
+  data: T;
+  length = 0;
+  private readonly make: (n: number) => T;
+  constructor(make: (n: number) => T, cap = 64) {
+    this.make = make;
+    this.data = make(cap);
+  }
+  push(v: number): number {
+    if (this.length === this.data.length) {
+      const d = this.make(this.data.length * 2);
+      d.set(this.data as never);
+      this.data = d;
+    }
+    this.data[this.length] = v;
+    return this.length++;
+  }
+}
+
+/** Return address -> location id, open addressing over the address's two 32-bit halves
+ * (a Map keyed by doubles this large boxes and hashes every key: ten times slower). */
+class PcTable {
+  private lo = new Uint32Array(1024);
+  private hi = new Uint32Array(1024);
+  private val = new Int32Array(1024);
+  private used = new Uint8Array(1024);
+  private count = 0;
+
+  private slot(lo: number, hi: number): number {
+    const mask = this.val.length - 1;
+    let i = (Math.imul(lo ^ Math.imul(hi, 0x27d4eb2d), 0x9e3779b1) >>> 0) & mask;
+    while (this.used[i] && (this.lo[i] !== lo || this.hi[i] !== hi)) i = (i + 1) & mask;
+    return i;
+  }
+
+  /** The value, or 0 when absent (location ids start at 1). */
+  get(lo: number, hi: number): number {
+    const i = this.slot(lo, hi);
+    return this.used[i] ? this.val[i]! : 0;
+  }
+
+  set(lo: number, hi: number, v: number): void {
+    if ((this.count + 1) * 2 > this.val.length) this.grow();
+    const i = this.slot(lo, hi);
+    if (!this.used[i]) {
+      this.used[i] = 1;
+      this.lo[i] = lo;
+      this.hi[i] = hi;
+      this.count++;
+    }
+    this.val[i] = v;
+  }
+
+  private grow(): void {
+    const { lo, hi, val, used } = this;
+    const cap = val.length * 2;
+    this.lo = new Uint32Array(cap);
+    this.hi = new Uint32Array(cap);
+    this.val = new Int32Array(cap);
+    this.used = new Uint8Array(cap);
+    this.count = 0;
+    for (let i = 0; i < used.length; i++) if (used[i]) this.set(lo[i]!, hi[i]!, val[i]!);
+  }
+}
+
+export class SymbolTables {
+  readonly strings: string[] = [''];
+  private readonly stringIndex = new Map<string, number>([['', 0]]);
+  /** functions: id i+1 at index i */
+  readonly fnName = new Column((n) => new Uint32Array(n));
+  readonly fnSystem = new Column((n) => new Uint32Array(n));
+  readonly fnFile = new Column((n) => new Uint32Array(n));
+  readonly fnStartLine = new Column((n) => new Float64Array(n));
+  private readonly fnIndex = new Map<string, number>();
+  /** locations: id i+1 at index i; mapping is an index into `mappings` + 1, 0 = none */
+  readonly locMapping = new Column((n) => new Uint32Array(n));
+  readonly locAddress = new Column((n) => new Float64Array(n));
+  readonly locLineStart = new Column((n) => new Uint32Array(n));
+  readonly locLineCount = new Column((n) => new Uint32Array(n));
+  readonly lineFn = new Column((n) => new Uint32Array(n));
+  readonly lineNo = new Column((n) => new Float64Array(n));
+  private readonly locByPc = new PcTable();
+  private readonly synthetic = new Map<string, number>();
+  /** per module index (RegionModule.index): position in mappings */
+  private readonly mappingOf = new Map<number, number>();
+  readonly mappings: MappingInfo[] = [];
+  /** per stack id: start in stackLocs and count; -1 = not built */
+  private stackStart = new Int32Array(64).fill(-1);
+  private stackCount = new Uint32Array(64);
+  private packedStart = new Uint32Array(64);
+  private packedLen = new Uint32Array(64);
+  private readonly packed = new Writer(1 << 12);
+  readonly stackLocs = new Column((n) => new Uint32Array(n));
+  /** stacks of the store already turned into location lists */
+  private built = 0;
+  private chain: Promise<unknown> = Promise.resolve();
+
+  str(s: string): number {
+    let i = this.stringIndex.get(s);
+    if (i === undefined) {
+      i = this.strings.length;
+      this.strings.push(s);
+      this.stringIndex.set(s, i);
+    }
+    return i;
+  }
+
+  fn(name: string, systemName: string, file: string, startLine: number): number {
+    const key = `${name}\0${systemName}\0${file}\0${startLine}`;
+    let id = this.fnIndex.get(key);
+    if (id === undefined) {
+      this.fnName.push(this.str(name));
+      this.fnSystem.push(this.str(systemName));
+      this.fnFile.push(this.str(file));
+      id = this.fnStartLine.push(startLine) + 1;
+      this.fnIndex.set(key, id);
+    }
+    return id;
+  }
+
+  /** A location with one line of a synthetic function (heaptap's own markers). */
+  syntheticLocation(name: string): number {
+    let id = this.synthetic.get(name);
+    if (id === undefined) {
+      id = this.addLocation(0, 0, [[this.fn(name, name, '', 0), 0]]);
+      this.synthetic.set(name, id);
+    }
+    return id;
+  }
+
+  private addLocation(mapping: number, address: number, lines: [number, number][]): number {
+    this.locMapping.push(mapping);
+    this.locLineStart.push(this.lineFn.length);
+    this.locLineCount.push(lines.length);
+    for (const [f, l] of lines) {
+      this.lineFn.push(f);
+      this.lineNo.push(l);
+    }
+    return this.locAddress.push(address) + 1;
+  }
+
+  mapping(m: RegionModule): number {
+    let pos = this.mappingOf.get(m.index);
+    if (pos === undefined) {
+      pos = this.mappings.length;
+      this.mappings.push({ module: m, hasFunctions: false, hasFilenames: false, hasLineNumbers: false, hasInlineFrames: false });
+      this.mappingOf.set(m.index, pos);
+    } else {
+      this.mappings[pos]!.module = m; // state may have changed (unloaded)
+    }
+    return pos;
+  }
+
+  /** Location ids of stack `id`, innermost first; undefined when not built yet. */
+  locationsOf(id: number): Uint32Array | undefined {
+    if (id >= this.stackStart.length) return undefined;
+    const s = this.stackStart[id]!;
+    if (s < 0) return undefined;
+    return this.stackLocs.data.subarray(s, s + this.stackCount[id]!);
+  }
+
+  /** The first line's function name of a location ('' if none). */
+  functionName(loc: number): string[] {
+    const i = loc - 1;
+    const out: string[] = [];
+    const start = this.locLineStart.data[i]!;
+    for (let k = 0; k < this.locLineCount.data[i]!; k++) out.push(this.strings[this.fnName.data[this.lineFn.data[start + k]! - 1]!]!);
+    return out;
+  }
+
+  /** Builds location lists for the stacks appended to the store since the last call,
+   * symbolizing the return addresses not seen before. Serialized per process. */
+  update(stacks: StackStore, modules: RegionModule[], pid: number, symbolizer: AsyncProfileSymbolizer | undefined, warn: (m: string) => void): Promise<void> {
+    const run = this.chain.then(() => this.updateNow(stacks, modules, pid, symbolizer, warn));
+    this.chain = run.catch(() => {});
+    return run;
+  }
+
+  private async updateNow(stacks: StackStore, modules: RegionModule[], pid: number, symbolizer: AsyncProfileSymbolizer | undefined, warn: (m: string) => void): Promise<void> {
+    for (const m of modules) this.mapping(m);
+    const view = stacks.view();
+    const from = this.built;
+    const to = view.ids.length;
+    if (from === to) return;
+    // Return addresses as numbers (user-space addresses are below 2^47, so exact), read
+    // through a 32-bit view: no BigInt per frame.
+    const u32 = new Uint32Array(view.frames.buffer, view.frames.byteOffset, view.frames.length * 2);
+    // Modules: loaded ones first, then by position from the end (profile.ts's rule: after a
+    // dlclose another library can take the range; the loaded one wins).
+    const order = modules.map((m, pos) => ({ start: Number(m.start), limit: Number(m.limit), loaded: m.state === 1, pos }))
+      .sort((a, b) => (a.loaded ? 0 : 1) - (b.loaded ? 0 : 1) || b.pos - a.pos);
+    const moduleOf = (pc: number): number => {
+      for (const o of order) if (pc >= o.start && pc < o.limit) return o.pos;
+      return -1;
+    };
+    const wanted = new Map<number, number[]>(); // module position -> new pcs
+    const unmapped: number[] = [];
+    const firstFrame = view.frameStart[from] ?? 0;
+    const lastFrame = to > 0 ? view.frameStart[to - 1]! + view.depths[to - 1]! : 0;
+    for (let k = firstFrame; k < lastFrame; k++) {
+      const lo = u32[2 * k]!;
+      const hi = u32[2 * k + 1]!;
+      if (this.locByPc.get(lo, hi) !== 0) continue;
+      this.locByPc.set(lo, hi, -1); // pending: its location is made below
+      const pc = hi * 4294967296 + lo;
+      const pos = moduleOf(pc);
+      if (pos < 0) unmapped.push(pc);
+      else {
+        let list = wanted.get(pos);
+        if (!list) wanted.set(pos, (list = []));
+        list.push(pc);
+      }
+    }
+    const setLoc = (pc: number, id: number) => this.locByPc.set(pc % 4294967296, Math.floor(pc / 4294967296), id);
+    for (const pc of unmapped) setLoc(pc, this.addLocation(0, pc > 0 ? pc - 1 : 0, []));
+    for (const [pos, pcs] of [...wanted].sort((a, b) => a[0] - b[0])) {
+      const m = modules[pos]!;
+      let frames: { function: string; systemName: string; file: string; line: number; startLine: number }[][] = [];
+      if (symbolizer) {
+        try {
+          const res = await symbolizer.symbolizeAsync(m, pid, pcs.map((pc) => BigInt(pc)));
+          frames = res.frames;
+          const mi = this.mappings[this.mapping(m)]!;
+          mi.hasFunctions = res.info.hasFunctions;
+          mi.hasFilenames = res.info.hasFilenames;
+          mi.hasLineNumbers = res.info.hasLineNumbers;
+          mi.hasInlineFrames = res.info.hasInlineFrames;
+        } catch (e) {
+          warn(`cannot symbolize ${m.path} (pid ${pid}): ${(e as Error).message}`);
+        }
+      }
+      const mapping = this.mapping(m) + 1;
+      for (let i = 0; i < pcs.length; i++) {
+        const fr = frames[i] ?? [];
+        const lines: [number, number][] = [];
+        for (const f of fr) lines.push([this.fn(f.function, f.systemName || f.function, f.file, f.startLine), f.line]);
+        setLoc(pcs[i]!, this.addLocation(mapping, pcs[i]! - 1, lines));
+      }
+    }
+    // Location lists by stack id, and the same as packed varints (what a sample's
+    // location_id field holds when this process comes first in a profile).
+    for (let i = from; i < to; i++) {
+      const id = view.ids[i]!;
+      if (id >= this.stackStart.length) {
+        let cap = this.stackStart.length;
+        while (cap <= id) cap *= 2;
+        const grow = <T extends Int32Array | Uint32Array>(a: T, make: (n: number) => T, fill?: number) => {
+          const b = make(cap);
+          if (fill !== undefined) b.fill(fill);
+          b.set(a as never);
+          return b;
+        };
+        this.stackStart = grow(this.stackStart, (n) => new Int32Array(n), -1);
+        this.stackCount = grow(this.stackCount, (n) => new Uint32Array(n));
+        this.packedStart = grow(this.packedStart, (n) => new Uint32Array(n));
+        this.packedLen = grow(this.packedLen, (n) => new Uint32Array(n));
+      }
+      const start = view.frameStart[i]!;
+      const depth = view.depths[i]!;
+      const first = this.stackLocs.length;
+      for (let k = start; k < start + depth; k++) this.stackLocs.push(this.locByPc.get(u32[2 * k]!, u32[2 * k + 1]!));
+      if ((view.flags[i]! & constants.STACK_TRUNCATED) !== 0 || depth === 0) this.stackLocs.push(this.syntheticLocation(TRUNCATED_FUNCTION));
+      this.stackStart[id] = first;
+      this.stackCount[id] = this.stackLocs.length - first;
+      this.packedStart[id] = this.packed.pos;
+      for (let k = first; k < this.stackLocs.length; k++) this.packed.uvarint(this.stackLocs.data[k]!);
+      this.packedLen[id] = this.packed.pos - this.packedStart[id]!;
+    }
+    this.built = to;
+  }
+
+  /** Whether stack `id` has its location list. */
+  has(id: number): boolean {
+    return id < this.stackStart.length && this.stackStart[id]! >= 0;
+  }
+
+  /** Copies the packed location ids of stack `id` (as written with no id offset) to
+   * buf[p] and returns the position after them; has(id) must be true. */
+  copyPacked(id: number, buf: Uint8Array, p: number): number {
+    const src = this.packed.buf;
+    const end = this.packedStart[id]! + this.packedLen[id]!;
+    for (let k = this.packedStart[id]!; k < end; k++) buf[p++] = src[k]!;
+    return p;
+  }
+
+  packedLength(id: number): number {
+    return this.packedLen[id]!;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Encoding.
+
+export interface EncodeInput {
+  snapshot: RegionSnapshot;
+  tables: SymbolTables;
+  /** alloc_* become snapshot - base (at least 0); or, with fullDelta, every value
+   * becomes snapshot - base (in-use may be negative: Go's ?seconds=N) */
+  base?: RegionSnapshot;
+}
+
+export interface EncodeOptions {
+  view: 'heap' | 'allocs';
+  /** string label exe per sample (merged profiles) */
+  exeLabel: boolean;
+  fullDelta?: boolean;
+  timeNanos?: bigint;
+  durationNanos?: bigint;
+}
+
+const sub = (a: bigint, b: bigint): bigint => (a > b ? a - b : 0n);
+const num = (v: bigint): number | bigint => (v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
+const pos = (v: number): number => (v > 0 ? v : 0);
+/** High words at or above this make a value 2^53 or more: the BigInt path. */
+const HUGE = 0x200000;
+const OBJ_ONE = constants.OBJ_ONE;
+const u32 = (a: BigUint64Array) => new Uint32Array(a.buffer, a.byteOffset, a.length * 2);
+
+/** Writes a non-negative integer below 2^53 at buf[p] (room already ensured); returns the
+ * position after it. */
+function putVar(buf: Uint8Array, p: number, v: number): number {
+  while (v >= 0x80000000) {
+    buf[p++] = (v % 0x80) | 0x80;
+    v = Math.floor(v / 0x80);
+  }
+  while (v >= 0x80) {
+    buf[p++] = (v & 0x7f) | 0x80;
+    v >>>= 7;
+  }
+  buf[p++] = v;
+  return p;
+}
+
+function uvarintSize(v: number): number {
+  if (v < 0x80) return 1;
+  if (v < 0x4000) return 2;
+  if (v < 0x200000) return 3;
+  if (v < 0x10000000) return 4;
+  let n = 4;
+  v = Math.floor(v / 0x10000000);
+  while (v > 0) {
+    n++;
+    v = Math.floor(v / 0x80);
+  }
+  return n;
+}
+
+function varintSize(v: number | bigint): number {
+  if (typeof v === 'number' && v >= 0 && v <= Number.MAX_SAFE_INTEGER) return uvarintSize(v);
+  let b = BigInt.asUintN(64, BigInt(v));
+  let n = 1;
+  while (b >= 0x80n) {
+    n++;
+    b >>= 7n;
+  }
+  return n;
+}
+
+/** A row's values with BigInt arithmetic (counts of 2^53 or more), as profile.ts computes
+ * them. */
+function bigValues(values: (number | bigint)[], c: RegionSnapshot['counters'], i: number, bc: RegionSnapshot['counters'] | undefined, bi: number | undefined, fullDelta: boolean): void {
+  const ao = c.allocObjects[i]!, ab = c.allocBytes[i]!, fo = c.freeObjects[i]!, fb = c.freeBytes[i]!;
+  const bao = bi === undefined ? 0n : bc!.allocObjects[bi]!;
+  const bab = bi === undefined ? 0n : bc!.allocBytes[bi]!;
+  values[0] = Math.round(objectsToNumber(sub(ao, bao)));
+  values[1] = num(sub(ab, bab));
+  values[2] = Math.round(objectsToNumber(sub(ao, fo)));
+  values[3] = num(sub(ab, fb));
+  if (fullDelta && bi !== undefined) {
+    const bfo = bc!.freeObjects[bi]!, bfb = bc!.freeBytes[bi]!;
+    values[2] = (values[2] as number) - Math.round(objectsToNumber(sub(bao, bfo)));
+    values[3] = BigInt(values[3]) - sub(bab, bfb);
+    if (values[3] >= BigInt(Number.MIN_SAFE_INTEGER) && values[3] <= BigInt(Number.MAX_SAFE_INTEGER)) values[3] = Number(values[3]);
+  }
+}
+
+/** The profile as raw protobuf (not gzipped). Synchronous: the tables cannot change
+ * while it runs. */
+export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOptions): Uint8Array {
+  const w = new Writer(1 << 20);
+  // The synthetic locations this profile needs are made first, so that no table grows
+  // once the id offsets below are fixed.
+  for (const inp of inputs) {
+    const ids = inp.snapshot.counters.ids;
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!;
+      if (id === constants.STACK_OVERFLOW) inp.tables.syntheticLocation(OVERFLOW_FUNCTION);
+      else if (!inp.tables.has(id)) inp.tables.syntheticLocation(UNKNOWN_STACK_FUNCTION);
+    }
+  }
+  // Strings: a table of this profile's own (sample types, label keys, exe paths, mapping
+  // paths and build ids, comments), then each input's table (minus its ""): strings are
+  // not deduplicated across inputs (the format allows repeats); index 0 stays "".
+  const global: string[] = [''];
+  const gstr = new Map<string, number>([['', 0]]);
+  const g = (str: string) => {
+    let i = gstr.get(str);
+    if (i === undefined) {
+      i = global.length;
+      global.push(str);
+      gstr.set(str, i);
+    }
+    return i;
+  };
+  const typeIdx = SAMPLE_TYPES.map(([t, u]) => [g(t), g(u)] as const);
+  const spaceIdx = g('space');
+  const bytesIdx = g('bytes');
+  const pidKey = g('pid');
+  const exeKey = opts.exeLabel ? g('exe') : 0;
+  const allocSpace = g('alloc_space');
+  const exeStr = inputs.map((i) => (opts.exeLabel ? g(i.snapshot.header.exe) : 0));
+  for (const inp of inputs) {
+    for (const m of inp.tables.mappings) {
+      g(m.module.path);
+      g(m.module.buildId);
+    }
+  }
+  const comments: number[] = [];
+  for (const inp of inputs) {
+    const h = inp.snapshot.header;
+    const lost = constants.dropReasons
+      .map((name, i) => [name, h.drops[i] ?? 0n] as const)
+      .filter(([name, n]) => n > 0n && name !== 'recursion' && name !== 'paused' && name !== 'truncated');
+    if (lost.length) comments.push(g(`heaptap: pid ${h.pid} drops: ${lost.map(([k, n]) => `${k}=${n}`).join(' ')}`));
+  }
+  const strBase: number[] = [];
+  const fnBase: number[] = [];
+  const locBase: number[] = [];
+  const mapBase: number[] = [];
+  let sN = global.length - 1;
+  let fN = 0;
+  let lN = 0;
+  let mN = 0;
+  for (const inp of inputs) {
+    strBase.push(sN);
+    fnBase.push(fN);
+    locBase.push(lN);
+    mapBase.push(mN);
+    sN += inp.tables.strings.length - 1;
+    fN += inp.tables.fnName.length;
+    lN += inp.tables.locAddress.length;
+    mN += inp.tables.mappings.length;
+  }
+  const S = (input: number, idx: number) => (idx === 0 ? 0 : idx + strBase[input]!);
+
+  // sample_type = 1
+  for (const [t, u] of typeIdx) w.message(1, () => { w.field(1, t); w.field(2, u); });
+
+  // sample = 2. The hot loop: counters are read through 32-bit views (no BigInt per
+  // value while every count is below 2^53, the BigInt path otherwise) and each sample's
+  // length is computed before it is written.
+  const values: (number | bigint)[] = [0, 0, 0, 0];
+  const lbl = (key: number, v: number) => { const n = 2 + uvarintSize(key) + uvarintSize(v); return 1 + uvarintSize(n) + n; };
+  const writeLabel = (key: number, numField: number, v: number) => {
+    w.ensure(24);
+    const buf = w.buf;
+    let p = w.pos;
+    buf[p++] = 26; // field 3, length-delimited
+    p = putVar(buf, p, 2 + uvarintSize(key) + uvarintSize(v));
+    buf[p++] = 8;
+    p = putVar(buf, p, key);
+    buf[p++] = numField;
+    w.pos = putVar(buf, p, v);
+  };
+  inputs.forEach((inp, input) => {
+    const c = inp.snapshot.counters;
+    const t = inp.tables;
+    const pid = inp.snapshot.header.pid;
+    const lb = locBase[input]!;
+    const bc = inp.base?.counters;
+    let baseAt: Map<number, number> | null = null;
+    if (bc) {
+      baseAt = new Map();
+      for (let i = 0; i < bc.ids.length; i++) baseAt.set(bc.ids[i]!, i);
+    }
+    const AO = u32(c.allocObjects), AB = u32(c.allocBytes), FO = u32(c.freeObjects), FB = u32(c.freeBytes);
+    const BAO = bc ? u32(bc.allocObjects) : null, BAB = bc ? u32(bc.allocBytes) : null;
+    const BFO = bc ? u32(bc.freeObjects) : null, BFB = bc ? u32(bc.freeBytes) : null;
+    const pidLabel = lbl(pidKey, pid);
+    const exeLabelLen = opts.exeLabel ? lbl(exeKey, exeStr[input]!) : 0;
+    for (let i = 0; i < c.ids.length; i++) {
+      const id = c.ids[i]!;
+      const bi = baseAt?.get(id);
+      const h = 2 * i + 1;
+      const bh = bi === undefined ? -1 : 2 * bi + 1;
+      let avg: number;
+      if (AO[h]! < HUGE && AB[h]! < HUGE && FO[h]! < HUGE && FB[h]! < HUGE &&
+          (bh < 0 || (BAO![bh]! < HUGE && BAB![bh]! < HUGE && BFO![bh]! < HUGE && BFB![bh]! < HUGE))) {
+        const ao = AO[h]! * 4294967296 + AO[h - 1]!;
+        const ab = AB[h]! * 4294967296 + AB[h - 1]!;
+        const fo = FO[h]! * 4294967296 + FO[h - 1]!;
+        const fb = FB[h]! * 4294967296 + FB[h - 1]!;
+        const bao = bh < 0 ? 0 : BAO![bh]! * 4294967296 + BAO![bh - 1]!;
+        const bab = bh < 0 ? 0 : BAB![bh]! * 4294967296 + BAB![bh - 1]!;
+        values[0] = Math.round(pos(ao - bao) / OBJ_ONE);
+        values[1] = pos(ab - bab);
+        values[2] = Math.round(pos(ao - fo) / OBJ_ONE);
+        values[3] = pos(ab - fb);
+        if (opts.fullDelta && bh >= 0) {
+          const bfo = BFO![bh]! * 4294967296 + BFO![bh - 1]!;
+          const bfb = BFB![bh]! * 4294967296 + BFB![bh - 1]!;
+          values[2] -= Math.round(pos(bao - bfo) / OBJ_ONE);
+          values[3] -= pos(bab - bfb);
+        }
+        avg = ao > 0 ? Math.round(ab / (ao / OBJ_ONE)) : 0;
+      } else {
+        bigValues(values, c, i, bc, bi, opts.fullDelta === true);
+        const objs = objectsToNumber(c.allocObjects[i]!);
+        avg = objs > 0 ? Math.round(Number(c.allocBytes[i]!) / objs) : 0;
+      }
+      if (values[0] === 0 && (values[1] === 0 || values[1] === 0n) && values[2] === 0 && (values[3] === 0 || values[3] === 0n)) continue;
+      let packed = false;
+      let locs: Uint32Array | undefined;
+      let single = 0;
+      let locLen = 0;
+      if (id === constants.STACK_OVERFLOW) single = t.syntheticLocation(OVERFLOW_FUNCTION);
+      else if (lb === 0 && t.has(id)) {
+        packed = true;
+        locLen = t.packedLength(id);
+      } else if ((locs = t.locationsOf(id))) for (let k = 0; k < locs.length; k++) locLen += uvarintSize(locs[k]! + lb);
+      // Made by the first pass, so these do not grow the table.
+      else single = t.syntheticLocation(UNKNOWN_STACK_FUNCTION);
+      if (single) locLen = uvarintSize(single + lb);
+      let valLen = 0;
+      for (const v of values) valLen += varintSize(v);
+      const len = 1 + uvarintSize(locLen) + locLen + 1 + uvarintSize(valLen) + valLen +
+        (avg > 0 ? lbl(bytesIdx, avg) : 0) + pidLabel + exeLabelLen;
+      // Room for the whole sample, then unchecked writes (putVar) on a local position.
+      w.ensure(len + 16);
+      const buf = w.buf;
+      let p = w.pos;
+      buf[p++] = 18; // field 2, length-delimited
+      p = putVar(buf, p, len);
+      buf[p++] = 10; // location_id, packed
+      p = putVar(buf, p, locLen);
+      if (packed) p = t.copyPacked(id, buf, p);
+      else if (locs) for (let k = 0; k < locs.length; k++) p = putVar(buf, p, locs[k]! + lb);
+      else p = putVar(buf, p, single + lb);
+      buf[p++] = 18; // value, packed
+      p = putVar(buf, p, valLen);
+      w.pos = p;
+      for (const v of values) {
+        if (typeof v === 'number' && v >= 0) w.pos = putVar(buf, w.pos, v);
+        else w.varint(v);
+      }
+      if (avg > 0) writeLabel(bytesIdx, 24, avg);
+      writeLabel(pidKey, 24, pid);
+      if (opts.exeLabel) writeLabel(exeKey, 16, exeStr[input]!);
+    }
+  });
+
+  // mapping = 3: the first input's main executable first (pprof takes the first mapping as
+  // the main binary).
+  const mapOrder: [number, number][] = [];
+  inputs.forEach((inp, input) => inp.tables.mappings.forEach((_, pos) => mapOrder.push([input, pos])));
+  const mainAt = mapOrder.findIndex(([input, pos]) => input === 0 && (inputs[0]!.tables.mappings[pos]!.module.flags & constants.MODULE_MAIN) !== 0);
+  if (mainAt > 0) mapOrder.unshift(...mapOrder.splice(mainAt, 1));
+  for (const [input, pos] of mapOrder) {
+    const mi = inputs[input]!.tables.mappings[pos]!;
+    const m = mi.module;
+    w.message(3, () => {
+      w.field(1, mapBase[input]! + pos + 1);
+      w.field(2, m.start);
+      w.field(3, m.limit);
+      w.field(4, m.fileOffset);
+      w.field(5, g(m.path));
+      w.field(6, g(m.buildId));
+      w.bool(7, mi.hasFunctions);
+      w.bool(8, mi.hasFilenames);
+      w.bool(9, mi.hasLineNumbers);
+      w.bool(10, mi.hasInlineFrames);
+    });
+  }
+
+  // location = 4
+  inputs.forEach((inp, input) => {
+    const t = inp.tables;
+    for (let i = 0; i < t.locAddress.length; i++) {
+      w.message(4, () => {
+        w.field(1, locBase[input]! + i + 1);
+        const m = t.locMapping.data[i]!;
+        if (m) w.field(2, mapBase[input]! + m);
+        w.field(3, t.locAddress.data[i]!);
+        const start = t.locLineStart.data[i]!;
+        for (let k = 0; k < t.locLineCount.data[i]!; k++) {
+          w.message(4, () => {
+            w.field(1, fnBase[input]! + t.lineFn.data[start + k]!);
+            w.field(2, t.lineNo.data[start + k]!);
+          });
+        }
+      });
+    }
+  });
+  // function = 5
+  inputs.forEach((inp, input) => {
+    const t = inp.tables;
+    for (let i = 0; i < t.fnName.length; i++) {
+      w.message(5, () => {
+        w.field(1, fnBase[input]! + i + 1);
+        w.field(2, S(input, t.fnName.data[i]!));
+        w.field(3, S(input, t.fnSystem.data[i]!));
+        w.field(4, S(input, t.fnFile.data[i]!));
+        w.field(5, t.fnStartLine.data[i]!);
+      });
+    }
+  });
+  // string_table = 6 (every entry, "" included: the index is the position)
+  for (const str of global) w.string(6, str);
+  for (const inp of inputs) for (let i = 1; i < inp.tables.strings.length; i++) w.string(6, inp.tables.strings[i]!);
+  // time_nanos = 9, duration_nanos = 10, period_type = 11, period = 12, comment = 13,
+  // default_sample_type = 14
+  w.field(9, opts.timeNanos ?? BigInt(Date.now()) * 1_000_000n);
+  let duration = opts.durationNanos ?? 0n;
+  if (opts.durationNanos === undefined) {
+    for (const inp of inputs) {
+      if (!inp.base) continue;
+      const d = inp.snapshot.header.heartbeatNs - inp.base.header.heartbeatNs;
+      if (d > duration) duration = d;
+    }
+  }
+  w.field(10, duration);
+  w.message(11, () => { w.field(1, spaceIdx); w.field(2, bytesIdx); });
+  w.field(12, choosePeriod(inputs));
+  if (comments.length) w.message(13, () => { for (const c of comments) w.varint(c); });
+  if (opts.view === 'allocs') w.field(14, allocSpace);
+  return w.bytes();
+}
+
+/** The period: the regions' sampling rate at start; the most common one when they differ,
+ * ties to the earliest input (profile.ts's rule). */
+function choosePeriod(inputs: readonly EncodeInput[]): bigint {
+  const count = new Map<bigint, number>();
+  for (const i of inputs) count.set(i.snapshot.header.sampleRate, (count.get(i.snapshot.header.sampleRate) ?? 0) + 1);
+  let best = inputs[0]?.snapshot.header.sampleRate ?? 0n;
+  for (const [rate, n] of count) if (n > (count.get(best) ?? 0)) best = rate;
+  return best;
+}
+
+/** gzip at BestSpeed, as Go's runtime/pprof writes profiles (proto.go). */
+export function gzipProfile(raw: Uint8Array): Promise<Buffer> {
+  return gzipAsync(raw, { level: zc.Z_BEST_SPEED });
+}

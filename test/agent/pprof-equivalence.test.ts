@@ -1,0 +1,97 @@
+// The agent's own encoder (src/agent/pprof.ts: cached per-process tables, protobuf
+// written directly) against src/profile.ts's buildProfile, the reference: on regions of
+// real fixtures the two profiles hold the same samples, locations, functions and mappings.
+import test from 'ava';
+import type { Profile } from 'pprof-format';
+
+import { encodeHeapProfile, SymbolTables } from '../../src/agent/pprof.ts';
+import { StackStore } from '../../src/agent/stackStore.ts';
+import { buildProfileAsync, decodeProfile, str } from '../../src/profile.ts';
+import { listRegions, readRegion, type RegionSnapshot } from '../../src/region.ts';
+import { Symbolizer } from '../../src/symbolize.ts';
+import { fixtures, startFixture, tempDir } from './helpers.ts';
+
+/** Every sample as a comparable line: labels, then its frames (mapping file, address,
+ * functions with lines), then its values. */
+function canonical(p: Profile): { samples: string[]; mappings: string[]; meta: string } {
+  const s = (i: number | bigint) => str(p, i);
+  const maps = new Map(p.mapping.map((m) => [Number(m.id), m]));
+  const fns = new Map(p.function.map((f) => [Number(f.id), f]));
+  const locs = new Map(p.location.map((l) => [Number(l.id), l]));
+  const frame = (id: number | bigint) => {
+    const l = locs.get(Number(id))!;
+    const m = maps.get(Number(l.mappingId));
+    const lines = l.line.map((ln) => {
+      const f = fns.get(Number(ln.functionId))!;
+      return `${s(f.name)}|${s(f.systemName)}|${s(f.filename)}:${ln.line}@${f.startLine}`;
+    });
+    return `${m ? s(m.filename) : '-'}+${Number(l.address).toString(16)}[${lines.join(',')}]`;
+  };
+  const samples = p.sample.map((smp) => {
+    const labels = smp.label.map((lb) => `${s(lb.key)}=${Number(lb.str) ? s(lb.str) : Number(lb.num)}`).sort().join(',');
+    return `${labels} ${smp.locationId.map(frame).join(' < ')} = ${smp.value.map(Number).join('/')}`;
+  }).sort();
+  const mappings = p.mapping.map((m) => `${s(m.filename)} ${s(m.buildId)} ${m.memoryStart}-${m.memoryLimit}@${m.fileOffset} ${m.hasFunctions}${m.hasFilenames}${m.hasLineNumbers}${m.hasInlineFrames}`).sort();
+  const meta = JSON.stringify({
+    types: p.sampleType.map((v) => `${s(v.type)}/${s(v.unit)}`),
+    period: Number(p.period),
+    periodType: `${s(p.periodType!.type)}/${s(p.periodType!.unit)}`,
+    def: s(p.defaultSampleType),
+    comments: p.comment.map((c) => s(c)),
+    duration: Number(p.durationNanos),
+    firstMapping: s(p.mapping[0]!.filename),
+  });
+  return { samples, mappings, meta };
+}
+
+async function ours(snaps: { snapshot: RegionSnapshot; base?: RegionSnapshot }[], sym: Symbolizer, view: 'heap' | 'allocs'): Promise<Profile> {
+  const inputs = [];
+  for (const { snapshot, base } of snaps) {
+    const store = new StackStore();
+    store.append(snapshot.stacks);
+    const tables = new SymbolTables();
+    await tables.update(store, snapshot.modules, snapshot.header.pid, sym, () => {});
+    inputs.push({ snapshot, tables, base });
+  }
+  return decodeProfile(encodeHeapProfile(inputs, { view, exeLabel: snaps.length > 1, timeNanos: 1n }));
+}
+
+test('the agent encoder and buildProfile agree on real fixture regions: heap, allocs, delta, merged', async (t) => {
+  const { dir, cleanup } = await tempDir();
+  t.teardown(cleanup);
+  // Two processes: churn with DWARF (inlined frames, lines) and the C++ fixture (demangled
+  // names, operator new), both exact so every stack is present.
+  const a = await startFixture([`${fixtures}/churn`, '--threads', '2', '--mib', '2', '--leak-mib', '1', '--hold'], dir, { HEAPTAP_SAMPLE_RATE: '1' });
+  await a.finish();
+  const b = await startFixture([`${fixtures}/churn-stripped`, '--threads', '1', '--mib', '1', '--leak-mib', '1', '--hold'], dir, { HEAPTAP_SAMPLE_RATE: '4096' });
+  await b.finish();
+  const [pa, pb] = (await listRegions(dir)).sort((x, y) => (x.includes(`${a.pid}-`) ? -1 : y.includes(`${a.pid}-`) ? 1 : 0));
+  const sa = readRegion(pa!);
+  const sb = readRegion(pb!);
+  t.true(sa.stacks.ids.length > 10);
+  const sym = new Symbolizer();
+  t.teardown(() => sym.close());
+
+  // A base with smaller counters, as an earlier delta_heap call would have left.
+  const half = (s: RegionSnapshot): RegionSnapshot => ({
+    ...s,
+    counters: { ...s.counters, allocObjects: s.counters.allocObjects.map((v) => v / 2n), allocBytes: s.counters.allocBytes.map((v) => v / 2n) },
+  });
+  const cases: [string, { snapshot: RegionSnapshot; base?: RegionSnapshot }[], 'heap' | 'allocs'][] = [
+    ['heap', [{ snapshot: sa }], 'heap'],
+    ['allocs', [{ snapshot: sa }], 'allocs'],
+    ['stripped', [{ snapshot: sb }], 'heap'],
+    ['delta', [{ snapshot: sa, base: half(sa) }], 'heap'],
+    ['merged', [{ snapshot: sa }, { snapshot: sb }], 'heap'],
+  ];
+  for (const [name, snaps, view] of cases) {
+    const ref = await buildProfileAsync(snaps, { view, symbolizer: sym, timeNanos: 1n, exeLabel: snaps.length > 1 });
+    const mine = await ours(snaps, sym, view);
+    const r = canonical(await decodeProfile(await (await import('../../src/profile.ts')).encodeProfile(ref)));
+    const m = canonical(mine);
+    t.is(m.meta, r.meta, `${name}: header fields`);
+    t.deepEqual(m.mappings, r.mappings, `${name}: mappings`);
+    t.is(m.samples.length, r.samples.length, `${name}: sample count`);
+    t.deepEqual(m.samples, r.samples, `${name}: samples`);
+  }
+});
