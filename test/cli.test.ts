@@ -108,18 +108,19 @@ test('SIGTERM and SIGINT sent to heaptap reach the command', async (t) => {
   const dir = await tempDir();
   t.teardown(() => removeDir(dir));
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
-    // A command that reports the signal and exits 42 when it gets it.
-    const script = `trap 'kill $! 2>/dev/null; echo got-${sig}; exit 42' ${sig.slice(3)}; echo ready; sleep 30 & wait`;
-    const r = await heaptap(['run', '-o', dir, '--', 'sh', '-c', script], {
-      timeoutMs: 20_000,
+    // A command (Node itself) that reports the signal and exits 42 when it gets it.
+    const script = `process.on('${sig}', () => { console.log('got-${sig}'); process.exit(42); }); ` +
+      `console.log('ready'); setTimeout(() => {}, 30000);`;
+    const r = await heaptap(['run', '-o', dir, '--', process.execPath, '-e', script], {
+      timeoutMs: 25_000,
       onSpawn: (child) => child.stdout!.on('data', (d) => String(d).includes('ready') && child.kill(sig)),
     });
-    t.is(r.code, 42, `${sig}: ${r.stderr}`);
+    t.is(r.code, 42, `${sig}: ${r.signal} ${r.stderr}`);
     t.regex(r.stdout, new RegExp(`got-${sig}`));
   }
   // A command that does not handle it dies of it: 128 + 15.
   const r = await heaptap(['run', '-o', dir, '--', 'sh', '-c', 'echo ready; exec sleep 30'], {
-    timeoutMs: 20_000,
+    timeoutMs: 25_000,
     onSpawn: (child) => child.stdout!.on('data', (d) => String(d).includes('ready') && setTimeout(() => child.kill('SIGTERM'), 100)),
   });
   t.is(r.code, 143, r.stderr);

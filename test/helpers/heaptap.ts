@@ -28,16 +28,23 @@ export interface RunOpts {
 /** Runs `node src/cli.ts <args>` with the Node running the tests; output collected. */
 export function heaptap(args: string[], opts: RunOpts = {}): Promise<Result> {
   return new Promise((res, rej) => {
+    // Its own process group: on a timeout the command and anything it started go too (a
+    // leftover would hold the output pipes open, or keep making regions).
     const child = spawn(process.execPath, [cliPath, ...args], {
       cwd: opts.cwd ?? root,
       env: { ...process.env, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
     });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 120_000);
+    const timer = setTimeout(() => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch { /* gone */ }
+    }, opts.timeoutMs ?? 120_000);
     child.on('error', rej);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
