@@ -1,5 +1,6 @@
-// The agent's smaller parts on their own: the incremental stack store, profile
-// subtraction, the logger, and the Prometheus collectors over a fake HeapSource.
+// The agent's smaller parts on their own: the incremental stack store, the logger,
+// control validation, the token check, and the Prometheus collectors over a fake
+// HeapSource (src/exporters/fake-source.ts).
 import test from 'ava';
 
 import { parseControl, ControlError } from '../../src/agent/control.ts';
