@@ -266,3 +266,16 @@ test('a command that makes no region still runs, and heaptap says why there is n
   t.is(r.code, 0);
   t.regex(r.stderr, /no heap data: no process made a region/);
 });
+
+test('run removes the regions of processes that ended, keeping their figures', async (t) => {
+  // A command that starts 30 short processes, then counts the region files left while it
+  // still runs: only its own (and the ones still running) stay in HEAPTAP_DIR.
+  const dir = await tempDir();
+  t.teardown(() => removeDir(dir));
+  const r = await heaptap(['run', '--rate', '1', '--interval', '10ms', '-o', dir, '--', 'sh', '-c',
+    'for i in $(seq 30); do ls / >/dev/null; done; sleep 1; ls "$HEAPTAP_DIR" | wc -l'], { timeoutMs: 60_000 });
+  t.is(r.code, 0, r.stderr);
+  t.true(Number(r.stdout.trim()) < 15, `${r.stdout.trim()} of some 35 region files left`);
+  const procs = Number(/\((\d+) processes/.exec(r.stderr)?.[1]);
+  t.true(procs >= 31, `all processes in the profile: ${r.stderr.split('\n')[0]}`);
+});

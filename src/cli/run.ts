@@ -2,7 +2,7 @@
 // under the preload, follows its heap while it runs, and writes two profiles at the end.
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { access, constants as fsConstants, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { access, constants as fsConstants, mkdir, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -122,10 +122,15 @@ class Follower {
   allocNow = 0n;
   private readonly dir: string;
   private readonly start: number;
+  private readonly removeEnded: boolean;
 
-  constructor(dir: string, start: number) {
+  /** removeEnded: delete a region once it has been read after its process image ended
+   * (everything the profiles need is then in memory), so that a command that starts
+   * thousands of processes does not fill /dev/shm with their regions. */
+  constructor(dir: string, start: number, removeEnded: boolean) {
     this.dir = dir;
     this.start = start;
+    this.removeEnded = removeEnded;
   }
 
   /** Reads every region once. In use now is the sum over live process images, plus, once,
@@ -143,6 +148,7 @@ class Follower {
         t.next = snap.stacks.next;
         t.latest = snap;
         t.error = undefined;
+        if (!snap.alive && this.removeEnded) await unlink(path).catch(() => {});
       } catch (e) {
         // Not ready yet (being set up) or busy: next time. Anything else is kept to report.
         if (!(isRegionError(e) && (e.code === 'ERR_HEAPTAP_NOT_READY' || e.code === 'ERR_HEAPTAP_BUSY'))) t.error = (e as Error).message;
@@ -225,7 +231,7 @@ export async function runCommand(args: string[]): Promise<number> {
   }
   const rootPid = child.pid!;
 
-  const follower = new Follower(dir, start);
+  const follower = new Follower(dir, start, !o.keepRegions);
   const live = process.stderr.isTTY ? new LiveLine(start) : undefined;
   let stopped = false;
   let wake = () => {};

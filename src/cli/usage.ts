@@ -41,7 +41,7 @@ Options:
   --depth N            frames kept per stack, 1..256 (default 64)
   --interval TIME      how often the regions are read to find the peak
                        (default 100ms; "250", "250ms", "1s")
-  --keep-regions       keep the region files (their directory is printed)
+  --keep-regions       keep every region file (their directory is printed)
   -h, --help           this text
 
 Signals: SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to heaptap are passed to the command
@@ -54,7 +54,8 @@ peak, allocation rate), and the summary at the end.
 
 Environment:
   HEAPTAP_DIR is set, for the command, to a fresh private directory (removed at the end
-  unless --keep-regions). Other HEAPTAP_* variables (HEAPTAP_SEED, HEAPTAP_UNWINDER,
+  unless --keep-regions; the region of a process that ended is read one last time and
+  deleted at once, so that thousands of short processes do not fill /dev/shm). Other HEAPTAP_* variables (HEAPTAP_SEED, HEAPTAP_UNWINDER,
   HEAPTAP_MAX_STACKS, HEAPTAP_MAX_THREADS, HEAPTAP_FOLLOW_CHILDREN...) pass through to
   the preload; --rate and --depth set HEAPTAP_SAMPLE_RATE and HEAPTAP_MAX_DEPTH.
 
