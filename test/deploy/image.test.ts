@@ -245,7 +245,7 @@ test('heaptap agent in the staged tree accepts every HEAPTAP_ variable the manif
     return;
   }
   const { stdout } = await exec(join(prefix, 'bin/heaptap'), ['agent', '--help'], { cwd: '/', env: { PATH } });
-  const known = new Set([...stdout.matchAll(/\[(HEAPTAP_\w+)\]/g)].map((m) => m[1]!));
+  const known = new Set([...stdout.matchAll(/\b(HEAPTAP_[A-Z0-9_]+)\b/g)].map((m) => m[1]!));
   t.true(known.has('HEAPTAP_DIR'), stdout);
   for (const dir of ['base', 'overlays/example', 'overlays/push']) {
     const docs = parseYamlDocs(await kustomizeBuild(dir), dir);
