@@ -28,6 +28,7 @@ import { constants, objectsToNumber, type RegionModule, type RegionSnapshot } fr
 import type { StackStore } from './stackStore.ts';
 
 const gzipAsync = promisify(gzip);
+const yieldLoop = () => new Promise<void>((r) => setImmediate(r));
 
 // ---------------------------------------------------------------------------------------
 // A protobuf writer over one growable buffer.
@@ -359,6 +360,9 @@ export class SymbolTables {
     const firstFrame = view.frameStart[from] ?? 0;
     const lastFrame = to > 0 ? view.frameStart[to - 1]! + view.depths[to - 1]! : 0;
     for (let k = firstFrame; k < lastFrame; k++) {
+      // A big region's first build takes a while: let the event loop (health checks,
+      // other requests) in between. Nothing half-built is visible meanwhile.
+      if ((k - firstFrame) % 65536 === 65535) await yieldLoop();
       const lo = u32[2 * k]!;
       const hi = u32[2 * k + 1]!;
       if (this.locByPc.get(lo, hi) !== 0) continue;
@@ -401,6 +405,7 @@ export class SymbolTables {
     // Location lists by stack id, and the same as packed varints (what a sample's
     // location_id field holds when this process comes first in a profile).
     for (let i = from; i < to; i++) {
+      if ((i - from) % 8192 === 8191) await yieldLoop();
       const id = view.ids[i]!;
       if (id >= this.stackStart.length) {
         let cap = this.stackStart.length;
