@@ -150,6 +150,10 @@ export async function spawnAgent(dir: string, args: string[] = [], env: Record<s
     }
   });
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  // A test worker that ends abruptly must not leave its agents running.
+  const reap = () => child.kill('SIGKILL');
+  process.once('exit', reap);
+  void exited.then(() => process.off('exit', reap));
   const waitLog = (pred: (l: Record<string, unknown>) => boolean, ms = 20_000) => {
     const hit = logs.find(pred);
     if (hit) return Promise.resolve(hit);
