@@ -33,10 +33,33 @@ export async function agentCommand(args: string[]): Promise<number> {
   v8.setFlagsFromString('--optimize-for-size');
   const log = createLogger({ format: config.logFormat, level: config.logLevel });
   const symbolizer = new Symbolizer();
-  let agent;
+  // Signal handlers go in before anything starts: a SIGTERM that arrives while the
+  // exporters are still being created (after "listening" is logged) must stop the agent
+  // cleanly, not kill it with Node's default action.
+  let signalled: NodeJS.Signals | null = null;
+  let onStop: ((code: number) => void) | null = null;
+  let agent: Awaited<ReturnType<typeof startAgent>> | null = null;
+  const stopAgent = (a: NonNullable<typeof agent>, sig: NodeJS.Signals) => {
+    log.info('stopping', { signal: sig });
+    a.stop().then(() => onStop?.(0), () => onStop?.(1));
+  };
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (signalled) {
+      // A second signal: do not wait for the exporters.
+      onStop?.(1);
+      return;
+    }
+    signalled = sig;
+    if (agent) stopAgent(agent, sig);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const done = new Promise<number>((resolve) => (onStop = resolve));
   try {
     agent = await startAgent(config, { log, symbolizer });
   } catch (e) {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     const err = e as NodeJS.ErrnoException;
     symbolizer.close();
     if (err.code === 'EADDRINUSE' || err.code === 'EACCES' || err.code === 'EADDRNOTAVAIL' || err.code === 'ENOTFOUND') {
@@ -44,19 +67,6 @@ export async function agentCommand(args: string[]): Promise<number> {
     }
     throw e;
   }
-  return new Promise<number>((resolve) => {
-    let signalled = false;
-    const onSignal = (sig: NodeJS.Signals) => {
-      if (signalled) {
-        // A second signal: do not wait for the exporters.
-        resolve(1);
-        return;
-      }
-      signalled = true;
-      log.info('stopping', { signal: sig });
-      agent.stop().then(() => resolve(0), () => resolve(1));
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-  });
+  if (signalled) stopAgent(agent, signalled);
+  return done;
 }

@@ -261,7 +261,9 @@ service:
     } catch {
       return [];
     }
-    return text.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as unknown);
+    // The Collector may be part-way through writing its last line: only whole lines count.
+    const whole = text.slice(0, text.lastIndexOf('\n') + 1);
+    return whole.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as unknown);
   };
   return {
     endpoint: `http://127.0.0.1:${port}`,
