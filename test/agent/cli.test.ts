@@ -1,9 +1,10 @@
 // `heaptap agent` and `heaptap ctl` from the command line: settings, the exit code 2 for
 // bad values, and ctl's round trip through a running process's control area.
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import test from 'ava';
 
-import { ConfigError, parseAgentArgs, parseDuration, parseListen } from '../../src/agent/config.ts';
+import { ConfigError, OPTIONS, parseAgentArgs, parseDuration, parseListen } from '../../src/agent/config.ts';
 import { constants, listRegions, readRegion } from '../../src/region.ts';
 import { cli, node, startTicker, tempDir, until } from './helpers.ts';
 
@@ -80,6 +81,22 @@ test('bad flags and values: one line on stderr and exit code 2', async (t) => {
     t.true(help.stdout.includes(flag), flag);
   }
   t.is((await run(['ctl', '--help'])).code, 0);
+});
+
+test('the README documents every agent option, its variable and its default, and nothing else', (t) => {
+  const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+  const section = readme.slice(readme.indexOf('## Running the agent'));
+  const rows = section.split('\n').filter((l) => l.startsWith('| `--'));
+  const documented = new Map(rows.map((r) => {
+    const cells = r.split(' | ').map((c) => c.replace(/^\|\s*|\s*\|$/g, ''));
+    return [/`(--[a-z-]+)/.exec(cells[0]!)![1]!, { env: cells[1]!, def: cells[2]! }];
+  }));
+  t.deepEqual([...documented.keys()].sort(), OPTIONS.map((o) => o.flag).sort());
+  for (const o of OPTIONS) {
+    const d = documented.get(o.flag)!;
+    if (o.env) t.true(d.env.includes(`\`${o.env}\``), `${o.flag}: ${d.env}`);
+    if (o.def) t.true(d.def.includes(o.def), `${o.flag}: default ${o.def} vs ${d.def}`);
+  }
 });
 
 test('heaptap agent listens where told, logs JSON lines, and exits 0 on SIGTERM', async (t) => {
