@@ -6,6 +6,7 @@ import { Profile } from 'pprof-format';
 
 import { OVERFLOW_FUNCTION, UNKNOWN_STACK_FUNCTION, type AsyncProfileSymbolizer } from '../profile.ts';
 import { constants, type RegionSnapshot } from '../region.ts';
+import { isAllocatorFrame } from '../sites.ts';
 import type { Logger } from './log.ts';
 import { encodeHeapProfile, gzipProfile, SymbolTables, type EncodeInput } from './pprof.ts';
 import type { Tracked, Watcher } from './processes.ts';
@@ -21,10 +22,6 @@ export interface SourceOptions {
   /** a consumer not seen for this long is forgotten, ms */
   consumerIdleMs?: number;
 }
-
-/** Leaf frames that only pass an allocation on: a site is the first frame past them (as
- * pprof's allocRx does for tcmalloc heap profiles). */
-const ALLOCATOR_FRAME = /^((__)?(libc_)?(malloc|calloc|realloc|free|valloc|pvalloc|memalign|posix_memalign|aligned_alloc|reallocarray)|(__)?strn?dup|operator new(\[\])?(\(.*\))?|(std::|__gnu_cxx::)(__)?(new_)?allocator(_traits)?<.*>::allocate(\(.*\))?)$/;
 
 /** How deep a site search looks for a named frame before falling back to an address. */
 const SITE_DEPTH = 6;
@@ -212,7 +209,7 @@ export class AgentSource implements HeapSource {
     for (let d = 0; d < Math.min(locs.length, SITE_DEPTH); d++) {
       for (const nm of t.functionName(locs[d]!)) {
         if (!nm) continue;
-        if (!ALLOCATOR_FRAME.test(nm)) return nm;
+        if (!isAllocatorFrame(nm)) return nm;
         fallback ||= nm;
       }
     }

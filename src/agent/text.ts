@@ -4,9 +4,9 @@
 // view's primary value (in-use bytes for heap and delta_heap, allocated bytes for allocs).
 import type { Profile } from 'pprof-format';
 
+import { isAllocatorFrame } from '../sites.ts';
 import type { HeapProcess } from './types.ts';
 
-const ALLOCATOR_FRAME = /^((__)?(libc_)?(malloc|calloc|realloc|free|valloc|pvalloc|memalign|posix_memalign|aligned_alloc|reallocarray)|(__)?strn?dup|operator new(\[\])?(\(.*\))?|(std::|__gnu_cxx::)(__)?(new_)?allocator(_traits)?<.*>::allocate(\(.*\))?)$/;
 
 function bytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -59,7 +59,7 @@ export function profileText(profile: Profile, opts: TextOptions): string {
     let fallback = '';
     outer: for (const id of smp.locationId) {
       for (const nm of locNames.get(Number(id)) ?? []) {
-        if (!ALLOCATOR_FRAME.test(nm)) {
+        if (!isAllocatorFrame(nm)) {
           site = nm;
           break outer;
         }

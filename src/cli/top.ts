@@ -7,23 +7,8 @@ import { basename } from 'node:path';
 import type { Profile } from 'pprof-format';
 
 import { SAMPLE_TYPES, str, type SampleTypeName } from '../profile.ts';
+import { isAllocatorFrame } from '../sites.ts';
 import { formatBytes, formatCount } from './common.ts';
-
-/** Leaf frames that only pass an allocation on (matched against the whole name). */
-const ALLOCATOR_FRAME = new RegExp(
-  '^(' +
-    [
-      'operator new(\\[\\])?(\\(.*\\))?',
-      'operator delete(\\[\\])?(\\(.*\\))?',
-      '__gnu_cxx::new_allocator<.*>::allocate(\\(.*\\))?',
-      'std::__new_allocator<.*>::allocate(\\(.*\\))?',
-      'std::allocator<.*>::allocate(\\(.*\\))?',
-      'std::allocator_traits<.*>::allocate(\\(.*\\))?',
-      '(__)?(libc_)?(malloc|calloc|realloc|free|valloc|pvalloc|memalign|posix_memalign|aligned_alloc|reallocarray)',
-      '(__)?strn?dup',
-    ].join('|') +
-    ')$',
-);
 
 export interface SiteRow {
   name: string;
@@ -72,7 +57,7 @@ export function siteTable(profile: Profile, sampleType: SampleTypeName): SiteTab
     if (!v) continue;
     total += v;
     const names = s.locationId.flatMap((id) => namesOf(Number(id)));
-    const site = names.find((n) => !ALLOCATOR_FRAME.test(n)) ?? names[0] ?? '?';
+    const site = names.find((n) => !isAllocatorFrame(n)) ?? names[0] ?? '?';
     row(site).flat += v;
     for (const n of new Set(names)) row(n).cum += v;
   }
