@@ -16,6 +16,7 @@ export interface NativeBinding {
   readRegion(path: string, sinceStack?: number): RegionSnapshot;
   readRegionAsync(path: string, sinceStack?: number): Promise<RegionSnapshot>;
   writeControl(path: string, control: ControlUpdate): void;
+  dedupeFrames(frames: BigUint64Array): { unique: BigUint64Array; index: Uint32Array };
   readonly constants: RegionConstants;
   readonly layout: RegionLayout;
   /** symbolize.cc: ELF/DWARF symbolization with libdwfl (typed wrapper: src/symbolize.ts) */

@@ -228,6 +228,12 @@ export function writeControl(path: string, control: ControlUpdate): void {
   native.writeControl(path, control);
 }
 
+/** The distinct values of `frames` (first appearance first) and, per frame, the position of
+ * its value among them: what symbolizing each return address once needs, done in C. */
+export function dedupeFrames(frames: BigUint64Array): { unique: BigUint64Array; index: Uint32Array } {
+  return native.dedupeFrames(frames);
+}
+
 export function isRegionError(e: unknown): e is RegionError {
   return e instanceof Error && typeof (e as Partial<RegionError>).code === 'string' &&
     typeof (e as Partial<RegionError>).path === 'string';

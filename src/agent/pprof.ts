@@ -24,7 +24,7 @@ import {
   UNKNOWN_STACK_FUNCTION,
   type AsyncProfileSymbolizer,
 } from '../profile.ts';
-import { constants, objectsToNumber, type RegionModule, type RegionSnapshot } from '../region.ts';
+import { constants, dedupeFrames, objectsToNumber, type RegionModule, type RegionSnapshot } from '../region.ts';
 import type { StackStore } from './stackStore.ts';
 
 const gzipAsync = promisify(gzip);
@@ -168,6 +168,16 @@ class Column<T extends Uint32Array | Int32Array | Float64Array> {
     this.make = make;
     this.data = make(cap);
   }
+  /** Room for `n` values in all (the caller then writes data[length..] itself). */
+  reserve(n: number): void {
+    if (n <= this.data.length) return;
+    let cap = this.data.length * 2;
+    while (cap < n) cap *= 2;
+    const d = this.make(cap);
+    d.set(this.data as never);
+    this.data = d;
+  }
+
   push(v: number): number {
     if (this.length === this.data.length) {
       const d = this.make(this.data.length * 2);
@@ -344,9 +354,16 @@ export class SymbolTables {
     const from = this.built;
     const to = view.ids.length;
     if (from === to) return;
+    // The new stacks' frames are contiguous in the store. A region of 100k stacks has
+    // over a million frames but a few thousand distinct return addresses: dedupeFrames
+    // (C) finds them, and only those are looked up and symbolized here.
+    const firstFrame = view.frameStart[from] ?? 0;
+    const lastFrame = view.frameStart[to - 1]! + view.depths[to - 1]!;
+    const { unique, index } = dedupeFrames(view.frames.subarray(firstFrame, lastFrame));
     // Return addresses as numbers (user-space addresses are below 2^47, so exact), read
-    // through a 32-bit view: no BigInt per frame.
-    const u32 = new Uint32Array(view.frames.buffer, view.frames.byteOffset, view.frames.length * 2);
+    // through a 32-bit view: no BigInt per address.
+    const uw = new Uint32Array(unique.buffer, unique.byteOffset, unique.length * 2);
+    const locOf = new Uint32Array(unique.length); // location id per distinct address
     // Modules: loaded ones first, then by position from the end (profile.ts's rule: after a
     // dlclose another library can take the range; the loaded one wins).
     const order = modules.map((m, pos) => ({ start: Number(m.start), limit: Number(m.limit), loaded: m.state === 1, pos }))
@@ -355,35 +372,33 @@ export class SymbolTables {
       for (const o of order) if (pc >= o.start && pc < o.limit) return o.pos;
       return -1;
     };
-    const wanted = new Map<number, number[]>(); // module position -> new pcs
-    const unmapped: number[] = [];
-    const firstFrame = view.frameStart[from] ?? 0;
-    const lastFrame = to > 0 ? view.frameStart[to - 1]! + view.depths[to - 1]! : 0;
-    for (let k = firstFrame; k < lastFrame; k++) {
-      // A big region's first build takes a while: let the event loop (health checks,
-      // other requests) in between. Nothing half-built is visible meanwhile.
-      if ((k - firstFrame) % 65536 === 65535) await yieldLoop();
-      const lo = u32[2 * k]!;
-      const hi = u32[2 * k + 1]!;
-      if (this.locByPc.get(lo, hi) !== 0) continue;
-      this.locByPc.set(lo, hi, -1); // pending: its location is made below
-      const pc = hi * 4294967296 + lo;
+    const wanted = new Map<number, number[]>(); // module position -> positions in unique
+    const pcOf = (u: number) => uw[2 * u + 1]! * 4294967296 + uw[2 * u]!;
+    const setLoc = (u: number, id: number) => {
+      locOf[u] = id;
+      this.locByPc.set(uw[2 * u]!, uw[2 * u + 1]!, id);
+    };
+    for (let u = 0; u < unique.length; u++) {
+      const known = this.locByPc.get(uw[2 * u]!, uw[2 * u + 1]!);
+      if (known !== 0) {
+        locOf[u] = known;
+        continue;
+      }
+      const pc = pcOf(u);
       const pos = moduleOf(pc);
-      if (pos < 0) unmapped.push(pc);
+      if (pos < 0) setLoc(u, this.addLocation(0, pc > 0 ? pc - 1 : 0, []));
       else {
         let list = wanted.get(pos);
         if (!list) wanted.set(pos, (list = []));
-        list.push(pc);
+        list.push(u);
       }
     }
-    const setLoc = (pc: number, id: number) => this.locByPc.set(pc % 4294967296, Math.floor(pc / 4294967296), id);
-    for (const pc of unmapped) setLoc(pc, this.addLocation(0, pc > 0 ? pc - 1 : 0, []));
-    for (const [pos, pcs] of [...wanted].sort((a, b) => a[0] - b[0])) {
+    for (const [pos, us] of [...wanted].sort((a, b) => a[0] - b[0])) {
       const m = modules[pos]!;
       let frames: { function: string; systemName: string; file: string; line: number; startLine: number }[][] = [];
       if (symbolizer) {
         try {
-          const res = await symbolizer.symbolizeAsync(m, pid, pcs.map((pc) => BigInt(pc)));
+          const res = await symbolizer.symbolizeAsync(m, pid, us.map((u) => BigInt(pcOf(u))));
           frames = res.frames;
           const mi = this.mappings[this.mapping(m)]!;
           mi.hasFunctions = res.info.hasFunctions;
@@ -395,44 +410,66 @@ export class SymbolTables {
         }
       }
       const mapping = this.mapping(m) + 1;
-      for (let i = 0; i < pcs.length; i++) {
+      for (let i = 0; i < us.length; i++) {
         const fr = frames[i] ?? [];
         const lines: [number, number][] = [];
         for (const f of fr) lines.push([this.fn(f.function, f.systemName || f.function, f.file, f.startLine), f.line]);
-        setLoc(pcs[i]!, this.addLocation(mapping, pcs[i]! - 1, lines));
+        setLoc(us[i]!, this.addLocation(mapping, pcOf(us[i]!) - 1, lines));
       }
     }
     // Location lists by stack id, and the same as packed varints (what a sample's
     // location_id field holds when this process comes first in a profile).
+    let maxId = 0;
+    for (let i = from; i < to; i++) if (view.ids[i]! > maxId) maxId = view.ids[i]!;
+    this.growStacks(maxId);
+    let truncated = 0; // made only when a stack needs it, as profile.ts does
+    for (let i = from; i < to; i++) {
+      if ((view.flags[i]! & constants.STACK_TRUNCATED) !== 0 || view.depths[i] === 0) {
+        truncated = this.syntheticLocation(TRUNCATED_FUNCTION);
+        break;
+      }
+    }
+    const entries = lastFrame - firstFrame + to - from;
+    this.stackLocs.reserve(this.stackLocs.length + entries);
+    this.packed.ensure(uvarintSize(this.locAddress.length + 1) * entries);
     for (let i = from; i < to; i++) {
       if ((i - from) % 8192 === 8191) await yieldLoop();
       const id = view.ids[i]!;
-      if (id >= this.stackStart.length) {
-        let cap = this.stackStart.length;
-        while (cap <= id) cap *= 2;
-        const grow = <T extends Int32Array | Uint32Array>(a: T, make: (n: number) => T, fill?: number) => {
-          const b = make(cap);
-          if (fill !== undefined) b.fill(fill);
-          b.set(a as never);
-          return b;
-        };
-        this.stackStart = grow(this.stackStart, (n) => new Int32Array(n), -1);
-        this.stackCount = grow(this.stackCount, (n) => new Uint32Array(n));
-        this.packedStart = grow(this.packedStart, (n) => new Uint32Array(n));
-        this.packedLen = grow(this.packedLen, (n) => new Uint32Array(n));
-      }
-      const start = view.frameStart[i]!;
+      const start = view.frameStart[i]! - firstFrame;
       const depth = view.depths[i]!;
+      const locs = this.stackLocs.data;
       const first = this.stackLocs.length;
-      for (let k = start; k < start + depth; k++) this.stackLocs.push(this.locByPc.get(u32[2 * k]!, u32[2 * k + 1]!));
-      if ((view.flags[i]! & constants.STACK_TRUNCATED) !== 0 || depth === 0) this.stackLocs.push(this.syntheticLocation(TRUNCATED_FUNCTION));
+      let n = first;
+      for (let k = start; k < start + depth; k++) locs[n++] = locOf[index[k]!]!;
+      if ((view.flags[i]! & constants.STACK_TRUNCATED) !== 0 || depth === 0) locs[n++] = truncated;
+      this.stackLocs.length = n;
       this.stackStart[id] = first;
-      this.stackCount[id] = this.stackLocs.length - first;
-      this.packedStart[id] = this.packed.pos;
-      for (let k = first; k < this.stackLocs.length; k++) this.packed.uvarint(this.stackLocs.data[k]!);
-      this.packedLen[id] = this.packed.pos - this.packedStart[id]!;
+      this.stackCount[id] = n - first;
+      const pk = this.packed;
+      let p = pk.pos;
+      this.packedStart[id] = p;
+      for (let k = first; k < n; k++) p = putVar(pk.buf, p, locs[k]!);
+      pk.pos = p;
+      this.packedLen[id] = p - this.packedStart[id]!;
     }
     this.built = to;
+  }
+
+  /** Makes the per-stack arrays long enough for stack id `max`. */
+  private growStacks(max: number): void {
+    if (max < this.stackStart.length) return;
+    let cap = this.stackStart.length;
+    while (cap <= max) cap *= 2;
+    const grow = <T extends Int32Array | Uint32Array>(a: T, make: (n: number) => T, fill?: number) => {
+      const b = make(cap);
+      if (fill !== undefined) b.fill(fill);
+      b.set(a as never);
+      return b;
+    };
+    this.stackStart = grow(this.stackStart, (n) => new Int32Array(n), -1);
+    this.stackCount = grow(this.stackCount, (n) => new Uint32Array(n));
+    this.packedStart = grow(this.packedStart, (n) => new Uint32Array(n));
+    this.packedLen = grow(this.packedLen, (n) => new Uint32Array(n));
   }
 
   /** Whether stack `id` has its location list. */
