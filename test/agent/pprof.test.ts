@@ -52,8 +52,14 @@ test('go tool pprof reads heap, allocs, seconds=2 and delta_heap from the live a
     ['delta_heap again', ['-top', '-sample_index=alloc_space', `${base}/delta_heap`], /site_tick/],
     ['heap by pid, traces', ['-traces', `${base}/heap?pid=${fx.pid}`], /site_keep\n\s+main/],
   ];
+  const samples = () => agent.source.processes()[0]?.samples ?? 0;
+  let seen = 0;
   for (const [name, args, expect] of cases) {
+    // A delta holds what the agent's polls saw between two calls: wait for one that saw
+    // new samples, else two calls inside one poll interval rightly give an empty delta.
+    if (name === 'delta_heap again') await until(() => samples() > seen, 5000, 'a poll with new samples');
     const { stdout, stderr } = await pprof(args, home);
+    seen = samples();
     t.deepEqual(warnings(stderr), [], `${name}: no warnings`);
     t.regex(stdout, expect, name);
   }
