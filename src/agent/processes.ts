@@ -135,6 +135,7 @@ export class Watcher {
   private readonly bad = new Map<string, string>();
   private readonly endListeners = new Set<(p: Tracked) => void>();
   private readonly seenListeners = new Set<(p: Tracked) => void>();
+  private readonly stackListeners = new Set<(p: Tracked) => void>();
   private timer: NodeJS.Timeout | null = null;
   private fsWatcher: FSWatcher | null = null;
   private scanning: Promise<void> | null = null;
@@ -194,6 +195,12 @@ export class Watcher {
   onEnd(fn: (p: Tracked) => void): () => void {
     this.endListeners.add(fn);
     return () => this.endListeners.delete(fn);
+  }
+
+  /** fn(p) after a read that brought p new stack records. */
+  onStacks(fn: (p: Tracked) => void): () => void {
+    this.stackListeners.add(fn);
+    return () => this.stackListeners.delete(fn);
   }
 
   onSeen(fn: (p: Tracked) => void): () => void {
@@ -316,6 +323,7 @@ export class Watcher {
 
   private apply(p: Tracked, snap: RegionSnapshot): void {
     p.stacks.append(snap.stacks);
+    if (snap.stacks.ids.length > 0) for (const fn of this.stackListeners) fn(p);
     p.snapshot = snap;
     p.version++;
     const h = snap.header;

@@ -46,9 +46,39 @@ export class AgentSource implements HeapSource {
   private readonly tables = new Map<string, SymbolTables>();
   private readonly consumers = new Map<string, Consumer>();
 
+  /** Background table builds, one process at a time. */
+  private building: Promise<void> = Promise.resolve();
+  private readonly pending = new Set<string>();
+
   constructor(watcher: Watcher, opts: SourceOptions) {
     this.watcher = watcher;
     this.opts = { maxConsumers: 64, consumerIdleMs: 3_600_000, ...opts };
+    // Symbol tables are built as stacks arrive, not when a profile is first asked for:
+    // symbolizing a big process's first stacks takes a second or more, which a request
+    // (or a scrape of top sites) would otherwise wait for. Builds queue one process at a
+    // time (they share the symbolizer), each yielding to the event loop as it goes; a
+    // request that comes first joins the build for its process.
+    watcher.onStacks((p) => this.prebuild(p));
+  }
+
+  private prebuild(p: Tracked): void {
+    if (this.pending.has(p.key)) return;
+    this.pending.add(p.key);
+    this.building = this.building.then(async () => {
+      this.pending.delete(p.key);
+      const snap = p.snapshot;
+      if (!snap || this.watcher.get(p.key) !== p) return;
+      try {
+        await this.tablesOf(p).update(p.stacks, snap.modules, snap.header.pid, this.opts.symbolizer, this.warn);
+      } catch (e) {
+        this.opts.log.once(`prebuild:${p.key}`, 'warn', 'cannot build symbol tables', { pid: snap.header.pid, error: (e as Error).message });
+      }
+    });
+  }
+
+  /** Resolves when the background builds queued so far are done (tests, benchmarks). */
+  idle(): Promise<void> {
+    return this.building;
   }
 
   processes(): HeapProcess[] {

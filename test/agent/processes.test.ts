@@ -12,6 +12,8 @@ import { createLogger } from '../../src/agent/log.ts';
 import { Watcher } from '../../src/agent/processes.ts';
 import { AgentSource } from '../../src/agent/source.ts';
 import type { HeapProcess } from '../../src/agent/types.ts';
+import type { RegionModule } from '../../src/region.ts';
+import { Symbolizer } from '../../src/symbolize.ts';
 import { buildRegion, OBJ_ONE, SLAB_ACTIVE, STATE_EXITED, STATE_RUNNING, writeRegion } from '../helpers/regionBuilder.ts';
 import { startTicker, tempDir, until } from './helpers.ts';
 
@@ -173,4 +175,38 @@ test('a process killed with -9 gets a final snapshot with its last counts', asyn
   await new Promise((r) => setTimeout(r, 300));
   t.is(source.processes()[0]!.samples, p.samples);
   t.is(source.processes()[0]!.residentBytes, null);
+});
+
+test('symbol tables are built as stacks arrive, so a profile request finds them ready', async (t) => {
+  const { dir, cleanup } = await tempDir();
+  const fx = await startTicker(dir, { keepKib: 4, periodUs: 1000 });
+  const symbolizer = new Symbolizer();
+  const calls: number[] = [];
+  const counting = {
+    symbolizeAsync: (m: RegionModule, pid: number, pcs: readonly bigint[]) => {
+      calls.push(pcs.length);
+      return symbolizer.symbolizeAsync(m, pid, pcs);
+    },
+  };
+  const w = new Watcher({ dir, pollMs: 100, retentionMs: 60_000, log: createLogger({ write: () => {} }) });
+  const source = new AgentSource(w, { log: createLogger({ write: () => {} }), symbolizer: counting });
+  w.start();
+  t.teardown(async () => {
+    await w.stop();
+    fx.kill();
+    symbolizer.close();
+    await cleanup();
+  });
+  // No request is made: the watcher's reads alone get the stacks symbolized.
+  await until(() => calls.length > 0, 10_000, 'a background symbolization');
+  await until(() => w.all()[0]?.snapshot != null, 5000, 'a snapshot');
+  await source.idle();
+  // The ticker's stacks are all known by now (it allocates from two fixed sites); a
+  // request then symbolizes nothing new.
+  const [p] = source.processes();
+  const before = calls.length;
+  const prof = await source.profile(p!.key, 'heap');
+  t.is(calls.length, before, 'the request symbolized nothing');
+  const names = prof.stringTable.strings;
+  t.true(names.includes('site_tick') || names.includes('site_keep'), 'the profile names the ticker\'s sites');
 });
