@@ -263,8 +263,6 @@ export class SymbolTables {
   private packedLen = new Uint32Array(64);
   private readonly packed = new Writer(1 << 12);
   readonly stackLocs = new Column((n) => new Uint32Array(n));
-  /** stacks of the store already turned into location lists */
-  private built = 0;
   private chain: Promise<unknown> = Promise.resolve();
 
   str(s: string): number {
@@ -350,10 +348,10 @@ export class SymbolTables {
 
   private async updateNow(stacks: StackStore, modules: RegionModule[], pid: number, symbolizer: AsyncProfileSymbolizer | undefined, warn: (m: string) => void): Promise<void> {
     for (const m of modules) this.mapping(m);
-    const view = stacks.view();
-    const from = this.built;
+    const view = stacks.pending();
+    const from = 0;
     const to = view.ids.length;
-    if (from === to) return;
+    if (to === 0) return;
     // The new stacks' frames are contiguous in the store. A region of 100k stacks has
     // over a million frames but a few thousand distinct return addresses: dedupeFrames
     // (C) finds them, and only those are looked up and symbolized here.
@@ -452,7 +450,8 @@ export class SymbolTables {
       pk.pos = p;
       this.packedLen[id] = p - this.packedStart[id]!;
     }
-    this.built = to;
+    // The location lists now stand for these stacks: the store can let their frames go.
+    stacks.release(view.first + to);
   }
 
   /** Makes the per-stack arrays long enough for stack id `max`. */

@@ -29,7 +29,6 @@ import {
   objectsToNumber,
   readRegionAsync,
   type RegionSnapshot,
-  type RegionStacks,
 } from '../region.ts';
 
 export type ReadRegion = (path: string, sinceStack: number) => Promise<RegionSnapshot>;
@@ -52,8 +51,9 @@ export type Phase = 'live' | 'ended';
 
 const EXITED = constants.stateNames.indexOf('exited');
 
-/** What the agent knows about one region. `snapshot.stacks` holds only the records of the
- * last read; `stacks` holds all of them. */
+/** What the agent knows about one region. `snapshot` is the last read without its stack
+ * records (only `stacks.next` is kept); `stacks` holds every record read, and each one's
+ * frames until the symbol tables have turned them into locations. */
 export class Tracked {
   readonly key: string;
   readonly path: string;
@@ -80,16 +80,9 @@ export class Tracked {
     this.chain = run.catch(() => {});
     return run;
   }
-
-  /** The latest snapshot with every stack record read so far, as the profile builder
-   * takes it. Taken synchronously, it stays consistent while a build awaits. */
-  profileInput(): { snapshot: RegionSnapshot; extraStacks: RegionStacks[] } | null {
-    if (!this.snapshot) return null;
-    return { snapshot: { ...this.snapshot, stacks: EMPTY_STACKS }, extraStacks: [this.stacks.view()] };
-  }
 }
 
-const EMPTY_STACKS: RegionStacks = {
+const NO_STACKS: RegionSnapshot['stacks'] = {
   ids: new Uint32Array(0),
   depths: new Uint32Array(0),
   flags: new Uint32Array(0),
@@ -323,8 +316,11 @@ export class Watcher {
 
   private apply(p: Tracked, snap: RegionSnapshot): void {
     p.stacks.append(snap.stacks);
-    if (snap.stacks.ids.length > 0) for (const fn of this.stackListeners) fn(p);
-    p.snapshot = snap;
+    const fresh = snap.stacks.ids.length > 0;
+    // The records now live in p.stacks: the snapshot keeps counters, header and modules,
+    // so that neither it nor the delta baselines taken from it hold a second copy.
+    p.snapshot = fresh ? { ...snap, stacks: { ...NO_STACKS, next: snap.stacks.next } } : snap;
+    if (fresh) for (const fn of this.stackListeners) fn(p);
     p.version++;
     const h = snap.header;
     const t = totals(snap);

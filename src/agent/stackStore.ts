@@ -3,20 +3,28 @@
 // stacks.next on (readRegionAsync's sinceStack) and appends them here; a region with 100k
 // stacks is copied out of the file once, not every second.
 //
-// Storage is one set of growable typed arrays (capacity doubles), so view() hands the
-// profile builder a RegionStacks of subarrays without copying. A view stays valid after
-// later appends: appends write past its length, and a reallocation leaves the old buffers
-// (and so the view) as they were.
+// The frames are held only until the process's symbol tables (pprof.ts) have turned them
+// into location lists: pending() hands those records over, release() then frees their
+// frames. Ids, depths and flags of every record stay (12 bytes a stack); the frames, 8
+// bytes each and a dozen or more per stack, do not, so a big process's stacks are not
+// kept twice.
+//
+// Storage is growable typed arrays (capacity doubles), so pending() returns subarrays
+// without copying. A view stays valid after later appends and releases: appends write past
+// its length, and a reallocation leaves the old buffers (and so the view) as they were.
 import type { RegionStacks } from '../region.ts';
 
 export class StackStore {
   private ids = new Uint32Array(64);
   private depths = new Uint32Array(64);
   private flags = new Uint32Array(64);
+  /** per record from `released` on: start of its frames in `frames` */
   private frameStart = new Uint32Array(64);
   private frames = new BigUint64Array(256);
   private count = 0;
   private framesUsed = 0;
+  /** records before this index have had their frames freed */
+  private released = 0;
   /** record index by stack id, -1 where none */
   private byId = new Int32Array(64).fill(-1);
   /** pass as sinceStack on the next read */
@@ -50,10 +58,16 @@ export class StackStore {
     if (s.next > this.next) this.next = s.next;
   }
 
-  /** Frames of stack `id`, innermost first, or undefined when its record was not read. */
+  /** Whether a record for stack `id` was read. */
+  has(id: number): boolean {
+    return id < this.byId.length && this.byId[id]! >= 0;
+  }
+
+  /** Frames of stack `id`, innermost first; undefined when its record was not read or its
+   * frames were released. */
   framesOf(id: number): BigUint64Array | undefined {
     const at = id < this.byId.length ? this.byId[id]! : -1;
-    if (at < 0) return undefined;
+    if (at < this.released) return undefined;
     const start = this.frameStart[at]!;
     return this.frames.subarray(start, start + this.depths[at]!);
   }
@@ -63,16 +77,36 @@ export class StackStore {
     return at < 0 ? 0 : this.flags[at]!;
   }
 
-  /** Everything appended so far, as a RegionStacks (views, no copy). */
-  view(): RegionStacks {
+  /** The records whose frames are still held (from the first not released on), as a
+   * RegionStacks (views, no copy); `first` is the index of its first record. */
+  pending(): RegionStacks & { first: number } {
+    const r = this.released;
     return {
-      ids: this.ids.subarray(0, this.count),
-      depths: this.depths.subarray(0, this.count),
-      flags: this.flags.subarray(0, this.count),
-      frameStart: this.frameStart.subarray(0, this.count),
+      first: r,
+      ids: this.ids.subarray(r, this.count),
+      depths: this.depths.subarray(r, this.count),
+      flags: this.flags.subarray(r, this.count),
+      frameStart: this.frameStart.subarray(r, this.count),
       frames: this.frames.subarray(0, this.framesUsed),
       next: this.next,
     };
+  }
+
+  /** Frees the frames of the records before index `upTo` (their location lists are built);
+   * the frames of later records move to the front of a smaller array. */
+  release(upTo: number): void {
+    upTo = Math.min(upTo, this.count);
+    if (upTo <= this.released) return;
+    const from = upTo < this.count ? this.frameStart[upTo]! : this.framesUsed;
+    const keep = this.framesUsed - from;
+    let cap = 256;
+    while (cap < keep) cap *= 2;
+    const b = new BigUint64Array(cap);
+    b.set(this.frames.subarray(from, this.framesUsed));
+    this.frames = b;
+    this.framesUsed = keep;
+    for (let i = upTo; i < this.count; i++) this.frameStart[i] = this.frameStart[i]! - from;
+    this.released = upTo;
   }
 
   /** Bytes held, for the benchmark. */

@@ -114,8 +114,11 @@ test('exporter endpoints that accept and never answer stall neither /healthz nor
   t.true(connections >= 2, `the exporters did try (${connections} connections)`);
   const max = (xs: number[]) => Math.max(...xs);
   t.log(`max latency with hanging exporters: /healthz ${max(latencies.healthz).toFixed(1)} ms, /metrics ${max(latencies.metrics).toFixed(1)} ms (${latencies.healthz.length} rounds, ${connections} exporter connections)`);
-  t.true(max(latencies.healthz) < 500, `/healthz max ${max(latencies.healthz)} ms`);
-  t.true(max(latencies.metrics) < 1000, `/metrics max ${max(latencies.metrics)} ms`);
+  // A stall would last as long as the exporters' request timeout (10 s) or the push
+  // interval's pile-up; the bounds are far below that and far above what a busy CI
+  // machine adds to a scrape (this is not a speed test: bench/ measures speed).
+  t.true(max(latencies.healthz) < 2000, `/healthz max ${max(latencies.healthz)} ms`);
+  t.true(max(latencies.metrics) < 3000, `/metrics max ${max(latencies.metrics)} ms`);
   // Stopping is bounded too: the exporters give up on the dead endpoint.
   const t0 = Date.now();
   t.is(await agent.stop(), 0);

@@ -31,7 +31,7 @@ function stacks(next: number, recs: [number, bigint[]][]): RegionStacks {
 test('the stack store appends reads, keeps earlier views valid across growth, and ignores repeats', (t) => {
   const s = new StackStore();
   s.append(stacks(4, [[2, [1n, 2n]], [3, [3n]]]));
-  const early = s.view();
+  const early = s.pending();
   t.is(s.next, 4);
   for (let i = 0; i < 200; i++) s.append(stacks(5 + i, [[4 + i, [BigInt(100 + i), 7n, 8n]]]));
   s.append(stacks(5, [[2, [9n, 9n]]])); // already known: ignored, and next never goes back
@@ -43,9 +43,36 @@ test('the stack store appends reads, keeps earlier views valid across growth, an
   t.is(s.framesOf(99999), undefined);
   t.deepEqual([...early.ids], [2, 3], 'a view taken before growth is unchanged');
   t.deepEqual([...early.frames], [1n, 2n, 3n]);
-  const v = s.view();
+  const v = s.pending();
+  t.is(v.first, 0);
   t.is(v.ids.length, 202);
   t.is(v.frames.length, 3 + 200 * 3);
+});
+
+test('the stack store frees released frames and keeps the rest addressable', (t) => {
+  const s = new StackStore();
+  s.append(stacks(4, [[2, [1n, 2n]], [3, [3n]]]));
+  const before = s.pending();
+  s.release(1); // stack 2's frames go; stack 3's move to the front
+  t.deepEqual([...before.frames], [1n, 2n, 3n], 'a view taken before the release is unchanged');
+  t.is(s.framesOf(2), undefined);
+  t.true(s.has(2));
+  t.deepEqual([...s.framesOf(3)!], [3n]);
+  s.append(stacks(6, [[4, [4n, 5n, 6n]], [5, []]]));
+  let p = s.pending();
+  t.is(p.first, 1);
+  t.deepEqual([...p.ids], [3, 4, 5]);
+  const framesOfPending = [...p.ids].map((_, i) => [...p.frames.subarray(p.frameStart[i]!, p.frameStart[i]! + p.depths[i]!)]);
+  t.deepEqual(framesOfPending, [[3n], [4n, 5n, 6n], []]);
+  s.release(99); // everything: no frames held, ids remembered, repeats still ignored
+  p = s.pending();
+  t.is(p.ids.length, 0);
+  t.is(p.frames.length, 0);
+  t.is(s.framesOf(4), undefined);
+  s.append(stacks(7, [[4, [9n]], [6, [7n]]]));
+  t.deepEqual([...s.pending().ids], [6]);
+  t.is(s.size, 5);
+  t.true(s.bytes < 4096, `bytes held after releasing everything: ${s.bytes}`);
 });
 
 test('the logger writes one line per event, as text or JSON, and once() logs a kind once', (t) => {
