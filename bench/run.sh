@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# heaptap's overhead against no profiler and against other heap profilers.
+# heaptap's overhead and accuracy against no profiler and against other heap profilers.
 #
 #   bash bench/run.sh           full run (npm run bench): 5 rounds, tens of minutes;
-#                               rewrites its own section of bench/RESULTS.md
-#   bash bench/run.sh --quick   1 round at small sizes, under 2 minutes (npm run bench:quick,
+#                               rewrites its own sections of bench/RESULTS.md
+#   bash bench/run.sh --quick   1 round at small sizes, about 2 minutes (npm run bench:quick,
 #                               CI): checks that every configuration runs and gives its
 #                               numbers; results only in bench/out/quick/
 #   options: --rounds N, --only w1,w2 (workloads: churn churn-fp gcc python redis
-#            mallocloop callgrind), --out DIR
+#            mallocloop callgrind accuracy), --out DIR
 #
 # Every workload runs each of its configurations once per round, in a fixed order
 # (none, heaptap, heaptap-r1, ..., then none again in the next round), so slow drifts of
@@ -17,8 +17,13 @@
 # largest process of the tree) come from GNU time. Nothing here asserts on a time: the
 # run fails only when a configuration does not run, or does not leave its profile.
 #
+# "accuracy" is bench/accuracy.ts: per-site figures against exact ones (churn's truth,
+# heaptrack, massif's peak); nothing in it is timed. `--only accuracy` runs it alone and,
+# in full mode, rewrites only its section of bench/RESULTS.md.
+#
 # Installs what it needs with apt-get (Debian 12, as root), and builds the preload, the
-# test fixtures and bench/'s helper programs itself.
+# test fixtures and bench/'s helper programs itself (the addon and the npm packages come
+# from scripts/setup.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +39,7 @@ while [ $# -gt 0 ]; do
 	--rounds) ROUNDS=$2; shift ;;
 	--only) ONLY=$2; shift ;;
 	--out) OUT=$2; shift ;;
-	-h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,28p' "$0"; exit 0 ;;
 	*) echo "bench: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -70,7 +75,7 @@ fi
 CHURN_THREADS=2
 HEAPTRACK_AS_LIMIT=$((8 << 30))
 CHURN_LEAK_MIB=16
-WORKLOADS=(churn churn-fp gcc python redis mallocloop callgrind)
+WORKLOADS=(churn churn-fp gcc python redis mallocloop callgrind accuracy)
 if [ -n "$ONLY" ]; then IFS=, read -r -a WORKLOADS <<<"$ONLY"; fi
 
 # ---- dependencies -----------------------------------------------------------------------
@@ -115,6 +120,7 @@ ensure_deps() {
 mkdir -p "$OUT"
 WORK=$OUT/work
 rm -rf "$WORK"
+rm -rf "$OUT/accuracy"
 rm -f "$OUT"/failed-*.log "$OUT"/{results.md,callgrind_r1_churn.md,callgrind_r1_python.md,runs.tsv,commands.tsv} \
 	"$OUT"/{callgrind.tsv,callgrind_gcc.tsv,failures.txt,machine.txt,sizes.txt,redis_allocator.txt}
 mkdir -p "$WORK"
@@ -421,6 +427,19 @@ run_callgrind() {
 	done
 }
 
+# ---- accuracy ---------------------------------------------------------------------------------
+# bench/accuracy.ts runs its own configurations (one at a time) and writes
+# $OUT/accuracy/accuracy.md; it exits 1 when a configuration gave no numbers.
+NODE=$ROOT/node_modules/.bin/node
+run_accuracy() {
+	local rc=0
+	"$NODE" "$BENCH/accuracy.ts" --mode "$MODE" --out "$OUT/accuracy" || rc=$?
+	if [ "$rc" != 0 ]; then
+		printf 'accuracy: status %s; see the Failures in %s/accuracy/accuracy.md\n' "$rc" "$OUT" >>"$FAILS"
+		say "FAILED: accuracy (status $rc)"
+	fi
+}
+
 # ---- machine and tool versions ------------------------------------------------------------
 machine_info() {
 	local f=$OUT/machine.txt
@@ -454,6 +473,12 @@ say "building the preload, the test fixtures and bench/'s helpers"
 make -s -C "$ROOT/preload" >"$OUT/build.log" 2>&1 || die "make -C preload failed (see $OUT/build.log)"
 make -s -C "$ROOT/test/fixtures" >>"$OUT/build.log" 2>&1 || die "make -C test/fixtures failed (see $OUT/build.log)"
 make -s -C "$BENCH" >>"$OUT/build.log" 2>&1 || die "make -C bench failed (see $OUT/build.log)"
+if [[ " ${WORKLOADS[*]} " == *" accuracy "* ]]; then
+	# accuracy runs `heaptap run` (Node, the addon) and reads profiles with go tool pprof.
+	[ -x "$NODE" ] || die "$NODE is missing: run scripts/setup.sh first (npm packages, Go)"
+	make -s -C "$ROOT/src/addon" >>"$OUT/build.log" 2>&1 || die "make -C src/addon failed (see $OUT/build.log)"
+	command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || die "go is missing: run scripts/setup.sh first"
+fi
 "$PYTHON" "$BENCH/gen_c.py" "$GCC_MODULES" "$WORK/gen_big.c"
 "$PYTHON" "$BENCH/gen_c.py" "$GCC_SMALL_MODULES" "$WORK/gen_small.c"
 echo "gcc input: $(wc -l <"$WORK/gen_big.c") lines ($GCC_MODULES modules); reduced size (massif, tcmalloc heap profiler, heaptrack): $(wc -l <"$WORK/gen_small.c") lines ($GCC_SMALL_MODULES modules)" >"$OUT/sizes.txt"
@@ -465,7 +490,14 @@ echo "gcc input: $(wc -l <"$WORK/gen_big.c") lines ($GCC_MODULES modules); reduc
 } >>"$OUT/sizes.txt"
 machine_info
 
+OVERHEAD=0
 for w in "${WORKLOADS[@]}"; do
+	if [ "$w" = accuracy ]; then
+		say "accuracy: bench/accuracy.ts --mode $MODE"
+		run_accuracy
+		continue
+	fi
+	OVERHEAD=1
 	if [ "$w" = callgrind ]; then
 		say "callgrind: mallocloop $CG_N, without and with heaptap"
 		run_callgrind
@@ -484,14 +516,24 @@ done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 echo "duration: $(( $(date +%s) - T0 )) s" >>"$OUT/machine.txt"
 sumrc=0
-"$PYTHON" "$BENCH/summarize.py" report "$OUT" "$MODE" >"$OUT/results.md" || sumrc=$?
-if [ "$MODE" = full ] && [ -z "$ONLY" ] && [ "$sumrc" = 0 ]; then
-	"$PYTHON" "$BENCH/summarize.py" splice "$OUT/results.md" "$BENCH/RESULTS.md"
-	say "bench/RESULTS.md updated"
+if [ "$OVERHEAD" = 1 ]; then
+	"$PYTHON" "$BENCH/summarize.py" report "$OUT" "$MODE" >"$OUT/results.md" || sumrc=$?
+	if [ "$MODE" = full ] && [ -z "$ONLY" ] && [ "$sumrc" = 0 ]; then
+		"$PYTHON" "$BENCH/summarize.py" splice "$OUT/results.md" "$BENCH/RESULTS.md"
+		say "bench/RESULTS.md updated (overhead)"
+	fi
+	cat "$OUT/results.md"
 fi
-cat "$OUT/results.md"
+ACC=$OUT/accuracy/accuracy.md
+if [ -s "$ACC" ]; then
+	if [ "$MODE" = full ] && ! grep -q '^accuracy:' "$FAILS"; then
+		"$PYTHON" "$BENCH/summarize.py" splice "$ACC" "$BENCH/RESULTS.md" accuracy
+		say "bench/RESULTS.md updated (accuracy)"
+	fi
+	cat "$ACC"
+fi
 if [ -s "$FAILS" ] || [ "$sumrc" != 0 ]; then
-	say "$(wc -l <"$FAILS") failure(s); results in $OUT/results.md"
+	say "$(wc -l <"$FAILS") failure(s); results in $OUT/results.md and $ACC"
 	cat "$FAILS" >&2
 	exit 1
 fi

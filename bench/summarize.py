@@ -3,8 +3,10 @@
 
     summarize.py report OUT MODE            Markdown for the run in OUT (stdout); exit 1 when
                                             a configuration has no number
-    summarize.py splice RESULTS_PART FILE   puts RESULTS_PART between this harness's markers
-                                            in FILE, leaving every other section as it is
+    summarize.py splice RESULTS_PART FILE [accuracy]
+                                            puts RESULTS_PART between this harness's markers
+                                            in FILE (with "accuracy": bench/accuracy.ts's
+                                            markers), leaving every other section as it is
     summarize.py callgrind-row CONFIG N CALLGRIND_OUT
                                             one row of callgrind.tsv: the Ir total of a
                                             callgrind output file and libheaptap's self Ir
@@ -25,6 +27,12 @@ import sys
 
 BEGIN = "<!-- bench/run.sh: begin (generated; edit bench/summarize.py or bench/notes/) -->"
 END = "<!-- bench/run.sh: end -->"
+# The accuracy section (bench/accuracy.ts writes its Markdown whole).
+MARKERS = {
+    None: (BEGIN, END),
+    "accuracy": ("<!-- bench/accuracy.ts: begin (generated; edit bench/accuracy.ts or bench/notes/accuracy-*.md) -->",
+                 "<!-- bench/accuracy.ts: end -->"),
+}
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # What each configuration is compared with besides "none": the same allocator without
@@ -330,17 +338,18 @@ def report(out, mode):
     return 0
 
 
-def splice(part_path, results_path):
+def splice(part_path, results_path, section=None):
+    begin, end = MARKERS[section]
     part = read_text(part_path)
-    block = "%s\n%s\n%s\n" % (BEGIN, part, END)
+    block = "%s\n%s\n%s\n" % (begin, part, end)
     if os.path.exists(results_path):
         with open(results_path) as f:
             text = f.read()
     else:
         text = "# heaptap benchmark results\n\n"
-    if BEGIN in text and END in text:
-        pre, rest = text.split(BEGIN, 1)
-        post = rest.split(END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        post = rest.split(end, 1)[1].lstrip("\n")
         text = pre + block + ("\n" + post if post else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block
@@ -475,8 +484,11 @@ def callgrind_breakdown(label, out_file):
 def main(argv):
     if len(argv) >= 4 and argv[1] == "report":
         return report(argv[2], argv[3])
-    if len(argv) >= 4 and argv[1] == "splice":
-        return splice(argv[2], argv[3])
+    if len(argv) in (4, 5) and argv[1] == "splice":
+        if len(argv) == 5 and argv[4] not in MARKERS:
+            sys.stderr.write("summarize: unknown section %s\n" % argv[4])
+            return 2
+        return splice(argv[2], argv[3], argv[4] if len(argv) == 5 else None)
     if len(argv) >= 4 and argv[1] == "callgrind-total":
         return callgrind_total(argv[2], argv[3:])
     if len(argv) >= 4 and argv[1] == "callgrind-breakdown":
