@@ -89,7 +89,7 @@ const RUNS = join(OUT, 'runs');
 
 /** A command as one shell-like line, with this run's paths replaced by names. */
 function showCmd(cmd: string[], env: Record<string, string> = {}): string {
-  const q = (s: string) => (/^[\w@%+=:,./-]*$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+  const q = (s: string) => (/^[\w@%+=:,./$-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
   const words = [...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...cmd];
   const line = (Object.keys(env).length ? 'env ' : '') + words.map(q).join(' ');
   return line.split(NODE).join('node').split(RUNS).join('$DIR').split(ROOT).join('.');
@@ -193,9 +193,13 @@ async function heaptap(name: string, prog: string[], o: HeaptapOpts, env: Record
   return { dir, ...(await heaptapProfiles(dir)) };
 }
 
+// heaptrack's interpreter can grow without bound (bench/run.sh: gcc at its full size): cap
+// its address space, so that a blow-up fails the run and not the machine.
+const HEAPTRACK = ['prlimit', `--as=${8 * 2 ** 30}`, '--', 'heaptrack'];
+
 async function heaptrack(name: string, prog: string[], env: Record<string, string> = {}) {
   const dir = runDir(name);
-  const cmd = ['heaptrack', '-o', join(dir, 'ht'), ...prog];
+  const cmd = [...HEAPTRACK, '-o', join(dir, 'ht'), ...prog];
   recordCmd(name, cmd, env);
   await run(name, cmd, env);
   return { dir, ...(await readHeaptrack(onlyFile(dir, /^ht.*\.zst$/, 'heaptrack trace'))) };
@@ -448,8 +452,9 @@ function workloads(): Workload[] {
         '--dir', dir, '--logfile', join(dir, 'redis.log')];
       const client = ['redis-benchmark', '-h', '127.0.0.1', '-p', port, '-n', String(SIZES.redisN), '-c', '20', '-P', '8',
         '-r', '100000', '-d', '64', '-t', 'set,get,lpush,lpop,sadd,hset,lrange_100', '--csv'];
-      recordCmd(name, server, env);
-      recordCmd(name + ' (client)', client, {});
+      const shown = (c: string[]) => c.map((x) => (x === port ? '$PORT' : x));
+      recordCmd(name, shown(server), env);
+      recordCmd('redis-benchmark (the client of every redis run)', shown(client), {});
       const p = start(name, server, env);
       let up = false;
       for (let i = 0; i < 600 && !up; i++) {
@@ -494,7 +499,7 @@ async function realPart(results: Record<string, unknown>): Promise<string> {
       }
       const name = `${w.name}-heaptrack`;
       const dir = runDir(name);
-      await w.run(name, ['heaptrack', '-o', join(dir, 'ht')], {}, dir);
+      await w.run(name, [...HEAPTRACK, '-o', join(dir, 'ht')], {}, dir);
       r.heaptrack = (await readHeaptrack(onlyFile(dir, /^ht.*\.zst$/, 'heaptrack trace'))).sites;
       for (const [c, s] of Object.entries(r)) if (!topSites(s, 10).length) throw new Error(`${c} gave no sites`);
       return r;
