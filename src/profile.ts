@@ -55,6 +55,8 @@ export interface ProfileSymbolizer {
 }
 export interface AsyncProfileSymbolizer {
   symbolizeAsync(module: RegionModule, pid: number, addresses: readonly bigint[]): Promise<SymbolizeResult>;
+  /** optional: free what open files hold, keeping what was resolved (Symbolizer does) */
+  releaseFiles?(): void;
 }
 
 export interface ProfileInput {

@@ -101,6 +101,7 @@ export interface NativeSymbolizer {
   ): Promise<NativeSymbols>;
   stats(): { modulesLoaded: number; moduleHits: number; modulesOpen: number };
   close(): void;
+  closeFiles(): void;
 }
 
 export interface NativeSymbolizerConstructor {
@@ -117,6 +118,9 @@ interface Entry {
   info: ModuleSymbolInfo;
   /** resolved ELF addresses (addrKey) */
   addrs: Map<number | bigint, SymFrame[]>;
+  /** one instance of each name and file string resolved from this module: every call
+   * returns new strings, and long C++ names repeated across calls and processes add up */
+  names: Map<string, string>;
   /** Date.now() of the failure, for entries of modules that could not be opened */
   failedAt: number;
 }
@@ -252,6 +256,14 @@ export class Symbolizer {
     };
   }
 
+  /** Closes the open module files and frees their libdw tables (tens of MB for a big
+   * library with DWARF), keeping the resolved addresses: known addresses are still
+   * answered from the cache, and a new one reopens its file. For a long-running sidecar
+   * between bursts of new stacks. */
+  releaseFiles(): void {
+    if (!this.#closed) this.#native.closeFiles();
+  }
+
   /** Closes every open file and drops the caches; later symbolize calls throw. */
   close(): void {
     if (this.#closed) return;
@@ -325,13 +337,13 @@ export class Symbolizer {
   #merge(plan: Plan, module: RegionModule, misses: BigUint64Array, res: NativeSymbols): Entry {
     if (!res.found) {
       const key = this.#failKey(plan.key, plan.candidates);
-      const entry: Entry = { key, info: emptyInfo(module.buildId, res.error), addrs: new Map(), failedAt: Date.now() };
+      const entry: Entry = { key, info: emptyInfo(module.buildId, res.error), addrs: new Map(), names: new Map(), failedAt: Date.now() };
       this.#put(entry);
       return entry;
     }
     let entry = this.#entries.get(plan.key);
     if (!entry || entry.failedAt !== 0) {
-      entry = { key: plan.key, info: emptyInfo(module.buildId), addrs: new Map(), failedAt: 0 };
+      entry = { key: plan.key, info: emptyInfo(module.buildId), addrs: new Map(), names: new Map(), failedAt: 0 };
       this.#put(entry);
     }
     const info = entry.info;
@@ -343,8 +355,18 @@ export class Symbolizer {
     info.hasFilenames ||= res.hasFilenames;
     info.hasLineNumbers ||= res.hasLineNumbers;
     info.hasInlineFrames ||= res.hasInlineFrames;
-    if (entry.addrs.size + misses.length > this.#maxAddresses) entry.addrs.clear();
-    const { strings: s, frames: rows, starts, list } = res;
+    if (entry.addrs.size + misses.length > this.#maxAddresses) {
+      entry.addrs.clear();
+      entry.names.clear();
+    }
+    const names = entry.names;
+    const s = res.strings.map((str) => {
+      const known = names.get(str);
+      if (known !== undefined) return known;
+      names.set(str, str);
+      return str;
+    });
+    const { frames: rows, starts, list } = res;
     const distinct: SymFrame[] = new Array(rows.length / 5);
     for (let f = 0, r = 0; r < rows.length; f++, r += 5) {
       distinct[f] = {

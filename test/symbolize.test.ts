@@ -595,6 +595,47 @@ test('close() releases the files; later calls throw', async (t) => {
   s.close(); // twice is fine
 });
 
+test('releaseFiles() closes the files but keeps what was resolved; new addresses reopen them', async (t) => {
+  const openFiles = () =>
+    readdirSync('/proc/self/fd').flatMap((fd) => {
+      try {
+        return [readlinkSync(`/proc/self/fd/${fd}`)];
+      } catch {
+        return [];
+      }
+    });
+  const prog = join(await tmp(t), 'prog');
+  copyFileSync(join(B, 'cxx'), prog);
+  const syms = await symbolsOf(prog);
+  const pcs = syms.map((x) => x.start + 1n);
+  const s = new Symbolizer({ debugDirs: [] });
+  const fresh = new Symbolizer({ debugDirs: [] });
+  t.teardown(() => (s.close(), fresh.close()));
+  const m = mod(prog, { buildId: buildIdOf(prog) });
+  const half = pcs.slice(0, Math.ceil(pcs.length / 2));
+  const before = await s.symbolizeAsync(m, 1, half);
+  t.true(openFiles().includes(prog));
+  s.releaseFiles();
+  t.false(openFiles().includes(prog), 'no descriptor left on the file');
+  // Known addresses come from the cache: nothing is opened.
+  t.deepEqual((await s.symbolizeAsync(m, 1, half)).frames, before.frames);
+  t.is(s.stats().modulesLoaded, 1);
+  t.false(openFiles().includes(prog));
+  // The rest need the file again, and resolve as a fresh symbolizer does; names shared
+  // with the first batch are the same string instances.
+  const all = await s.symbolizeAsync(m, 1, pcs);
+  t.is(s.stats().modulesLoaded, 2);
+  t.deepEqual(all.frames, fresh.symbolize(m, 1, pcs).frames);
+  const byName = new Map<string, string>();
+  for (const f of all.frames.flat()) {
+    const seen = byName.get(f.function);
+    if (seen !== undefined) t.true(Object.is(seen, f.function));
+    byName.set(f.function, f.function);
+  }
+  s.close();
+  s.releaseFiles(); // after close: nothing to do, no throw
+});
+
 test('never contacts debuginfod, even with DEBUGINFOD_URLS set', async (t) => {
   // libdwfl's standard callbacks ask the debuginfod client when nothing is found locally
   // (it would connect here and map libdebuginfod.so); ours never do.

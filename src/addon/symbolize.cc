@@ -33,6 +33,7 @@
 #include <elfutils/libdw.h>
 #include <elfutils/libdwelf.h>
 #include <elfutils/libdwfl.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <gelf.h>
 #include <libelf.h>
@@ -1413,6 +1414,7 @@ public:
 					   InstanceMethod("resolveAsync", &Symbolizer::ResolveAsync),
 					   InstanceMethod("stats", &Symbolizer::Stats),
 					   InstanceMethod("close", &Symbolizer::Close),
+					   InstanceMethod("closeFiles", &Symbolizer::CloseFiles),
 				   });
 	}
 
@@ -1539,6 +1541,20 @@ private:
 	Napi::Value Close(const Napi::CallbackInfo &info)
 	{
 		Release();
+		return info.Env().Undefined();
+	}
+
+	// closeFiles(): closes every open module file and its libdw tables (a file a worker
+	// is using closes when it is done); the symbolizer stays usable and reopens files as
+	// addresses need them. Then gives the freed pages back to the kernel.
+	Napi::Value CloseFiles(const Napi::CallbackInfo &info)
+	{
+		if (core_) {
+			std::vector<std::shared_ptr<ModuleFile>> evicted;
+			core_->Clear(&evicted);
+			evicted.clear();
+			malloc_trim(0);
+		}
 		return info.Env().Undefined();
 	}
 
