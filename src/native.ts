@@ -17,6 +17,7 @@ export interface NativeBinding {
   readRegionAsync(path: string, sinceStack?: number): Promise<RegionSnapshot>;
   writeControl(path: string, control: ControlUpdate): void;
   dedupeFrames(frames: BigUint64Array): { unique: BigUint64Array; index: Uint32Array };
+  trimMemory(): void;
   readonly constants: RegionConstants;
   readonly layout: RegionLayout;
   /** symbolize.cc: ELF/DWARF symbolization with libdwfl (typed wrapper: src/symbolize.ts) */

@@ -234,6 +234,12 @@ export function dedupeFrames(frames: BigUint64Array): { unique: BigUint64Array; 
   return native.dedupeFrames(frames);
 }
 
+/** Returns the C heap's free pages to the kernel (malloc_trim): after symbolizing, whose
+ * libdw tables are freed in bulk. */
+export function trimNativeMemory(): void {
+  native.trimMemory();
+}
+
 export function isRegionError(e: unknown): e is RegionError {
   return e instanceof Error && typeof (e as Partial<RegionError>).code === 'string' &&
     typeof (e as Partial<RegionError>).path === 'string';

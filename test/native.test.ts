@@ -484,3 +484,24 @@ test('counts on a duplicate stack record are dropped and reported as malformed',
   t.is(s.malformed, 1);
   t.regex(s.firstMalformed, /duplicate/);
 });
+
+test('dedupeFrames: distinct values in order of first appearance, and each frame\'s position among them', (t) => {
+  let x = 12345n;
+  const frames = new BigUint64Array(50_000);
+  for (let i = 0; i < frames.length; i++) {
+    x = (x * 6364136223846793005n + 1442695040888963407n) & ((1n << 64n) - 1n);
+    frames[i] = 0x7f0000000000n + ((x >> 33n) % 3000n) * 16n; // about 3000 distinct addresses
+  }
+  frames[7] = (1n << 64n) - 1n; // the top bit set: full 64-bit values
+  const { unique, index } = native.dedupeFrames(frames);
+  const expected: bigint[] = [];
+  const pos = new Map<bigint, number>();
+  for (const f of frames) if (!pos.has(f)) pos.set(f, expected.push(f) - 1);
+  t.deepEqual([...unique], expected);
+  t.is(index.length, frames.length);
+  t.true(frames.every((f, i) => unique[index[i]!] === f && index[i] === pos.get(f)));
+  const empty = native.dedupeFrames(new BigUint64Array(0));
+  t.is(empty.unique.length, 0);
+  t.is(empty.index.length, 0);
+  t.throws(() => native.dedupeFrames(new Uint32Array(4) as unknown as BigUint64Array), { instanceOf: TypeError });
+});

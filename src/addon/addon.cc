@@ -11,6 +11,8 @@
 
 #include <napi.h>
 
+#include <malloc.h>
+
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -545,12 +547,23 @@ Napi::Value DedupeFrames(const Napi::CallbackInfo &info)
 	return out;
 }
 
+// JS: trimMemory(): void
+// Gives the C heap's free pages back to the kernel (glibc's malloc_trim over every arena).
+// libdw's tables for a module are large and freed all at once; the libuv threads that
+// symbolize each allocate from their own arena, which otherwise keeps those pages.
+Napi::Value TrimMemory(const Napi::CallbackInfo &info)
+{
+	malloc_trim(0);
+	return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports)
 {
 	exports.Set("readRegion", Napi::Function::New(env, ReadRegion, "readRegion"));
 	exports.Set("readRegionAsync", Napi::Function::New(env, ReadRegionAsync, "readRegionAsync"));
 	exports.Set("writeControl", Napi::Function::New(env, WriteControl, "writeControl"));
 	exports.Set("dedupeFrames", Napi::Function::New(env, DedupeFrames, "dedupeFrames"));
+	exports.Set("trimMemory", Napi::Function::New(env, TrimMemory, "trimMemory"));
 	// JS: constants: RegionConstants (frozen)
 	Napi::Object constants = Constants(env);
 	constants.Freeze();

@@ -32,12 +32,14 @@ export interface StartOptions {
   symbolizer?: AsyncProfileSymbolizer & { close?(): void };
   /** replace the exporters made from config (tests) */
   exporters?: Exporter[];
+  /** idle time before the symbolizer's files are closed (SourceOptions; tests, benchmarks) */
+  releaseFilesAfterMs?: number;
 }
 
 export async function startAgent(config: AgentConfig, opts: StartOptions): Promise<AgentHandle> {
   const { log } = opts;
   const watcher = new Watcher({ dir: config.dir, pollMs: config.pollMs, retentionMs: config.retentionMs, log });
-  const source = new AgentSource(watcher, { symbolizer: opts.symbolizer, log });
+  const source = new AgentSource(watcher, { symbolizer: opts.symbolizer, log, ...(opts.releaseFilesAfterMs !== undefined ? { releaseFilesAfterMs: opts.releaseFilesAfterMs } : {}) });
   const registry = createMetrics({
     source,
     topSites: config.topSites,

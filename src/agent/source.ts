@@ -5,7 +5,7 @@ import { basename } from 'node:path';
 import { Profile } from 'pprof-format';
 
 import { OVERFLOW_FUNCTION, UNKNOWN_STACK_FUNCTION, type AsyncProfileSymbolizer } from '../profile.ts';
-import { constants, type RegionSnapshot } from '../region.ts';
+import { constants, trimNativeMemory, type RegionSnapshot } from '../region.ts';
 import { isAllocatorFrame } from '../sites.ts';
 import type { Logger } from './log.ts';
 import { encodeHeapProfile, gzipProfile, SymbolTables, type EncodeInput } from './pprof.ts';
@@ -17,6 +17,9 @@ export type View = 'heap' | 'allocs' | 'delta';
 export interface SourceOptions {
   symbolizer?: AsyncProfileSymbolizer;
   log: Logger;
+  /** after this long without a background build, the symbolizer's open files are
+   * closed and the C heap trimmed (ms; 30 s) */
+  releaseFilesAfterMs?: number;
   /** delta_heap consumers remembered at once (least recently used go first) */
   maxConsumers?: number;
   /** a consumer not seen for this long is forgotten, ms */
@@ -52,7 +55,7 @@ export class AgentSource implements HeapSource {
 
   constructor(watcher: Watcher, opts: SourceOptions) {
     this.watcher = watcher;
-    this.opts = { maxConsumers: 64, consumerIdleMs: 3_600_000, ...opts };
+    this.opts = { maxConsumers: 64, consumerIdleMs: 3_600_000, releaseFilesAfterMs: 30_000, ...opts };
     // Symbol tables are built as stacks arrive, not when a profile is first asked for:
     // symbolizing a big process's first stacks takes a second or more, which a request
     // (or a scrape of top sites) would otherwise wait for. Builds queue one process at a
@@ -64,7 +67,9 @@ export class AgentSource implements HeapSource {
   private prebuild(p: Tracked): void {
     if (this.pending.has(p.key)) return;
     this.pending.add(p.key);
-    this.building = this.building.then(async () => {
+    if (this.releaseTimer) clearTimeout(this.releaseTimer);
+    this.releaseTimer = null;
+    const queued = this.building.then(async () => {
       this.pending.delete(p.key);
       const snap = p.snapshot;
       if (!snap || this.watcher.get(p.key) !== p) return;
@@ -74,7 +79,23 @@ export class AgentSource implements HeapSource {
         this.opts.log.once(`prebuild:${p.key}`, 'warn', 'cannot build symbol tables', { pid: snap.header.pid, error: (e as Error).message });
       }
     });
+    this.building = queued;
+    // Once builds have stopped for a while (a process's stacks settle soon after it
+    // starts), the symbolizer's libdw tables are freed and the C heap trimmed: they are
+    // most of what symbolizing costs in memory, and known addresses stay cached.
+    void queued.then(() => {
+      if (this.building !== queued || this.pending.size > 0) return;
+      if (this.releaseTimer) clearTimeout(this.releaseTimer);
+      this.releaseTimer = setTimeout(() => {
+        this.releaseTimer = null;
+        this.opts.symbolizer?.releaseFiles?.();
+        trimNativeMemory();
+      }, this.opts.releaseFilesAfterMs);
+      this.releaseTimer.unref();
+    });
   }
+
+  private releaseTimer: NodeJS.Timeout | null = null;
 
   /** Resolves when the background builds queued so far are done (tests, benchmarks). */
   idle(): Promise<void> {
