@@ -115,12 +115,22 @@ class Writer {
   /** A length-delimited field whose content `body` writes: room for the length is left
    * first and the content moved if its varint turns out longer than guessed. */
   message(field: number, body: () => void): void {
+    const at = this.begin(field);
+    body();
+    this.end(at);
+  }
+
+  /** begin(field) ... end(at): message() without a closure, for hot loops. */
+  begin(field: number): number {
     this.tag(field, 2);
     const lenAt = this.pos;
     this.ensure(1);
     this.pos += 1;
-    const start = this.pos;
-    body();
+    return lenAt;
+  }
+
+  end(lenAt: number): void {
+    const start = lenAt + 1;
     const len = this.pos - start;
     const lenBytes = len < 0x80 ? 1 : len < 0x4000 ? 2 : len < 0x200000 ? 3 : len < 0x10000000 ? 4 : 5;
     if (lenBytes > 1) {
@@ -243,7 +253,10 @@ export class SymbolTables {
   readonly fnSystem = new Column((n) => new Uint32Array(n));
   readonly fnFile = new Column((n) => new Uint32Array(n));
   readonly fnStartLine = new Column((n) => new Float64Array(n));
-  private readonly fnIndex = new Map<string, number>();
+  /** function id by name index (the first function of that name) */
+  private readonly fnByName = new Map<number, number>();
+  /** further functions of a name already taken, by "name,system,file,startLine" indices */
+  private readonly fnOther = new Map<string, number>();
   /** locations: id i+1 at index i; mapping is an index into `mappings` + 1, 0 = none */
   readonly locMapping = new Column((n) => new Uint32Array(n));
   readonly locAddress = new Column((n) => new Float64Array(n));
@@ -275,16 +288,29 @@ export class SymbolTables {
     return i;
   }
 
+  /** The function id for these fields. Keyed by the interned name's index, with the other
+   * fields compared: no key string is built per function (with a hundred processes of a
+   * C++ binary, keys joining demangled and mangled names took tens of MB). */
   fn(name: string, systemName: string, file: string, startLine: number): number {
-    const key = `${name}\0${systemName}\0${file}\0${startLine}`;
-    let id = this.fnIndex.get(key);
-    if (id === undefined) {
-      this.fnName.push(this.str(name));
-      this.fnSystem.push(this.str(systemName));
-      this.fnFile.push(this.str(file));
-      id = this.fnStartLine.push(startLine) + 1;
-      this.fnIndex.set(key, id);
+    const n = this.str(name);
+    const sys = this.str(systemName);
+    const f = this.str(file);
+    const same = (id: number) => this.fnSystem.data[id - 1] === sys && this.fnFile.data[id - 1] === f && this.fnStartLine.data[id - 1] === startLine;
+    const first = this.fnByName.get(n);
+    if (first !== undefined && same(first)) return first;
+    // Another function of the same name (a static function in two files, overloads of
+    // one C++ name with the same demangled text): the rare case gets a composite key.
+    const key = first === undefined ? '' : `${n},${sys},${f},${startLine}`;
+    if (first !== undefined) {
+      const other = this.fnOther.get(key);
+      if (other !== undefined) return other;
     }
+    this.fnName.push(n);
+    this.fnSystem.push(sys);
+    this.fnFile.push(f);
+    const id = this.fnStartLine.push(startLine) + 1;
+    if (first === undefined) this.fnByName.set(n, id);
+    else this.fnOther.set(key, id);
     return id;
   }
 
@@ -471,6 +497,16 @@ export class SymbolTables {
     this.packedLen = grow(this.packedLen, (n) => new Uint32Array(n));
   }
 
+  /** Where stack `id`'s location ids start in stackLocs.data, and how many; has(id) must
+   * be true. */
+  locStart(id: number): number {
+    return this.stackStart[id]!;
+  }
+
+  locCount(id: number): number {
+    return this.stackCount[id]!;
+  }
+
   /** Whether stack `id` has its location list. */
   has(id: number): boolean {
     return id < this.stackStart.length && this.stackStart[id]! >= 0;
@@ -579,7 +615,16 @@ function bigValues(values: (number | bigint)[], c: RegionSnapshot['counters'], i
 /** The profile as raw protobuf (not gzipped). Synchronous: the tables cannot change
  * while it runs. */
 export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOptions): Uint8Array {
-  const w = new Writer(1 << 20);
+  // One buffer of about the size the profile will take (growing a 10 MB buffer by doubling
+  // allocates twice that and makes V8 collect for the external memory).
+  let estimate = 1 << 16;
+  for (const inp of inputs) {
+    const t = inp.tables;
+    estimate += inp.snapshot.counters.ids.length * 48 + t.stackLocs.length * 3 + t.locAddress.length * 24 +
+      t.lineFn.length * 8 + t.fnName.length * 16;
+    for (const str of t.strings) estimate += str.length + 4;
+  }
+  const w = new Writer(estimate);
   // The synthetic locations this profile needs are made first, so that no table grows
   // once the id offsets below are fixed.
   for (const inp of inputs) {
@@ -590,9 +635,8 @@ export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOp
       else if (!inp.tables.has(id)) inp.tables.syntheticLocation(UNKNOWN_STACK_FUNCTION);
     }
   }
-  // Strings: a table of this profile's own (sample types, label keys, exe paths, mapping
-  // paths and build ids, comments), then each input's table (minus its ""): strings are
-  // not deduplicated across inputs (the format allows repeats); index 0 stays "".
+  // Strings: the profile's own (sample types, label keys, exe paths, mapping paths and
+  // build ids, comments) first, then the inputs' (below); index 0 stays "".
   const global: string[] = [''];
   const gstr = new Map<string, number>([['', 0]]);
   const g = (str: string) => {
@@ -625,25 +669,54 @@ export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOp
       .filter(([name, n]) => n > 0n && name !== 'recursion' && name !== 'paused' && name !== 'truncated');
     if (lost.length) comments.push(g(`heaptap: pid ${h.pid} drops: ${lost.map(([k, n]) => `${k}=${n}`).join(' ')}`));
   }
-  const strBase: number[] = [];
-  const fnBase: number[] = [];
+  // Strings and functions: one table each for the whole profile. Each input's own strings
+  // and functions map into them, so what many processes share (libc's names, one binary
+  // run a hundred times) is written once, not once per process.
+  const strMap: Uint32Array[] = inputs.map((inp) => {
+    const own = inp.tables.strings;
+    const m = new Uint32Array(own.length);
+    for (let i = 1; i < own.length; i++) m[i] = g(own[i]!);
+    return m;
+  });
+  const fnName: number[] = [];
+  const fnSys: number[] = [];
+  const fnFile: number[] = [];
+  const fnStart: number[] = [];
+  const fnByName = new Map<number, number>();
+  const fnOther = new Map<string, number>();
+  const fnMap: Uint32Array[] = inputs.map((inp, input) => {
+    const t = inp.tables;
+    const sm = strMap[input]!;
+    const m = new Uint32Array(t.fnName.length + 1);
+    for (let i = 0; i < t.fnName.length; i++) {
+      const n = sm[t.fnName.data[i]!]!, sys = sm[t.fnSystem.data[i]!]!, f = sm[t.fnFile.data[i]!]!;
+      const start = t.fnStartLine.data[i]!;
+      const first = fnByName.get(n);
+      let id = first !== undefined && fnSys[first - 1] === sys && fnFile[first - 1] === f && fnStart[first - 1] === start ? first : undefined;
+      let key = '';
+      if (id === undefined && first !== undefined) id = fnOther.get((key = `${n},${sys},${f},${start}`));
+      if (id === undefined) {
+        id = fnName.push(n);
+        fnSys.push(sys);
+        fnFile.push(f);
+        fnStart.push(start);
+        if (first === undefined) fnByName.set(n, id);
+        else fnOther.set(key, id);
+      }
+      m[i + 1] = id;
+    }
+    return m;
+  });
   const locBase: number[] = [];
   const mapBase: number[] = [];
-  let sN = global.length - 1;
-  let fN = 0;
   let lN = 0;
   let mN = 0;
   for (const inp of inputs) {
-    strBase.push(sN);
-    fnBase.push(fN);
     locBase.push(lN);
     mapBase.push(mN);
-    sN += inp.tables.strings.length - 1;
-    fN += inp.tables.fnName.length;
     lN += inp.tables.locAddress.length;
     mN += inp.tables.mappings.length;
   }
-  const S = (input: number, idx: number) => (idx === 0 ? 0 : idx + strBase[input]!);
 
   // sample_type = 1
   for (const [t, u] of typeIdx) w.message(1, () => { w.field(1, t); w.field(2, u); });
@@ -651,7 +724,11 @@ export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOp
   // sample = 2. The hot loop: counters are read through 32-bit views (no BigInt per
   // value while every count is below 2^53, the BigInt path otherwise) and each sample's
   // length is computed before it is written.
+  // Values in a Float64Array while every count is below 2^53 (numbers stored in a plain
+  // array would be boxed: four allocations a sample), in `values` on the BigInt path.
+  const nv = new Float64Array(4);
   const values: (number | bigint)[] = [0, 0, 0, 0];
+  let big = false;
   const lbl = (key: number, v: number) => { const n = 2 + uvarintSize(key) + uvarintSize(v); return 1 + uvarintSize(n) + n; };
   const writeLabel = (key: number, numField: number, v: number) => {
     w.ensure(24);
@@ -694,37 +771,48 @@ export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOp
         const fb = FB[h]! * 4294967296 + FB[h - 1]!;
         const bao = bh < 0 ? 0 : BAO![bh]! * 4294967296 + BAO![bh - 1]!;
         const bab = bh < 0 ? 0 : BAB![bh]! * 4294967296 + BAB![bh - 1]!;
-        values[0] = Math.round(pos(ao - bao) / OBJ_ONE);
-        values[1] = pos(ab - bab);
-        values[2] = Math.round(pos(ao - fo) / OBJ_ONE);
-        values[3] = pos(ab - fb);
+        big = false;
+        nv[0] = Math.round(pos(ao - bao) / OBJ_ONE);
+        nv[1] = pos(ab - bab);
+        nv[2] = Math.round(pos(ao - fo) / OBJ_ONE);
+        nv[3] = pos(ab - fb);
         if (opts.fullDelta && bh >= 0) {
           const bfo = BFO![bh]! * 4294967296 + BFO![bh - 1]!;
           const bfb = BFB![bh]! * 4294967296 + BFB![bh - 1]!;
-          values[2] -= Math.round(pos(bao - bfo) / OBJ_ONE);
-          values[3] -= pos(bab - bfb);
+          nv[2] -= Math.round(pos(bao - bfo) / OBJ_ONE);
+          nv[3] -= pos(bab - bfb);
         }
         avg = ao > 0 ? Math.round(ab / (ao / OBJ_ONE)) : 0;
       } else {
+        big = true;
         bigValues(values, c, i, bc, bi, opts.fullDelta === true);
         const objs = objectsToNumber(c.allocObjects[i]!);
         avg = objs > 0 ? Math.round(Number(c.allocBytes[i]!) / objs) : 0;
       }
-      if (values[0] === 0 && (values[1] === 0 || values[1] === 0n) && values[2] === 0 && (values[3] === 0 || values[3] === 0n)) continue;
+      if (big ? values[0] === 0 && (values[1] === 0 || values[1] === 0n) && values[2] === 0 && (values[3] === 0 || values[3] === 0n)
+        : nv[0] === 0 && nv[1] === 0 && nv[2] === 0 && nv[3] === 0) continue;
       let packed = false;
-      let locs: Uint32Array | undefined;
+      // The stack's location ids are L[ls .. le) (no subarray per sample: garbage).
+      const L = t.stackLocs.data;
+      let ls = 0;
+      let le = 0;
       let single = 0;
       let locLen = 0;
       if (id === constants.STACK_OVERFLOW) single = t.syntheticLocation(OVERFLOW_FUNCTION);
       else if (lb === 0 && t.has(id)) {
         packed = true;
         locLen = t.packedLength(id);
-      } else if ((locs = t.locationsOf(id))) for (let k = 0; k < locs.length; k++) locLen += uvarintSize(locs[k]! + lb);
+      } else if (t.has(id)) {
+        ls = t.locStart(id);
+        le = ls + t.locCount(id);
+        for (let k = ls; k < le; k++) locLen += uvarintSize(L[k]! + lb);
+      }
       // Made by the first pass, so these do not grow the table.
       else single = t.syntheticLocation(UNKNOWN_STACK_FUNCTION);
       if (single) locLen = uvarintSize(single + lb);
       let valLen = 0;
-      for (const v of values) valLen += varintSize(v);
+      if (big) for (const v of values) valLen += varintSize(v);
+      else for (let k = 0; k < 4; k++) valLen += nv[k]! >= 0 ? uvarintSize(nv[k]!) : 10;
       const len = 1 + uvarintSize(locLen) + locLen + 1 + uvarintSize(valLen) + valLen +
         (avg > 0 ? lbl(bytesIdx, avg) : 0) + pidLabel + exeLabelLen;
       // Room for the whole sample, then unchecked writes (putVar) on a local position.
@@ -736,14 +824,21 @@ export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOp
       buf[p++] = 10; // location_id, packed
       p = putVar(buf, p, locLen);
       if (packed) p = t.copyPacked(id, buf, p);
-      else if (locs) for (let k = 0; k < locs.length; k++) p = putVar(buf, p, locs[k]! + lb);
+      else if (le > ls) for (let k = ls; k < le; k++) p = putVar(buf, p, L[k]! + lb);
       else p = putVar(buf, p, single + lb);
       buf[p++] = 18; // value, packed
       p = putVar(buf, p, valLen);
       w.pos = p;
-      for (const v of values) {
-        if (typeof v === 'number' && v >= 0) w.pos = putVar(buf, w.pos, v);
-        else w.varint(v);
+      if (big) {
+        for (const v of values) {
+          if (typeof v === 'number' && v >= 0) w.pos = putVar(buf, w.pos, v);
+          else w.varint(v);
+        }
+      } else {
+        for (let k = 0; k < 4; k++) {
+          if (nv[k]! >= 0) w.pos = putVar(buf, w.pos, nv[k]!);
+          else w.varint(nv[k]!); // a negative in-use delta: ten bytes, two's complement
+        }
       }
       if (avg > 0) writeLabel(bytesIdx, 24, avg);
       writeLabel(pidKey, 24, pid);
@@ -777,38 +872,35 @@ export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOp
   // location = 4
   inputs.forEach((inp, input) => {
     const t = inp.tables;
+    const fm = fnMap[input]!;
     for (let i = 0; i < t.locAddress.length; i++) {
-      w.message(4, () => {
-        w.field(1, locBase[input]! + i + 1);
-        const m = t.locMapping.data[i]!;
-        if (m) w.field(2, mapBase[input]! + m);
-        w.field(3, t.locAddress.data[i]!);
-        const start = t.locLineStart.data[i]!;
-        for (let k = 0; k < t.locLineCount.data[i]!; k++) {
-          w.message(4, () => {
-            w.field(1, fnBase[input]! + t.lineFn.data[start + k]!);
-            w.field(2, t.lineNo.data[start + k]!);
-          });
-        }
-      });
+      const at = w.begin(4);
+      w.field(1, locBase[input]! + i + 1);
+      const m = t.locMapping.data[i]!;
+      if (m) w.field(2, mapBase[input]! + m);
+      w.field(3, t.locAddress.data[i]!);
+      const start = t.locLineStart.data[i]!;
+      for (let k = 0; k < t.locLineCount.data[i]!; k++) {
+        const lat = w.begin(4);
+        w.field(1, fm[t.lineFn.data[start + k]!]!);
+        w.field(2, t.lineNo.data[start + k]!);
+        w.end(lat);
+      }
+      w.end(at);
     }
   });
   // function = 5
-  inputs.forEach((inp, input) => {
-    const t = inp.tables;
-    for (let i = 0; i < t.fnName.length; i++) {
-      w.message(5, () => {
-        w.field(1, fnBase[input]! + i + 1);
-        w.field(2, S(input, t.fnName.data[i]!));
-        w.field(3, S(input, t.fnSystem.data[i]!));
-        w.field(4, S(input, t.fnFile.data[i]!));
-        w.field(5, t.fnStartLine.data[i]!);
-      });
-    }
-  });
+  for (let i = 0; i < fnName.length; i++) {
+    const at = w.begin(5);
+    w.field(1, i + 1);
+    w.field(2, fnName[i]!);
+    w.field(3, fnSys[i]!);
+    w.field(4, fnFile[i]!);
+    w.field(5, fnStart[i]!);
+    w.end(at);
+  }
   // string_table = 6 (every entry, "" included: the index is the position)
   for (const str of global) w.string(6, str);
-  for (const inp of inputs) for (let i = 1; i < inp.tables.strings.length; i++) w.string(6, inp.tables.strings[i]!);
   // time_nanos = 9, duration_nanos = 10, period_type = 11, period = 12, comment = 13,
   // default_sample_type = 14
   w.field(9, opts.timeNanos ?? BigInt(Date.now()) * 1_000_000n);

@@ -77,12 +77,15 @@ test('the agent encoder and buildProfile agree on real fixture regions: heap, al
     ...s,
     counters: { ...s.counters, allocObjects: s.counters.allocObjects.map((v) => v / 2n), allocBytes: s.counters.allocBytes.map((v) => v / 2n) },
   });
+  // Another process of the same binary (as a hundred replicas on one node would be).
+  const twin: RegionSnapshot = { ...sa, header: { ...sa.header, pid: sa.header.pid + 1 } };
   const cases: [string, { snapshot: RegionSnapshot; base?: RegionSnapshot }[], 'heap' | 'allocs'][] = [
     ['heap', [{ snapshot: sa }], 'heap'],
     ['allocs', [{ snapshot: sa }], 'allocs'],
     ['stripped', [{ snapshot: sb }], 'heap'],
     ['delta', [{ snapshot: sa, base: half(sa) }], 'heap'],
     ['merged', [{ snapshot: sa }, { snapshot: sb }], 'heap'],
+    ['merged, one binary twice', [{ snapshot: sa }, { snapshot: twin }], 'heap'],
   ];
   for (const [name, snaps, view] of cases) {
     const ref = await buildProfileAsync(snaps, { view, symbolizer: sym, timeNanos: 1n, exeLabel: snaps.length > 1 });
@@ -94,4 +97,11 @@ test('the agent encoder and buildProfile agree on real fixture regions: heap, al
     t.is(m.samples.length, r.samples.length, `${name}: sample count`);
     t.deepEqual(m.samples, r.samples, `${name}: samples`);
   }
+  // What processes share is written once: no string and no function twice.
+  const twice = await ours([{ snapshot: sa }, { snapshot: twin }], sym, 'heap');
+  const strs = twice.stringTable.strings;
+  t.is(new Set(strs).size, strs.length, 'no repeated strings');
+  const fkeys = twice.function.map((f) => `${f.name},${f.systemName},${f.filename},${f.startLine}`);
+  t.is(new Set(fkeys).size, fkeys.length, 'no repeated functions');
+  t.is(twice.function.length, (await ours([{ snapshot: sa }], sym, 'heap')).function.length);
 });
