@@ -1,6 +1,7 @@
 // How right heaptap's figures are, against exact ones.
 //
 //   node bench/accuracy.ts --mode full|quick --out DIR [--only churn,real,peak]
+//                          [--command 'how it was started', for the section's first line]
 //
 // bench/run.sh runs it in both modes (npm run bench, npm run bench:quick); it writes
 // DIR/accuracy.md (the "## Accuracy" section of bench/RESULTS.md, which run.sh splices in
@@ -57,6 +58,7 @@ const MODE = arg('--mode') ?? 'quick';
 if (MODE !== 'quick' && MODE !== 'full') throw new Error(`--mode must be quick or full, not ${MODE}`);
 const OUT = resolve(arg('--out') ?? join(BENCH, 'out', MODE, 'accuracy'));
 const ONLY = new Set((arg('--only') ?? 'churn,real,peak').split(','));
+const COMMAND = arg('--command') ?? `node bench/accuracy.ts --mode ${MODE}`;
 
 // Full sizes: churn's sites allocate 512 MiB each (1024 expected samples at the default
 // rate: an sd of at most 3.1%); the real workloads at the sizes of bench/run.sh's overhead
@@ -425,7 +427,11 @@ function workloads(): Workload[] {
     title: `gcc -O2 -c on a generated C file (${SIZES.gccModules} modules; cc1 only)`,
     async run(name, prefix, env, dir) {
       const src = join(RUNS, 'gen.c');
-      if (!existsSync(src)) await run('gen_c', [PYTHON, join(BENCH, 'gen_c.py'), String(SIZES.gccModules), src]);
+      if (!existsSync(src)) {
+        const gen = [PYTHON, join(BENCH, 'gen_c.py'), String(SIZES.gccModules), src];
+        recordCmd('gcc input', gen, {});
+        await run('gen_c', gen);
+      }
       // gcc runs cc1 through the wrapper, which runs only cc1 under the profiler.
       const e = { ...env, BENCH_CC1_PROFILER: prefix.join(' ') };
       const cmd = ['gcc', '-O2', '-c', src, '-o', join(dir, 'out.o'), '-wrapper', join(BENCH, 'accuracy-wrap.sh')];
@@ -664,8 +670,9 @@ async function main(): Promise<number> {
   const md = [
     '## Accuracy: heaptap\'s figures against exact ones',
     '',
-    `Run ${date} by \`${MODE === 'full' ? 'npm run bench' : 'npm run bench:quick'}\` (bench/accuracy.ts, ${MODE} mode, ${secs} s; ` +
-    `\`bash bench/run.sh --only accuracy\` runs this part alone). Generated from bench/out/${MODE}/accuracy/; ` +
+    `Run ${date} by \`${COMMAND}\` (bench/accuracy.ts, ${MODE} mode, ${secs} s` +
+    (COMMAND.includes('--only') ? ')' : '; `bash bench/run.sh --only accuracy` runs this part alone)') +
+    `. Generated from bench/out/${MODE}/accuracy/; ` +
     'the paragraphs under the tables are hand-written (bench/notes/accuracy-*.md) for the run they name.',
     '',
     await versions(),

@@ -433,7 +433,10 @@ run_callgrind() {
 NODE=$ROOT/node_modules/.bin/node
 run_accuracy() {
 	local rc=0
-	"$NODE" "$BENCH/accuracy.ts" --mode "$MODE" --out "$OUT/accuracy" || rc=$?
+	local how="npm run bench"
+	[ "$MODE" = quick ] && how="npm run bench:quick"
+	[ -n "$ONLY" ] && how="bash bench/run.sh$([ "$MODE" = quick ] && echo ' --quick') --only $ONLY"
+	"$NODE" "$BENCH/accuracy.ts" --mode "$MODE" --out "$OUT/accuracy" --command "$how" || rc=$?
 	if [ "$rc" != 0 ]; then
 		printf 'accuracy: status %s; see the Failures in %s/accuracy/accuracy.md\n' "$rc" "$OUT" >>"$FAILS"
 		say "FAILED: accuracy (status $rc)"
