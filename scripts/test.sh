@@ -8,3 +8,7 @@ cd "$(dirname "$0")/.."
 # nothing afterwards. Not part of setup.sh, which only installs what heaptap itself needs.
 npm run --silent peers
 npm test
+# The benchmark harness at small sizes (bench/run.sh --quick, about 1.5 minutes on 2 cores
+# once its Debian packages are installed): every overhead and accuracy configuration must
+# run and give its numbers; the numbers themselves are not checked.
+npm run bench:quick
