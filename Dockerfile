@@ -14,7 +14,7 @@ ARG NODE_MAJOR=24
 FROM node:${NODE_MAJOR}-bookworm AS build
 # The C toolchain comes with the image (buildpack-deps); the addon links elfutils and zlib.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libdw-dev libelf-dev zlib1g-dev \
+ && apt-get install -y --no-install-recommends libdw-dev libelf-dev zlib1g-dev libdeflate-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./
@@ -27,7 +27,7 @@ FROM node:${NODE_MAJOR}-bookworm-slim
 # libc6, libstdc++6 and libgcc-s1; test/deploy/image.test.ts checks this list against the
 # addon's NEEDED entries.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libdw1 libelf1 zlib1g \
+ && apt-get install -y --no-install-recommends libdw1 libelf1 zlib1g libdeflate0 \
  && rm -rf /var/lib/apt/lists/*
 # A fixed uid/gid, numeric in USER so that the kubelet can verify runAsNonRoot; the
 # manifests in deploy/ run the application container with the same ids.

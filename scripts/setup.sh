@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(build-essential g++ make pkg-config valgrind libdw-dev libelf-dev binutils file
+debs=(build-essential g++ make pkg-config valgrind libdw-dev libelf-dev libdeflate-dev binutils file
       libjemalloc2 libjemalloc-dev)
 missing=()
 for p in "${debs[@]}"; do

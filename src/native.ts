@@ -18,6 +18,7 @@ export interface NativeBinding {
   writeControl(path: string, control: ControlUpdate): void;
   dedupeFrames(frames: BigUint64Array): { unique: BigUint64Array; index: Uint32Array };
   trimMemory(): void;
+  gzipAsync(data: Uint8Array, level?: number): Promise<Buffer>;
   readonly constants: RegionConstants;
   readonly layout: RegionLayout;
   /** symbolize.cc: ELF/DWARF symbolization with libdwfl (typed wrapper: src/symbolize.ts) */

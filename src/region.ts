@@ -240,6 +240,12 @@ export function trimNativeMemory(): void {
   native.trimMemory();
 }
 
+/** gzip of `data` (libdeflate, level 1..12, default 1), off the event loop; `data` must not
+ * change until it resolves. */
+export function gzipBuffer(data: Uint8Array, level = 1): Promise<Buffer> {
+  return native.gzipAsync(data, level);
+}
+
 export function isRegionError(e: unknown): e is RegionError {
   return e instanceof Error && typeof (e as Partial<RegionError>).code === 'string' &&
     typeof (e as Partial<RegionError>).path === 'string';

@@ -14,9 +14,6 @@
 // symbolized frames innermost first as lines), mappings by module, and per stack id its
 // location ids. Symbolization happens once per new return address, on the symbolizer's
 // async API (module by module, as profile.ts does).
-import { promisify } from 'node:util';
-import { constants as zc, gzip } from 'node:zlib';
-
 import {
   OVERFLOW_FUNCTION,
   SAMPLE_TYPES,
@@ -24,10 +21,9 @@ import {
   UNKNOWN_STACK_FUNCTION,
   type AsyncProfileSymbolizer,
 } from '../profile.ts';
-import { constants, dedupeFrames, objectsToNumber, type RegionModule, type RegionSnapshot } from '../region.ts';
+import { constants, dedupeFrames, gzipBuffer, objectsToNumber, type RegionModule, type RegionSnapshot } from '../region.ts';
 import type { StackStore } from './stackStore.ts';
 
-const gzipAsync = promisify(gzip);
 const yieldLoop = () => new Promise<void>((r) => setImmediate(r));
 
 // ---------------------------------------------------------------------------------------
@@ -930,7 +926,8 @@ function choosePeriod(inputs: readonly EncodeInput[]): bigint {
   return best;
 }
 
-/** gzip at BestSpeed, as Go's runtime/pprof writes profiles (proto.go). */
+/** gzip at BestSpeed (level 1), as Go's runtime/pprof writes profiles (proto.go), with
+ * libdeflate: half zlib's time on a large profile, and a slightly smaller result. */
 export function gzipProfile(raw: Uint8Array): Promise<Buffer> {
-  return gzipAsync(raw, { level: zc.Z_BEST_SPEED });
+  return gzipBuffer(raw, 1);
 }
