@@ -173,7 +173,12 @@ HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 	uint32_t index_cap = 1;
 	while (index_cap < 2ull * c->max_stacks)
 		index_cap <<= 1;
-	uint32_t frames_cap = c->max_stacks * 24u;
+	/* Room for every stack at full depth (up to 64 frames each): the pool must not run out
+	 * before the stack table does. Deep interpreter stacks average 40 frames (python3),
+	 * so a pool sized for an average of 24 filled at 60% of max_stacks. The file is
+	 * sparse and space is reserved as frames are written, so capacity costs nothing until
+	 * used; 2^22 stacks x 64 frames keeps the file under the reader's 4 GiB limit. */
+	uint32_t frames_cap = c->max_stacks * (c->max_depth < 64u ? c->max_depth : 64u);
 	uint32_t slab_bytes = (uint32_t)ALIGN_UP(sizeof(struct ht_slab_header) +
 		(uint64_t)c->slab_entries * sizeof(struct ht_slab_entry), HT_SECTION_ALIGN);
 	set_section(&tmp.modules, &off, c->max_modules, sizeof(struct ht_module));

@@ -258,3 +258,23 @@ test('a full tmpfs becomes drop counters, never a crash', async (t) => {
   t.true(overflow > 0n);
   await cleanup(out);
 });
+
+test('deep stacks fill the stack table before the frame pool', async (t) => {
+  // Interpreters and recursive code make deep stacks (python3 compiling code averages
+  // about 40 frames). The frame pool must hold a full-depth stack per table entry, so
+  // that what runs out is the stack table, counted as stacks_full, never the pool
+  // (frames_full). deepstacks makes 3000 distinct stacks about 43 frames deep.
+  const r = await runUnder(['deepstacks', '--stacks', '3000', '--depth', '40'], {
+    HEAPTAP_SAMPLE_RATE: '1', HEAPTAP_MAX_STACKS: '1024',
+  });
+  t.is(r.code, 0, r.stderr);
+  const [snap] = await regionsIn(r.dir);
+  const h = snap!.header;
+  t.true(h.frames.capacity >= h.stacks.capacity * Math.min(h.maxDepth, 64), `frames ${h.frames.capacity} for ${h.stacks.capacity} stacks`);
+  const avg = snap!.stacks.frames.length / snap!.stacks.ids.length;
+  t.true(avg > 40, `stacks average ${avg.toFixed(1)} frames`);
+  t.true(h.drops[drop('stacks_full')]! > 0n, 'the stack table did fill');
+  t.is(h.drops[drop('frames_full')], 0n, 'the frame pool did not');
+  t.true(snap!.stacks.ids.length >= 1000, `${snap!.stacks.ids.length} stacks recorded`);
+  await cleanup(r.dir);
+});
