@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 
 import type {
   ControlUpdate,
+  EncodeSamplesArgs,
   RegionConstants,
   RegionLayout,
   RegionSnapshot,
@@ -19,6 +20,7 @@ export interface NativeBinding {
   dedupeFrames(frames: BigUint64Array): { unique: BigUint64Array; index: Uint32Array };
   trimMemory(): void;
   gzipAsync(data: Uint8Array, level?: number): Promise<Buffer>;
+  encodeSamples(args: EncodeSamplesArgs): Uint8Array;
   readonly constants: RegionConstants;
   readonly layout: RegionLayout;
   /** symbolize.cc: ELF/DWARF symbolization with libdwfl (typed wrapper: src/symbolize.ts) */

@@ -246,6 +246,41 @@ export function gzipBuffer(data: Uint8Array, level = 1): Promise<Buffer> {
   return native.gzipAsync(data, level);
 }
 
+/** What encodeSamples reads: one process's counters (and a delta's base), its stacks'
+ * location lists, and the profile's string and location indices it needs. */
+export interface EncodeSamplesArgs {
+  counters: Pick<RegionSnapshot['counters'], 'ids' | 'allocObjects' | 'allocBytes' | 'freeObjects' | 'freeBytes'>;
+  base?: Pick<RegionSnapshot['counters'], 'ids' | 'allocObjects' | 'allocBytes' | 'freeObjects' | 'freeBytes'>;
+  /** in-use values become snapshot - base too (Go's ?seconds=N) */
+  fullDelta: boolean;
+  /** per stack id: start and count in stackLocs (start -1: not built) */
+  stackStart: Int32Array;
+  stackCount: Uint32Array;
+  stackLocs: Uint32Array;
+  /** per stack id: its location ids as packed varints, packed[packedStart .. +packedLen) */
+  packed: Uint8Array;
+  packedStart: Uint32Array;
+  packedLen: Uint32Array;
+  /** added to every location id (this process's offset in a merged profile) */
+  locBase: number;
+  /** location ids (before locBase) of the overflow and unknown-stack markers; 0 if unused */
+  overflowLoc: number;
+  unknownLoc: number;
+  /** string indices of the label keys; exeStr the exe path's */
+  bytesKey: number;
+  pidKey: number;
+  pid: number;
+  exeLabel: boolean;
+  exeKey: number;
+  exeStr: number;
+}
+
+/** The sample records (pprof Profile field 2) of one process, as protobuf bytes: the
+ * agent's hot loop, in C (src/addon/encode.cc states the values and labels). */
+export function encodeSamples(args: EncodeSamplesArgs): Uint8Array {
+  return native.encodeSamples(args);
+}
+
 export function isRegionError(e: unknown): e is RegionError {
   return e instanceof Error && typeof (e as Partial<RegionError>).code === 'string' &&
     typeof (e as Partial<RegionError>).path === 'string';

@@ -526,3 +526,30 @@ test('gzipAsync: valid gzip that decompresses to the input, at any level; bad ar
   t.throws(() => native.gzipAsync(new Uint8Array(4), 13), { instanceOf: RangeError });
   t.throws(() => native.gzipAsync('text' as unknown as Uint8Array), { instanceOf: TypeError });
 });
+
+test('encodeSamples: out-of-range stack arrays make a row unknown, never a bad read; wrong types throw', (t) => {
+  const counters = {
+    ids: Uint32Array.from([2, 3, 5]),
+    allocObjects: BigUint64Array.from([65536n, 65536n, 65536n]),
+    allocBytes: BigUint64Array.from([8n, 8n, 8n]),
+    freeObjects: new BigUint64Array(3),
+    freeBytes: new BigUint64Array(3),
+  };
+  const args = {
+    counters, fullDelta: false,
+    // stack 2: packed bytes and a start past their buffers; stack 3: the same with a count
+    // past stackLocs; stack 5: beyond the per-stack arrays
+    stackStart: Int32Array.from([-1, -1, 1_000_000, 0]), stackCount: Uint32Array.from([0, 0, 1, 99]),
+    stackLocs: Uint32Array.from([7]), packed: Uint8Array.from([7]),
+    packedStart: Uint32Array.from([0, 0, 0, 5]), packedLen: Uint32Array.from([0, 0, 2, 9]),
+    locBase: 0, overflowLoc: 0, unknownLoc: 42, bytesKey: 1, pidKey: 2, pid: 7, exeLabel: false, exeKey: 0, exeStr: 0,
+  };
+  const out = native.encodeSamples(args);
+  // Three samples, each with the single location id 42 (field 1 packed: 0x0a 0x01 0x2a).
+  let n = 0;
+  for (let i = 0; i + 2 < out.length; i++) if (out[i] === 0x0a && out[i + 1] === 0x01 && out[i + 2] === 42) n++;
+  t.is(n, 3);
+  t.throws(() => native.encodeSamples({ ...args, stackLocs: new Int32Array(1) as unknown as Uint32Array }), { instanceOf: TypeError });
+  t.throws(() => native.encodeSamples({ ...args, counters: { ...counters, freeBytes: new BigUint64Array(2) } }), { instanceOf: RangeError });
+  t.throws(() => native.encodeSamples({ ...args, pid: -1 }), { instanceOf: RangeError });
+});

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "reader.h"
+#include "encode.h"
 #include "symbolize.h"
 
 namespace {
@@ -652,6 +653,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports)
 	exports.Set("layout", Layout(env));
 	// JS: Symbolizer (symbolize.cc)
 	InitSymbolize(env, exports);
+	// JS: encodeSamples (encode.cc)
+	InitEncode(env, exports);
 	return exports;
 }
 

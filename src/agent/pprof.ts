@@ -4,8 +4,8 @@
 // Why not src/profile.ts's buildProfile for every request: a region's stack records never
 // change once READY, so what a profile needs besides the counters (locations, functions,
 // strings, each stack's location ids) can be built once per stack and kept. A request then
-// only walks the counters and writes varints: for 100k stacks that is tens of ms, where
-// building pprof-format objects anew takes seconds and hundreds of MB. The output follows
+// only walks the counters and writes varints (in C: src/addon/encode.cc), for 100k stacks
+// tens of ms, where building pprof-format objects anew takes seconds and hundreds of MB. The output follows
 // src/profile.ts exactly (same sample types, values, labels, mappings, locations,
 // synthetic frames, comments); test/agent/pprof-equivalence.test.ts checks the two agree.
 //
@@ -21,7 +21,7 @@ import {
   UNKNOWN_STACK_FUNCTION,
   type AsyncProfileSymbolizer,
 } from '../profile.ts';
-import { constants, dedupeFrames, gzipBuffer, objectsToNumber, type RegionModule, type RegionSnapshot } from '../region.ts';
+import { constants, dedupeFrames, encodeSamples, gzipBuffer, type RegionModule, type RegionSnapshot } from '../region.ts';
 import type { StackStore } from './stackStore.ts';
 
 const yieldLoop = () => new Promise<void>((r) => setImmediate(r));
@@ -493,32 +493,21 @@ export class SymbolTables {
     this.packedLen = grow(this.packedLen, (n) => new Uint32Array(n));
   }
 
-  /** Where stack `id`'s location ids start in stackLocs.data, and how many; has(id) must
-   * be true. */
-  locStart(id: number): number {
-    return this.stackStart[id]!;
-  }
-
-  locCount(id: number): number {
-    return this.stackCount[id]!;
+  /** The per-stack arrays encodeSamples (src/addon/encode.cc) reads. */
+  sampleArgs(): { stackStart: Int32Array; stackCount: Uint32Array; stackLocs: Uint32Array; packed: Uint8Array; packedStart: Uint32Array; packedLen: Uint32Array } {
+    return {
+      stackStart: this.stackStart,
+      stackCount: this.stackCount,
+      stackLocs: this.stackLocs.data.subarray(0, this.stackLocs.length),
+      packed: this.packed.buf.subarray(0, this.packed.pos),
+      packedStart: this.packedStart,
+      packedLen: this.packedLen,
+    };
   }
 
   /** Whether stack `id` has its location list. */
   has(id: number): boolean {
     return id < this.stackStart.length && this.stackStart[id]! >= 0;
-  }
-
-  /** Copies the packed location ids of stack `id` (as written with no id offset) to
-   * buf[p] and returns the position after them; has(id) must be true. */
-  copyPacked(id: number, buf: Uint8Array, p: number): number {
-    const src = this.packed.buf;
-    const end = this.packedStart[id]! + this.packedLen[id]!;
-    for (let k = this.packedStart[id]!; k < end; k++) buf[p++] = src[k]!;
-    return p;
-  }
-
-  packedLength(id: number): number {
-    return this.packedLen[id]!;
   }
 }
 
@@ -541,14 +530,6 @@ export interface EncodeOptions {
   timeNanos?: bigint;
   durationNanos?: bigint;
 }
-
-const sub = (a: bigint, b: bigint): bigint => (a > b ? a - b : 0n);
-const num = (v: bigint): number | bigint => (v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
-const pos = (v: number): number => (v > 0 ? v : 0);
-/** High words at or above this make a value 2^53 or more: the BigInt path. */
-const HUGE = 0x200000;
-const OBJ_ONE = constants.OBJ_ONE;
-const u32 = (a: BigUint64Array) => new Uint32Array(a.buffer, a.byteOffset, a.length * 2);
 
 /** Writes a non-negative integer below 2^53 at buf[p] (room already ensured); returns the
  * position after it. */
@@ -579,35 +560,6 @@ function uvarintSize(v: number): number {
   return n;
 }
 
-function varintSize(v: number | bigint): number {
-  if (typeof v === 'number' && v >= 0 && v <= Number.MAX_SAFE_INTEGER) return uvarintSize(v);
-  let b = BigInt.asUintN(64, BigInt(v));
-  let n = 1;
-  while (b >= 0x80n) {
-    n++;
-    b >>= 7n;
-  }
-  return n;
-}
-
-/** A row's values with BigInt arithmetic (counts of 2^53 or more), as profile.ts computes
- * them. */
-function bigValues(values: (number | bigint)[], c: RegionSnapshot['counters'], i: number, bc: RegionSnapshot['counters'] | undefined, bi: number | undefined, fullDelta: boolean): void {
-  const ao = c.allocObjects[i]!, ab = c.allocBytes[i]!, fo = c.freeObjects[i]!, fb = c.freeBytes[i]!;
-  const bao = bi === undefined ? 0n : bc!.allocObjects[bi]!;
-  const bab = bi === undefined ? 0n : bc!.allocBytes[bi]!;
-  values[0] = Math.round(objectsToNumber(sub(ao, bao)));
-  values[1] = num(sub(ab, bab));
-  values[2] = Math.round(objectsToNumber(sub(ao, fo)));
-  values[3] = num(sub(ab, fb));
-  if (fullDelta && bi !== undefined) {
-    const bfo = bc!.freeObjects[bi]!, bfb = bc!.freeBytes[bi]!;
-    values[2] = (values[2] as number) - Math.round(objectsToNumber(sub(bao, bfo)));
-    values[3] = BigInt(values[3]) - sub(bab, bfb);
-    if (values[3] >= BigInt(Number.MIN_SAFE_INTEGER) && values[3] <= BigInt(Number.MAX_SAFE_INTEGER)) values[3] = Number(values[3]);
-  }
-}
-
 /** The profile as raw protobuf (not gzipped). Synchronous: the tables cannot change
  * while it runs. */
 export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOptions): Uint8Array {
@@ -623,13 +575,19 @@ export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOp
   const w = new Writer(estimate);
   // The synthetic locations this profile needs are made first, so that no table grows
   // once the id offsets below are fixed.
+  const overflowLoc: number[] = [];
+  const unknownLoc: number[] = [];
   for (const inp of inputs) {
     const ids = inp.snapshot.counters.ids;
+    let overflow = 0;
+    let unknown = 0;
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i]!;
-      if (id === constants.STACK_OVERFLOW) inp.tables.syntheticLocation(OVERFLOW_FUNCTION);
-      else if (!inp.tables.has(id)) inp.tables.syntheticLocation(UNKNOWN_STACK_FUNCTION);
+      if (id === constants.STACK_OVERFLOW) overflow ||= inp.tables.syntheticLocation(OVERFLOW_FUNCTION);
+      else if (!inp.tables.has(id)) unknown ||= inp.tables.syntheticLocation(UNKNOWN_STACK_FUNCTION);
     }
+    overflowLoc.push(overflow);
+    unknownLoc.push(unknown);
   }
   // Strings: the profile's own (sample types, label keys, exe paths, mapping paths and
   // build ids, comments) first, then the inputs' (below); index 0 stays "".
@@ -717,129 +675,26 @@ export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOp
   // sample_type = 1
   for (const [t, u] of typeIdx) w.message(1, () => { w.field(1, t); w.field(2, u); });
 
-  // sample = 2. The hot loop: counters are read through 32-bit views (no BigInt per
-  // value while every count is below 2^53, the BigInt path otherwise) and each sample's
-  // length is computed before it is written.
-  // Values in a Float64Array while every count is below 2^53 (numbers stored in a plain
-  // array would be boxed: four allocations a sample), in `values` on the BigInt path.
-  const nv = new Float64Array(4);
-  const values: (number | bigint)[] = [0, 0, 0, 0];
-  let big = false;
-  const lbl = (key: number, v: number) => { const n = 2 + uvarintSize(key) + uvarintSize(v); return 1 + uvarintSize(n) + n; };
-  const writeLabel = (key: number, numField: number, v: number) => {
-    w.ensure(24);
-    const buf = w.buf;
-    let p = w.pos;
-    buf[p++] = 26; // field 3, length-delimited
-    p = putVar(buf, p, 2 + uvarintSize(key) + uvarintSize(v));
-    buf[p++] = 8;
-    p = putVar(buf, p, key);
-    buf[p++] = numField;
-    w.pos = putVar(buf, p, v);
-  };
+  // sample = 2: the hot loop, in C (src/addon/encode.cc, which states the values and
+  // labels; they are src/profile.ts's, as test/agent/pprof-equivalence.test.ts checks).
   inputs.forEach((inp, input) => {
-    const c = inp.snapshot.counters;
     const t = inp.tables;
-    const pid = inp.snapshot.header.pid;
-    const lb = locBase[input]!;
-    const bc = inp.base?.counters;
-    let baseAt: Map<number, number> | null = null;
-    if (bc) {
-      baseAt = new Map();
-      for (let i = 0; i < bc.ids.length; i++) baseAt.set(bc.ids[i]!, i);
-    }
-    const AO = u32(c.allocObjects), AB = u32(c.allocBytes), FO = u32(c.freeObjects), FB = u32(c.freeBytes);
-    const BAO = bc ? u32(bc.allocObjects) : null, BAB = bc ? u32(bc.allocBytes) : null;
-    const BFO = bc ? u32(bc.freeObjects) : null, BFB = bc ? u32(bc.freeBytes) : null;
-    const pidLabel = lbl(pidKey, pid);
-    const exeLabelLen = opts.exeLabel ? lbl(exeKey, exeStr[input]!) : 0;
-    for (let i = 0; i < c.ids.length; i++) {
-      const id = c.ids[i]!;
-      const bi = baseAt?.get(id);
-      const h = 2 * i + 1;
-      const bh = bi === undefined ? -1 : 2 * bi + 1;
-      let avg: number;
-      if (AO[h]! < HUGE && AB[h]! < HUGE && FO[h]! < HUGE && FB[h]! < HUGE &&
-          (bh < 0 || (BAO![bh]! < HUGE && BAB![bh]! < HUGE && BFO![bh]! < HUGE && BFB![bh]! < HUGE))) {
-        const ao = AO[h]! * 4294967296 + AO[h - 1]!;
-        const ab = AB[h]! * 4294967296 + AB[h - 1]!;
-        const fo = FO[h]! * 4294967296 + FO[h - 1]!;
-        const fb = FB[h]! * 4294967296 + FB[h - 1]!;
-        const bao = bh < 0 ? 0 : BAO![bh]! * 4294967296 + BAO![bh - 1]!;
-        const bab = bh < 0 ? 0 : BAB![bh]! * 4294967296 + BAB![bh - 1]!;
-        big = false;
-        nv[0] = Math.round(pos(ao - bao) / OBJ_ONE);
-        nv[1] = pos(ab - bab);
-        nv[2] = Math.round(pos(ao - fo) / OBJ_ONE);
-        nv[3] = pos(ab - fb);
-        if (opts.fullDelta && bh >= 0) {
-          const bfo = BFO![bh]! * 4294967296 + BFO![bh - 1]!;
-          const bfb = BFB![bh]! * 4294967296 + BFB![bh - 1]!;
-          nv[2] -= Math.round(pos(bao - bfo) / OBJ_ONE);
-          nv[3] -= pos(bab - bfb);
-        }
-        avg = ao > 0 ? Math.round(ab / (ao / OBJ_ONE)) : 0;
-      } else {
-        big = true;
-        bigValues(values, c, i, bc, bi, opts.fullDelta === true);
-        const objs = objectsToNumber(c.allocObjects[i]!);
-        avg = objs > 0 ? Math.round(Number(c.allocBytes[i]!) / objs) : 0;
-      }
-      if (big ? values[0] === 0 && (values[1] === 0 || values[1] === 0n) && values[2] === 0 && (values[3] === 0 || values[3] === 0n)
-        : nv[0] === 0 && nv[1] === 0 && nv[2] === 0 && nv[3] === 0) continue;
-      let packed = false;
-      // The stack's location ids are L[ls .. le) (no subarray per sample: garbage).
-      const L = t.stackLocs.data;
-      let ls = 0;
-      let le = 0;
-      let single = 0;
-      let locLen = 0;
-      if (id === constants.STACK_OVERFLOW) single = t.syntheticLocation(OVERFLOW_FUNCTION);
-      else if (lb === 0 && t.has(id)) {
-        packed = true;
-        locLen = t.packedLength(id);
-      } else if (t.has(id)) {
-        ls = t.locStart(id);
-        le = ls + t.locCount(id);
-        for (let k = ls; k < le; k++) locLen += uvarintSize(L[k]! + lb);
-      }
-      // Made by the first pass, so these do not grow the table.
-      else single = t.syntheticLocation(UNKNOWN_STACK_FUNCTION);
-      if (single) locLen = uvarintSize(single + lb);
-      let valLen = 0;
-      if (big) for (const v of values) valLen += varintSize(v);
-      else for (let k = 0; k < 4; k++) valLen += nv[k]! >= 0 ? uvarintSize(nv[k]!) : 10;
-      const len = 1 + uvarintSize(locLen) + locLen + 1 + uvarintSize(valLen) + valLen +
-        (avg > 0 ? lbl(bytesIdx, avg) : 0) + pidLabel + exeLabelLen;
-      // Room for the whole sample, then unchecked writes (putVar) on a local position.
-      w.ensure(len + 16);
-      const buf = w.buf;
-      let p = w.pos;
-      buf[p++] = 18; // field 2, length-delimited
-      p = putVar(buf, p, len);
-      buf[p++] = 10; // location_id, packed
-      p = putVar(buf, p, locLen);
-      if (packed) p = t.copyPacked(id, buf, p);
-      else if (le > ls) for (let k = ls; k < le; k++) p = putVar(buf, p, L[k]! + lb);
-      else p = putVar(buf, p, single + lb);
-      buf[p++] = 18; // value, packed
-      p = putVar(buf, p, valLen);
-      w.pos = p;
-      if (big) {
-        for (const v of values) {
-          if (typeof v === 'number' && v >= 0) w.pos = putVar(buf, w.pos, v);
-          else w.varint(v);
-        }
-      } else {
-        for (let k = 0; k < 4; k++) {
-          if (nv[k]! >= 0) w.pos = putVar(buf, w.pos, nv[k]!);
-          else w.varint(nv[k]!); // a negative in-use delta: ten bytes, two's complement
-        }
-      }
-      if (avg > 0) writeLabel(bytesIdx, 24, avg);
-      writeLabel(pidKey, 24, pid);
-      if (opts.exeLabel) writeLabel(exeKey, 16, exeStr[input]!);
-    }
+    const bytes = encodeSamples({
+      counters: inp.snapshot.counters,
+      base: inp.base?.counters,
+      fullDelta: opts.fullDelta === true,
+      ...t.sampleArgs(),
+      locBase: locBase[input]!,
+      overflowLoc: overflowLoc[input]!,
+      unknownLoc: unknownLoc[input]!,
+      bytesKey: bytesIdx,
+      pidKey,
+      pid: inp.snapshot.header.pid,
+      exeLabel: opts.exeLabel,
+      exeKey,
+      exeStr: exeStr[input]!,
+    });
+    w.raw(bytes);
   });
 
   // mapping = 3: the first input's main executable first (pprof takes the first mapping as

@@ -6,9 +6,10 @@ import type { Profile } from 'pprof-format';
 
 import { encodeHeapProfile, SymbolTables } from '../../src/agent/pprof.ts';
 import { StackStore } from '../../src/agent/stackStore.ts';
-import { buildProfileAsync, decodeProfile, str } from '../../src/profile.ts';
+import { buildProfileAsync, decodeProfile, OVERFLOW_FUNCTION, str, UNKNOWN_STACK_FUNCTION } from '../../src/profile.ts';
 import { listRegions, readRegion, type RegionSnapshot } from '../../src/region.ts';
 import { Symbolizer } from '../../src/symbolize.ts';
+import { buildRegion, tempDir as tempRegionDir, writeRegion } from '../helpers/regionBuilder.ts';
 import { fixtures, startFixture, tempDir } from './helpers.ts';
 
 /** Every sample as a comparable line: labels, then its frames (mapping file, address,
@@ -104,4 +105,65 @@ test('the agent encoder and buildProfile agree on real fixture regions: heap, al
   const fkeys = twice.function.map((f) => `${f.name},${f.systemName},${f.filename},${f.startLine}`);
   t.is(new Set(fkeys).size, fkeys.length, 'no repeated functions');
   t.is(twice.function.length, (await ours([{ snapshot: sa }], sym, 'heap')).function.length);
+});
+
+test('the encoder: counts of 2^53 and more, negative in-use deltas, overflow and unknown stacks, merged offsets', async (t) => {
+  const { dir, cleanup } = tempRegionDir();
+  t.teardown(cleanup);
+  const { buf } = buildRegion({ stacks: [{ frames: [0x401000n, 0x402000n] }, { frames: [0x403000n] }], header: { pid: 4242, exe: '/usr/bin/example' } });
+  const real = readRegion(writeRegion(dir, '4242-1.heaptap', buf));
+  const store = new StackStore();
+  store.append(real.stacks);
+  const tables = new SymbolTables();
+  await tables.update(store, [], 4242, undefined, () => {});
+  const O = 65536n;
+  const counters = (rows: [number, bigint, bigint, bigint, bigint][]): RegionSnapshot['counters'] => ({
+    ...real.counters,
+    ids: Uint32Array.from(rows.map((r) => r[0])),
+    allocObjects: BigUint64Array.from(rows.map((r) => r[1])),
+    allocBytes: BigUint64Array.from(rows.map((r) => r[2])),
+    freeObjects: BigUint64Array.from(rows.map((r) => r[3])),
+    freeBytes: BigUint64Array.from(rows.map((r) => r[4])),
+    samples: new BigUint64Array(rows.length),
+  });
+  const now: RegionSnapshot = { ...real, counters: counters([
+    [2, 3n * O, 1n << 60n, 1n * O, 1n << 59n], // beyond 2^53: exact
+    [3, 10n * O, 1000n, 10n * O, 1000n], // all freed since the base
+    [1, 1n * O, 16n, 0n, 0n], // the overflow stack
+    [99, O / 2n, 8n, 0n, 0n], // a stack with no record: unknown; half an object rounds to 1
+    [4, 0n, 0n, 0n, 0n], // nothing: left out
+  ]) };
+  const base: RegionSnapshot = { ...real, counters: counters([[3, 10n * O, 1000n, 0n, 0n]]) };
+  const decode = async (raw: Uint8Array) => {
+    const p = await decodeProfile(raw);
+    return p.sample.map((smp) => ({
+      fns: smp.locationId.map((id) => p.location.find((l) => Number(l.id) === Number(id))!.line.map((ln) => str(p, p.function.find((f) => Number(f.id) === Number(ln.functionId))!.name)).join('|')),
+      locs: smp.locationId.map(Number),
+      values: smp.value.map((v) => BigInt.asIntN(64, BigInt(v))),
+      labels: Object.fromEntries(smp.label.map((l) => [str(p, l.key), Number(l.str) ? str(p, l.str) : BigInt(l.num)])),
+    }));
+  };
+  const full = await decode(encodeHeapProfile([{ snapshot: now, tables, base }], { view: 'heap', exeLabel: false, fullDelta: true }));
+  t.is(full.length, 4);
+  t.deepEqual(full[0]!.values, [3n, 1n << 60n, 2n, 1n << 59n]);
+  t.is(full[0]!.labels.bytes, BigInt(Math.round(Number(1n << 60n) / 3)));
+  t.is(full[0]!.labels.pid, 4242n);
+  t.deepEqual(full[1]!.values, [0n, 0n, -10n, -1000n], 'in use went down by what the base held');
+  t.deepEqual(full[2]!.fns, [OVERFLOW_FUNCTION]);
+  t.deepEqual(full[3]!.fns, [UNKNOWN_STACK_FUNCTION]);
+  t.deepEqual(full[3]!.values, [1n, 8n, 1n, 8n]);
+  t.is(full[3]!.labels.bytes, 16n, '8 bytes over half an object');
+  // Merged after another process, location ids move by that process's location count,
+  // and each sample carries the exe label.
+  const one = await decode(encodeHeapProfile([{ snapshot: now, tables }], { view: 'heap', exeLabel: false }));
+  const two = await decode(encodeHeapProfile([{ snapshot: now, tables }, { snapshot: { ...now, header: { ...now.header, pid: 4343 } }, tables }], { view: 'heap', exeLabel: true }));
+  t.is(two.length, 2 * one.length);
+  const offset = tables.locAddress.length; // the first process's locations come first
+  for (let i = 0; i < one.length; i++) {
+    t.deepEqual(two[one.length + i]!.fns, one[i]!.fns);
+    t.deepEqual(two[one.length + i]!.values, one[i]!.values);
+    t.is(two[one.length + i]!.labels.pid, 4343n);
+    t.is(two[one.length + i]!.labels.exe, '/usr/bin/example');
+    t.deepEqual(two[one.length + i]!.locs, one[i]!.locs.map((l) => l + offset), 'ids offset by the first process\'s locations');
+  }
 });
