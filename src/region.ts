@@ -253,11 +253,8 @@ export interface EncodeSamplesArgs {
   base?: Pick<RegionSnapshot['counters'], 'ids' | 'allocObjects' | 'allocBytes' | 'freeObjects' | 'freeBytes'>;
   /** in-use values become snapshot - base too (Go's ?seconds=N) */
   fullDelta: boolean;
-  /** per stack id: start and count in stackLocs (start -1: not built) */
-  stackStart: Int32Array;
-  stackCount: Uint32Array;
-  stackLocs: Uint32Array;
-  /** per stack id: its location ids as packed varints, packed[packedStart .. +packedLen) */
+  /** per stack id: its location ids as packed varints, packed[packedStart .. +packedLen);
+   * packedLen 0: no location list (the stack's record was not read) */
   packed: Uint8Array;
   packedStart: Uint32Array;
   packedLen: Uint32Array;

@@ -180,13 +180,10 @@ Napi::Value EncodeSamples(const Napi::CallbackInfo &info)
 	if (has_base)
 		b = ReadCounters(env, bv.As<Napi::Object>());
 	bool full_delta = o.Get("fullDelta").ToBoolean().Value();
-	View<int32_t> stack_start = Typed<int32_t>(env, o, "stackStart", napi_int32_array);
-	View<uint32_t> stack_count = Typed<uint32_t>(env, o, "stackCount", napi_uint32_array);
-	View<uint32_t> stack_locs = Typed<uint32_t>(env, o, "stackLocs", napi_uint32_array);
 	View<uint8_t> packed = Typed<uint8_t>(env, o, "packed", napi_uint8_array);
 	View<uint32_t> packed_start = Typed<uint32_t>(env, o, "packedStart", napi_uint32_array);
 	View<uint32_t> packed_len = Typed<uint32_t>(env, o, "packedLen", napi_uint32_array);
-	if (stack_count.n < stack_start.n || packed_start.n < stack_start.n || packed_len.n < stack_start.n)
+	if (packed_start.n != packed_len.n)
 		throw Napi::RangeError::New(env, "per-stack arrays differ in length");
 	uint64_t loc_base = Num(env, o, "locBase");
 	uint64_t overflow_loc = Num(env, o, "overflowLoc");
@@ -204,7 +201,8 @@ Napi::Value EncodeSamples(const Napi::CallbackInfo &info)
 		index = &built;
 
 	Out out;
-	out.b.reserve(c.ids.n * 48 + stack_locs.n * 2 + 64);
+	out.b.reserve(c.ids.n * 48 + packed.n * 2 + 64);
+	std::vector<uint64_t> locs;   // a stack's location ids, when they need an offset
 	const size_t pid_label = LabelSize(pid_key, pid);
 	const size_t exe_label_len = exe_label ? LabelSize(exe_key, exe_str) : 0;
 	for (size_t i = 0; i < c.ids.n; i++) {
@@ -229,34 +227,43 @@ Napi::Value EncodeSamples(const Napi::CallbackInfo &info)
 		// Location ids: packed as stored, re-encoded with an offset, or one synthetic id.
 		const uint8_t *pk = nullptr;
 		size_t pk_len = 0;
-		const uint32_t *locs = nullptr;
-		size_t nlocs = 0;
+		bool offset = false;
 		uint64_t single = 0;
 		bool one = false;
 		if (id == HT_STACK_OVERFLOW) {
 			single = overflow_loc;
 			one = true;
-		} else if (id < stack_start.n && stack_start.p[id] >= 0) {
-			uint64_t s = static_cast<uint64_t>(stack_start.p[id]), n = stack_count.p[id];
-			uint64_t ps = packed_start.p[id], pl = packed_len.p[id];
-			if (loc_base == 0 && ps + pl <= packed.n) {
-				pk = packed.p + ps;
-				pk_len = pl;
-			} else if (s + n <= stack_locs.n) {
-				locs = stack_locs.p + s;
-				nlocs = n;
-			} else {
-				single = unknown_loc;
-				one = true;
+		} else if (id < packed_len.n && packed_len.p[id] > 0 &&
+			   static_cast<uint64_t>(packed_start.p[id]) + packed_len.p[id] <= packed.n) {
+			pk = packed.p + packed_start.p[id];
+			pk_len = packed_len.p[id];
+			if (loc_base != 0) {
+				// Decode, then each id + loc_base; a malformed varint ends the list.
+				offset = true;
+				locs.clear();
+				uint64_t v = 0;
+				unsigned shift = 0;
+				for (size_t k = 0; k < pk_len && shift < 64; k++) {
+					v |= static_cast<uint64_t>(pk[k] & 0x7f) << shift;
+					if (pk[k] < 0x80) {
+						locs.push_back(v + loc_base);
+						v = 0;
+						shift = 0;
+					} else {
+						shift += 7;
+					}
+				}
 			}
 		} else {
 			single = unknown_loc;
 			one = true;
 		}
 		size_t loc_len = pk_len;
-		if (locs)
-			for (size_t k = 0; k < nlocs; k++)
-				loc_len += VarSize(locs[k] + loc_base);
+		if (offset) {
+			loc_len = 0;
+			for (uint64_t l : locs)
+				loc_len += VarSize(l);
+		}
 		if (one)
 			loc_len = VarSize(single + loc_base);
 		size_t val_len = 0;
@@ -269,13 +276,13 @@ Napi::Value EncodeSamples(const Napi::CallbackInfo &info)
 		out.Var(len);
 		out.Byte(10); // location_id = 1, packed
 		out.Var(loc_len);
-		if (pk)
-			out.Raw(pk, pk_len);
-		else if (locs)
-			for (size_t k = 0; k < nlocs; k++)
-				out.Var(locs[k] + loc_base);
-		else
+		if (one)
 			out.Var(single + loc_base);
+		else if (offset)
+			for (uint64_t l : locs)
+				out.Var(l);
+		else
+			out.Raw(pk, pk_len);
 		out.Byte(18); // value = 2, packed
 		out.Var(val_len);
 		for (int64_t x : v)

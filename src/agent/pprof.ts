@@ -152,6 +152,11 @@ class Writer {
   bytes(): Uint8Array {
     return this.buf.subarray(0, this.pos);
   }
+
+  /** Shrinks the buffer to what is written (room to grow again is made as needed). */
+  trim(): void {
+    if (this.buf.length > this.pos) this.buf = this.buf.slice(0, Math.max(this.pos, 16));
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -265,13 +270,12 @@ export class SymbolTables {
   /** per module index (RegionModule.index): position in mappings */
   private readonly mappingOf = new Map<number, number>();
   readonly mappings: MappingInfo[] = [];
-  /** per stack id: start in stackLocs and count; -1 = not built */
-  private stackStart = new Int32Array(64).fill(-1);
-  private stackCount = new Uint32Array(64);
+  /** per stack id: its location ids as packed varints, packed[packedStart .. +packedLen)
+   * (what a sample's location_id field holds when this process comes first in a
+   * profile); packedLen 0 = not built (a built stack has at least one location) */
   private packedStart = new Uint32Array(64);
   private packedLen = new Uint32Array(64);
-  private readonly packed = new Writer(1 << 12);
-  readonly stackLocs = new Column((n) => new Uint32Array(n));
+  readonly packed = new Writer(1 << 12);
   private chain: Promise<unknown> = Promise.resolve();
 
   str(s: string): number {
@@ -345,10 +349,22 @@ export class SymbolTables {
 
   /** Location ids of stack `id`, innermost first; undefined when not built yet. */
   locationsOf(id: number): Uint32Array | undefined {
-    if (id >= this.stackStart.length) return undefined;
-    const s = this.stackStart[id]!;
-    if (s < 0) return undefined;
-    return this.stackLocs.data.subarray(s, s + this.stackCount[id]!);
+    if (!this.has(id)) return undefined;
+    const out: number[] = [];
+    const buf = this.packed.buf;
+    const end = this.packedStart[id]! + this.packedLen[id]!;
+    let v = 0;
+    let shift = 0;
+    for (let p = this.packedStart[id]!; p < end; p++) {
+      const b = buf[p]!;
+      v += (b & 0x7f) * 2 ** shift;
+      if (b < 0x80) {
+        out.push(v);
+        v = 0;
+        shift = 0;
+      } else shift += 7;
+    }
+    return Uint32Array.from(out);
   }
 
   /** The first line's function name of a location ('' if none). */
@@ -450,36 +466,31 @@ export class SymbolTables {
       }
     }
     const entries = lastFrame - firstFrame + to - from;
-    this.stackLocs.reserve(this.stackLocs.length + entries);
-    this.packed.ensure(uvarintSize(this.locAddress.length + 1) * entries);
+    const pk = this.packed;
+    pk.ensure(uvarintSize(this.locAddress.length + 1) * entries);
     for (let i = from; i < to; i++) {
       if ((i - from) % 8192 === 8191) await yieldLoop();
       const id = view.ids[i]!;
       const start = view.frameStart[i]! - firstFrame;
       const depth = view.depths[i]!;
-      const locs = this.stackLocs.data;
-      const first = this.stackLocs.length;
-      let n = first;
-      for (let k = start; k < start + depth; k++) locs[n++] = locOf[index[k]!]!;
-      if ((view.flags[i]! & constants.STACK_TRUNCATED) !== 0 || depth === 0) locs[n++] = truncated;
-      this.stackLocs.length = n;
-      this.stackStart[id] = first;
-      this.stackCount[id] = n - first;
-      const pk = this.packed;
+      const buf = pk.buf;
       let p = pk.pos;
       this.packedStart[id] = p;
-      for (let k = first; k < n; k++) p = putVar(pk.buf, p, locs[k]!);
-      pk.pos = p;
+      for (let k = start; k < start + depth; k++) p = putVar(buf, p, locOf[index[k]!]!);
+      if ((view.flags[i]! & constants.STACK_TRUNCATED) !== 0 || depth === 0) p = putVar(buf, p, truncated);
       this.packedLen[id] = p - this.packedStart[id]!;
+      pk.pos = p;
     }
+    // Only what is used is kept (the buffer doubled as it grew).
+    pk.trim();
     // The location lists now stand for these stacks: the store can let their frames go.
     stacks.release(view.first + to);
   }
 
   /** Makes the per-stack arrays long enough for stack id `max`. */
   private growStacks(max: number): void {
-    if (max < this.stackStart.length) return;
-    let cap = this.stackStart.length;
+    if (max < this.packedStart.length) return;
+    let cap = this.packedStart.length;
     while (cap <= max) cap *= 2;
     const grow = <T extends Int32Array | Uint32Array>(a: T, make: (n: number) => T, fill?: number) => {
       const b = make(cap);
@@ -487,18 +498,13 @@ export class SymbolTables {
       b.set(a as never);
       return b;
     };
-    this.stackStart = grow(this.stackStart, (n) => new Int32Array(n), -1);
-    this.stackCount = grow(this.stackCount, (n) => new Uint32Array(n));
     this.packedStart = grow(this.packedStart, (n) => new Uint32Array(n));
     this.packedLen = grow(this.packedLen, (n) => new Uint32Array(n));
   }
 
   /** The per-stack arrays encodeSamples (src/addon/encode.cc) reads. */
-  sampleArgs(): { stackStart: Int32Array; stackCount: Uint32Array; stackLocs: Uint32Array; packed: Uint8Array; packedStart: Uint32Array; packedLen: Uint32Array } {
+  sampleArgs(): { packed: Uint8Array; packedStart: Uint32Array; packedLen: Uint32Array } {
     return {
-      stackStart: this.stackStart,
-      stackCount: this.stackCount,
-      stackLocs: this.stackLocs.data.subarray(0, this.stackLocs.length),
       packed: this.packed.buf.subarray(0, this.packed.pos),
       packedStart: this.packedStart,
       packedLen: this.packedLen,
@@ -507,7 +513,7 @@ export class SymbolTables {
 
   /** Whether stack `id` has its location list. */
   has(id: number): boolean {
-    return id < this.stackStart.length && this.stackStart[id]! >= 0;
+    return id < this.packedLen.length && this.packedLen[id]! > 0;
   }
 }
 
@@ -568,7 +574,7 @@ export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOp
   let estimate = 1 << 16;
   for (const inp of inputs) {
     const t = inp.tables;
-    estimate += inp.snapshot.counters.ids.length * 48 + t.stackLocs.length * 3 + t.locAddress.length * 24 +
+    estimate += inp.snapshot.counters.ids.length * 48 + t.packed.pos * 2 + t.locAddress.length * 24 +
       t.lineFn.length * 8 + t.fnName.length * 16;
     for (const str of t.strings) estimate += str.length + 4;
   }
