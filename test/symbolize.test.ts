@@ -573,15 +573,18 @@ test('symbolizeAsync gives the same frames as symbolize', async (t) => {
   t.deepEqual(y.frames, x.frames);
 });
 
+/** The files this process has open. */
+function openFiles(): string[] {
+  return readdirSync('/proc/self/fd').flatMap((fd) => {
+    try {
+      return [readlinkSync(`/proc/self/fd/${fd}`)];
+    } catch {
+      return [];
+    }
+  });
+}
+
 test('close() releases the files; later calls throw', async (t) => {
-  const openFiles = () =>
-    readdirSync('/proc/self/fd').flatMap((fd) => {
-      try {
-        return [readlinkSync(`/proc/self/fd/${fd}`)];
-      } catch {
-        return [];
-      }
-    });
   const prog = join(await tmp(t), 'prog'); // other tests here have fixtures open
   copyFileSync(join(B, 'inl'), prog);
   const s = new Symbolizer({ debugDirs: [] });
@@ -596,14 +599,6 @@ test('close() releases the files; later calls throw', async (t) => {
 });
 
 test('releaseFiles() closes the files but keeps what was resolved; new addresses reopen them', async (t) => {
-  const openFiles = () =>
-    readdirSync('/proc/self/fd').flatMap((fd) => {
-      try {
-        return [readlinkSync(`/proc/self/fd/${fd}`)];
-      } catch {
-        return [];
-      }
-    });
   const prog = join(await tmp(t), 'prog');
   copyFileSync(join(B, 'cxx'), prog);
   const syms = await symbolsOf(prog);
