@@ -368,9 +368,12 @@ test('a writer holding its flock is alive; after it exits the region is not', as
 });
 
 test('snapshots under concurrent writers and slab folds are monotonic per stack and end exact', async (t) => {
-  // Six seconds of writing: long enough for many reads to overlap it even when the whole
-  // suite shares the machine's two cores.
-  const run = await startMutator('mutator.heaptap', ['6', '3', '12345']);
+  // The writers run until this test has taken enough snapshots over at least two seconds
+  // (then SIGUSR1 ends them), at most 60 s: the overlap does not depend on how busy the
+  // machine is.
+  const run = await startMutator('mutator.heaptap', ['60', '3', '12345']);
+  const started = Date.now();
+  let stopped = false;
   let done = false;
   const totalsP = readTotals(run.lines).then((x) => {
     done = true;
@@ -415,13 +418,17 @@ test('snapshots under concurrent writers and slab folds are monotonic per stack 
         firstViolation ||= `stack ${id} vanished`;
       }
     }
+    if (!stopped && snapshots >= 30 && Date.now() - started >= 2000) {
+      stopped = true;
+      run.child.kill('SIGUSR1');
+    }
     await sleep(1);
   }
   const { totals, stats } = await totalsP;
   t.is(await exitP, 0);
   t.is(violations, 0, firstViolation);
-  // Enough reads overlapped the writers to mean something (fewer on a busy machine).
-  t.true(snapshots > 10, `only ${snapshots} snapshots`);
+  // Enough reads overlapped the writers to mean something (the writers ran until then).
+  t.true(snapshots >= 30, `only ${snapshots} snapshots`);
   const folds = Number(/folds=(\d+)/.exec(stats)?.[1] ?? 0);
   t.true(folds > 10, `only ${folds} folds: the test did not exercise the fold path`);
   const final = native.readRegion(run.path);
