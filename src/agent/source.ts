@@ -126,9 +126,14 @@ export class AgentSource implements HeapSource {
     return matches.find((p) => p.alive) ?? matches.sort((a, b) => b.startMs - a.startMs)[0];
   }
 
-  /** HeapSource.profile: the same bytes the HTTP endpoints serve, decoded. */
+  /** HeapSource.encodedProfile: the bytes the HTTP endpoints serve (before gzip). */
+  encodedProfile(key: string, view: View, consumer = ''): Promise<Uint8Array> {
+    return this.profileBytes([key], view, consumer);
+  }
+
+  /** The same, decoded (tests, and callers that want pprof-format's objects). */
   async profile(key: string, view: View, consumer = ''): Promise<Profile> {
-    return Profile.decode(await this.profileBytes([key], view, consumer));
+    return Profile.decode(await this.encodedProfile(key, view, consumer));
   }
 
   /** One profile of one or several processes (merged: every sample has pid and exe

@@ -1,6 +1,5 @@
 // The agent's typed view of the processes it watches. Exporters (Prometheus, OpenTelemetry
 // metrics, Pyroscope, OTLP profiles) see only this: never region files or raw offsets.
-import type { Profile } from 'pprof-format';
 
 /** One process image the agent watches (a region file). Figures are unsampled estimates
  * from the region's counters, summed over all stacks; bytes and objects are numbers. */
@@ -50,11 +49,13 @@ export interface HeapSource {
   processes(): HeapProcess[];
   /** The top n sites of one process by in-use bytes (symbolized; cached by the agent). */
   topSites(key: string, n: number): Promise<HeapSite[]>;
-  /** A symbolized pprof profile of one process (Go heap-profile conventions, WIRE.md).
+  /** A symbolized pprof profile of one process (Go heap-profile conventions, WIRE.md), as
+   * protobuf bytes (not gzipped): what Pyroscope is sent as it is, and what an exporter
+   * that needs the structure decodes (pprof-format's Profile.decode).
    * view 'heap': cumulative alloc_*, absolute inuse_*; 'allocs': same data, default
    * sample type alloc_space; 'delta': alloc_* since the previous 'delta' call for the same
    * consumer, inuse_* absolute. */
-  profile(key: string, view: 'heap' | 'allocs' | 'delta', consumer?: string): Promise<Profile>;
+  encodedProfile(key: string, view: 'heap' | 'allocs' | 'delta', consumer?: string): Promise<Uint8Array>;
   /** Subscribe to processes that ended (exited or killed): called once per process image
    * after its final snapshot, before the agent forgets it. */
   onProcessEnd(listener: (p: HeapProcess) => void): () => void;

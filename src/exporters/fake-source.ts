@@ -141,11 +141,11 @@ export class FakeHeapSource implements HeapSource {
   #stacks = new Map<string, FakeStack[]>();
   #last = new Map<string, Map<string, [number, number]>>();
   #listeners = new Set<(p: HeapProcess) => void>();
-  /** every profile() call, in order */
+  /** every encodedProfile() call, in order */
   readonly calls: ProfileCall[] = [];
-  /** make profile() fail for these keys (an agent that cannot read a region) */
+  /** make encodedProfile() fail for these keys (an agent that cannot read a region) */
   readonly failing = new Set<string>();
-  /** profile() waits this long first (a slow symbolizer) */
+  /** encodedProfile() waits this long first (a slow symbolizer) */
   delayMs = 0;
 
   constructor(entries: ReadonlyArray<{ process: HeapProcess; stacks: FakeStack[] }> = []) {
@@ -166,7 +166,7 @@ export class FakeHeapSource implements HeapSource {
     this.#procs.set(key, ended);
     for (const l of this.#listeners) l(ended);
     this.#procs.delete(key);
-    // The stacks stay, so a profile() call the listener started still resolves.
+    // The stacks stay, so an encodedProfile() call the listener started still resolves.
   }
 
   processes(): HeapProcess[] {
@@ -181,7 +181,7 @@ export class FakeHeapSource implements HeapSource {
       .map((s) => ({ function: s.frames[0] ?? '?', inuseBytes: s.inuseBytes }));
   }
 
-  async profile(key: string, view: 'heap' | 'allocs' | 'delta', consumer?: string): Promise<Profile> {
+  async encodedProfile(key: string, view: 'heap' | 'allocs' | 'delta', consumer?: string): Promise<Uint8Array> {
     this.calls.push({ key, view, consumer });
     const stacks = this.#stacks.get(key);
     const pid = this.#procs.get(key)?.pid ?? Number.parseInt(key, 10);
@@ -203,7 +203,7 @@ export class FakeHeapSource implements HeapSource {
     if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
     if (this.failing.has(key)) throw new Error(`cannot read region ${key}`);
     if (!out) throw new Error(`no such process: ${key}`);
-    return heapProfile({ stacks: out, pid, exe, defaultSampleType: view === 'allocs' ? 'alloc_space' : undefined });
+    return heapProfile({ stacks: out, pid, exe, defaultSampleType: view === 'allocs' ? 'alloc_space' : undefined }).encode();
   }
 
   onProcessEnd(listener: (p: HeapProcess) => void): () => void {

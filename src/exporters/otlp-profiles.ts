@@ -27,7 +27,7 @@ import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
 
-import type { Profile as PprofProfile } from 'pprof-format';
+import { Profile as PprofProfile } from 'pprof-format';
 
 import type { Exporter, HeapProcess, HeapSource } from '../agent/types.ts';
 import { otelResource, otlpEndpoint, otlpHttpSettings, resourceAttributes, DEFAULT_SERVICE_NAME, type Env } from './env.ts';
@@ -399,7 +399,8 @@ export class OtlpProfilesExporter implements Exporter {
   }
 
   async #enqueue(built: BuiltProfile[]): Promise<void> {
-    const req = buildExportRequest(built, {
+    // OTLP needs the profile's structure: decoded here, the one exporter that needs it.
+    const req = buildExportRequest(built.map((b) => ({ process: b.process, profile: PprofProfile.decode(b.bytes) })), {
       resource: this.#resource,
       configuredService: this.#configuredService,
       version: this.#opts.version,

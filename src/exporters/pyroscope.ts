@@ -175,8 +175,10 @@ export class PyroscopeExporter implements Exporter {
   }
 
   async #enqueue(built: BuiltProfile[]): Promise<void> {
-    for (const { process: p, profile, atMs, final } of built) {
-      const body = await gzipAsync(profile.encode());
+    for (const { process: p, bytes, atMs, final } of built) {
+      // The agent's bytes as they are: decoding and re-encoding them with pprof-format
+      // would cost seconds and hundreds of MB for a process of 100k stacks.
+      const body = await gzipAsync(bytes);
       const until = Math.floor(atMs / 1000);
       const first = Math.max(Math.floor(p.startMs / 1000), until - Math.ceil(this.#intervalMs / 1000));
       const from = Math.min(this.#lastUntil.get(p.key) ?? first, until);

@@ -7,14 +7,13 @@
 // its scans for nothing). A round still running when the next interval comes is not
 // doubled: that interval is skipped and counted. Rounds never wait for the network:
 // deliver only queues.
-import type { Profile } from 'pprof-format';
-
 import type { HeapProcess, HeapSource } from '../agent/types.ts';
 import type { ExportLog } from './push.ts';
 
 export interface BuiltProfile {
   process: HeapProcess;
-  profile: Profile;
+  /** the pprof profile as protobuf bytes (HeapSource.encodedProfile) */
+  bytes: Uint8Array;
   /** when the profile was asked for (ms since the epoch): the end of the span it covers */
   atMs: number;
   /** the process had ended: this is its last profile */
@@ -136,9 +135,9 @@ export class ProfileRounds {
   async #build(p: HeapProcess, final: boolean): Promise<BuiltProfile | null> {
     const atMs = this.#now();
     try {
-      const profile = await this.#source!.profile(p.key, 'delta', this.#opts.consumer);
+      const bytes = await this.#source!.encodedProfile(p.key, 'delta', this.#opts.consumer);
       this.#stats.profiles++;
-      return { process: p, profile, atMs, final };
+      return { process: p, bytes, atMs, final };
     } catch (e) {
       this.#stats.profileErrors++;
       // A process that ended between the listing and the read is ordinary: warn once.
