@@ -33,8 +33,8 @@ import type { Exporter, HeapProcess, HeapSource } from '../agent/types.ts';
 import { otelResource, otlpEndpoint, otlpHttpSettings, resourceAttributes, DEFAULT_SERVICE_NAME, type Env } from './env.ts';
 import { processAttributes, serviceOf } from './identity.ts';
 import { otlpProfileTypes } from './otlp-proto.ts';
-import { PushQueue, type ExportLog, type PushStats } from './push.ts';
-import { ProfileRounds, type BuiltProfile, type RoundStats } from './rounds.ts';
+import type { ExportLog, PushStats } from './push.ts';
+import { ProfilePusher, type BuiltProfile, type RoundStats } from './rounds.ts';
 
 const gzipAsync = promisify(gzip);
 
@@ -330,11 +330,9 @@ export class OtlpProfilesExporter implements Exporter {
   readonly #configuredService: string | undefined;
   readonly #headers: Record<string, string>;
   readonly #gzip: boolean;
-  readonly #queue: PushQueue;
-  readonly #rounds: ProfileRounds;
+  readonly #push: ProfilePusher;
   readonly #log: ExportLog;
   #rejectedProfiles = 0;
-  #stopping: Promise<void> | null = null;
 
   constructor(opts: OtlpProfilesOptions = {}) {
     this.#opts = opts;
@@ -358,44 +356,38 @@ export class OtlpProfilesExporter implements Exporter {
       'Content-Type': 'application/x-protobuf',
       ...(this.#gzip ? { 'Content-Encoding': 'gzip' } : {}),
     };
-    this.#queue = new PushQueue({
-      name: 'otlp-profiles',
-      maxQueue: opts.maxQueue,
-      maxAttempts: opts.maxAttempts,
-      timeoutMs: opts.timeoutMs ?? http.timeoutMs,
-      initialBackoffMs: opts.initialBackoffMs,
-      maxBackoffMs: opts.maxBackoffMs,
-      log: this.#log,
-      fetch: opts.fetch,
-      onSuccess: (body) => this.#partialSuccess(body),
-    });
-    this.#rounds = new ProfileRounds(
-      { name: 'otlp-profiles', intervalMs: opts.intervalMs ?? 15_000, consumer: OTLP_PROFILES_CONSUMER, log: this.#log, now: opts.now },
-      (built) => this.#enqueue(built),
-    );
+    this.#push = new ProfilePusher({
+      rounds: { name: 'otlp-profiles', intervalMs: opts.intervalMs ?? 15_000, consumer: OTLP_PROFILES_CONSUMER, log: this.#log, now: opts.now },
+      queue: {
+        name: 'otlp-profiles',
+        maxQueue: opts.maxQueue,
+        maxAttempts: opts.maxAttempts,
+        timeoutMs: opts.timeoutMs ?? http.timeoutMs,
+        initialBackoffMs: opts.initialBackoffMs,
+        maxBackoffMs: opts.maxBackoffMs,
+        log: this.#log,
+        fetch: opts.fetch,
+        onSuccess: (body) => this.#partialSuccess(body),
+      },
+      stopDeadlineMs: opts.stopDeadlineMs,
+    }, (built) => this.#enqueue(built));
   }
 
   start(source: HeapSource): void {
-    this.#rounds.start(source);
+    this.#push.start(source);
   }
 
   /** One round now: the live processes' profiles, built and queued (not yet sent). */
   pushNow(): Promise<void> {
-    return this.#rounds.round();
+    return this.#push.pushNow();
   }
 
   stop(): Promise<void> {
-    this.#stopping ??= (async () => {
-      const deadline = this.#opts.stopDeadlineMs ?? 5000;
-      const started = Date.now();
-      await this.#rounds.stop(deadline / 2);
-      await this.#queue.close(Math.max(0, deadline - (Date.now() - started)));
-    })();
-    return this.#stopping;
+    return this.#push.stop();
   }
 
   stats(): OtlpProfilesStats {
-    return { ...this.#queue.stats(), ...this.#rounds.stats(), rejectedProfiles: this.#rejectedProfiles };
+    return { ...this.#push.stats(), rejectedProfiles: this.#rejectedProfiles };
   }
 
   async #enqueue(built: BuiltProfile[]): Promise<void> {
@@ -408,7 +400,7 @@ export class OtlpProfilesExporter implements Exporter {
     let body = encodeExportRequest(req);
     if (this.#gzip) body = await gzipAsync(body);
     const first = built[0]!.process;
-    this.#queue.enqueue({
+    this.#push.queue.enqueue({
       url: this.endpoint,
       body,
       headers: this.#headers,

@@ -22,8 +22,8 @@ import { gzip } from 'node:zlib';
 
 import type { Exporter, HeapSource } from '../agent/types.ts';
 import { serviceOf } from './identity.ts';
-import { PushQueue, type ExportLog, type PushStats } from './push.ts';
-import { ProfileRounds, type BuiltProfile, type RoundStats } from './rounds.ts';
+import type { ExportLog, PushStats } from './push.ts';
+import { ProfilePusher, type BuiltProfile, type RoundStats } from './rounds.ts';
 
 const gzipAsync = promisify(gzip);
 
@@ -111,11 +111,9 @@ export class PyroscopeExporter implements Exporter {
   readonly #intervalMs: number;
   readonly #ingest: string;
   readonly #headers: Record<string, string>;
-  readonly #queue: PushQueue;
-  readonly #rounds: ProfileRounds;
+  readonly #push: ProfilePusher;
   /** per process image: the `until` of its last push (unix s) */
   readonly #lastUntil = new Map<string, number>();
-  #stopping: Promise<void> | null = null;
 
   constructor(opts: PyroscopeOptions) {
     this.#opts = opts;
@@ -133,45 +131,39 @@ export class PyroscopeExporter implements Exporter {
     if (opts.tenantId) headers['X-Scope-OrgID'] = opts.tenantId;
     this.#headers = headers;
     const log = opts.log ?? (() => {});
-    this.#queue = new PushQueue({
-      name: 'pyroscope',
-      maxQueue: opts.maxQueue,
-      maxAttempts: opts.maxAttempts,
-      timeoutMs: opts.timeoutMs,
-      initialBackoffMs: opts.initialBackoffMs,
-      maxBackoffMs: opts.maxBackoffMs,
-      log,
-      fetch: opts.fetch,
-    });
-    this.#rounds = new ProfileRounds(
-      { name: 'pyroscope', intervalMs: this.#intervalMs, consumer: PYROSCOPE_CONSUMER, log, now: opts.now },
-      (built) => this.#enqueue(built),
-    );
+    this.#push = new ProfilePusher({
+      rounds: { name: 'pyroscope', intervalMs: this.#intervalMs, consumer: PYROSCOPE_CONSUMER, log, now: opts.now },
+      queue: {
+        name: 'pyroscope',
+        maxQueue: opts.maxQueue,
+        maxAttempts: opts.maxAttempts,
+        timeoutMs: opts.timeoutMs,
+        initialBackoffMs: opts.initialBackoffMs,
+        maxBackoffMs: opts.maxBackoffMs,
+        log,
+        fetch: opts.fetch,
+      },
+      stopDeadlineMs: opts.stopDeadlineMs,
+    }, (built) => this.#enqueue(built));
   }
 
   start(source: HeapSource): void {
-    this.#rounds.start(source);
+    this.#push.start(source);
   }
 
   /** One round now: every live process's profile is built and queued (not yet sent). */
   pushNow(): Promise<void> {
-    return this.#rounds.round();
+    return this.#push.pushNow();
   }
 
   /** A last round and the final profiles of ended processes, then what is queued is sent,
    * all within stopDeadlineMs (default 5 s). */
   stop(): Promise<void> {
-    this.#stopping ??= (async () => {
-      const deadline = this.#opts.stopDeadlineMs ?? 5000;
-      const started = Date.now();
-      await this.#rounds.stop(deadline / 2);
-      await this.#queue.close(Math.max(0, deadline - (Date.now() - started)));
-    })();
-    return this.#stopping;
+    return this.#push.stop();
   }
 
   stats(): PyroscopeStats {
-    return { ...this.#queue.stats(), ...this.#rounds.stats() };
+    return this.#push.stats();
   }
 
   async #enqueue(built: BuiltProfile[]): Promise<void> {
@@ -194,7 +186,7 @@ export class PyroscopeExporter implements Exporter {
         format: 'pprof',
         spyName: this.#opts.spyName ?? 'heaptap',
       });
-      this.#queue.enqueue({
+      this.#push.queue.enqueue({
         url: `${this.#ingest}?${q.toString()}`,
         body,
         headers: this.#headers,

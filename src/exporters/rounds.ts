@@ -8,7 +8,7 @@
 // doubled: that interval is skipped and counted. Rounds never wait for the network:
 // deliver only queues.
 import type { HeapProcess, HeapSource } from '../agent/types.ts';
-import type { ExportLog } from './push.ts';
+import { PushQueue, type ExportLog, type PushOptions, type PushStats } from './push.ts';
 
 export interface BuiltProfile {
   process: HeapProcess;
@@ -145,5 +145,48 @@ export class ProfileRounds {
         { pid: p.pid, key: p.key, error: e instanceof Error ? e.message : String(e) });
       return null;
     }
+  }
+}
+
+/** A profile exporter's moving parts, wired the one way both exporters need: rounds build
+ * profiles and hand them to `deliver`, which queues requests on `queue`; stop() gives the
+ * rounds half of the deadline (a last round, final profiles) and the queue the rest. */
+export class ProfilePusher {
+  readonly queue: PushQueue;
+  readonly #rounds: ProfileRounds;
+  readonly #stopDeadlineMs: number;
+  #stopping: Promise<void> | null = null;
+
+  constructor(
+    opts: { rounds: RoundsOptions; queue: PushOptions; stopDeadlineMs?: number },
+    deliver: (built: BuiltProfile[]) => void | Promise<void>,
+  ) {
+    this.queue = new PushQueue(opts.queue);
+    this.#rounds = new ProfileRounds(opts.rounds, deliver);
+    this.#stopDeadlineMs = opts.stopDeadlineMs ?? 5000;
+  }
+
+  start(source: HeapSource): void {
+    this.#rounds.start(source);
+  }
+
+  /** One round now: the live processes' profiles, built and queued (not yet sent). */
+  pushNow(): Promise<void> {
+    return this.#rounds.round();
+  }
+
+  /** A last round and the final profiles of ended processes, then what is queued is sent,
+   * all within stopDeadlineMs (default 5 s). */
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      const started = Date.now();
+      await this.#rounds.stop(this.#stopDeadlineMs / 2);
+      await this.queue.close(Math.max(0, this.#stopDeadlineMs - (Date.now() - started)));
+    })();
+    return this.#stopping;
+  }
+
+  stats(): PushStats & RoundStats {
+    return { ...this.queue.stats(), ...this.#rounds.stats() };
   }
 }
