@@ -4,14 +4,16 @@
 import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 
 import { readRegion, stackFrames, type RegionSnapshot } from '../../src/region.ts';
+import { fixtures, root } from '../helpers/heaptap.ts';
+
+// The paths and the fixtures' printed truth are the CLI helpers' (one definition).
+export { fixtures, root, truths, type Truth } from '../helpers/heaptap.ts';
 
 const exec = promisify(execFile);
-export const root = resolve(import.meta.dirname, '../..');
-export const fixtures = join(root, 'test/fixtures/build');
 export const preload = join(root, 'preload/build/libheaptap.so');
 
 export interface Run {
@@ -137,19 +139,4 @@ export async function perSite(snap: RegionSnapshot, site: RegExp): Promise<Map<s
     out.set(name, t);
   }
   return out;
-}
-
-/** The JSON truth a fixture prints (one object per line). */
-export interface Truth {
-  pid: number;
-  role?: string;
-  lib?: string;
-  sites: Record<string, { alloc_bytes: number; alloc_objects?: number; inuse_bytes: number }>;
-}
-
-export function truths(stdout: string): Truth[] {
-  return stdout
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l));
 }
