@@ -327,7 +327,6 @@ function holdLocks(paths: string[]): Promise<ChildProcess> {
 
 interface SizeRow {
   label: string;
-  firstEncode: number;
   readCpu: number;
   pollCpu: number;
   buildColdCpu: number;
@@ -443,7 +442,6 @@ async function main(): Promise<void> {
         label,
         readCpu, pollCpu, buildColdCpu, buildWarmCpu, encodeCpu,
         stacks: n, frames: snap.stacks.frames.length, fileMb, read, poll, buildCold, buildWarm, encode,
-        firstEncode: first.encode + first.gzip,
         pbKb: pb.length / 1024, totalCold: read + buildCold + first.encode + first.gzip, totalWarm: poll + buildWarm + encode,
         httpCold: httpCold.ms, httpWarm: httpWarm.ms, healthMax: Math.max(httpCold.healthMaxMs, httpWarm.healthMaxMs), agentRss,
       });

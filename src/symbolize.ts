@@ -259,7 +259,8 @@ export class Symbolizer {
   /** Closes the open module files and frees their libdw tables (tens of MB for a big
    * library with DWARF), keeping the resolved addresses: known addresses are still
    * answered from the cache, and a new one reopens its file. For a long-running sidecar
-   * between bursts of new stacks. */
+   * between bursts of new stacks; follow it with region.ts's trimNativeMemory() to give
+   * the pages back to the kernel. */
   releaseFiles(): void {
     if (!this.#closed) this.#native.closeFiles();
   }

@@ -195,10 +195,7 @@ Napi::Value EncodeSamples(const Napi::CallbackInfo &info)
 	uint64_t exe_key = exe_label ? Num(env, o, "exeKey") : 0;
 	uint64_t exe_str = exe_label ? Num(env, o, "exeStr") : 0;
 
-	RowIndex *index = nullptr;
-	RowIndex built(has_base ? b.ids : View<uint32_t>{});
-	if (has_base)
-		index = &built;
+	const RowIndex base_rows(b.ids); // empty without a base
 
 	Out out;
 	out.b.reserve(c.ids.n * 48 + packed.n * 2 + 64);
@@ -207,7 +204,7 @@ Napi::Value EncodeSamples(const Napi::CallbackInfo &info)
 	const size_t exe_label_len = exe_label ? LabelSize(exe_key, exe_str) : 0;
 	for (size_t i = 0; i < c.ids.n; i++) {
 		uint32_t id = c.ids.p[i];
-		int64_t bi = index ? index->Find(id) : -1;
+		int64_t bi = has_base ? base_rows.Find(id) : -1;
 		uint64_t ao = c.ao.p[i], ab = c.ab.p[i], fo = c.fo.p[i], fb = c.fb.p[i];
 		uint64_t bao = bi >= 0 ? b.ao.p[bi] : 0, bab = bi >= 0 ? b.ab.p[bi] : 0;
 		int64_t v[4];

@@ -33,7 +33,6 @@
 #include <elfutils/libdw.h>
 #include <elfutils/libdwelf.h>
 #include <elfutils/libdwfl.h>
-#include <malloc.h>
 #include <fcntl.h>
 #include <gelf.h>
 #include <libelf.h>
@@ -1546,14 +1545,13 @@ private:
 
 	// closeFiles(): closes every open module file and its libdw tables (a file a worker
 	// is using closes when it is done); the symbolizer stays usable and reopens files as
-	// addresses need them. Then gives the freed pages back to the kernel.
+	// addresses need them. Returning the freed pages to the kernel is the caller's
+	// (addon.cc's trimMemory), once for everything it let go.
 	Napi::Value CloseFiles(const Napi::CallbackInfo &info)
 	{
 		if (core_) {
 			std::vector<std::shared_ptr<ModuleFile>> evicted;
 			core_->Clear(&evicted);
-			evicted.clear();
-			malloc_trim(0);
 		}
 		return info.Env().Undefined();
 	}

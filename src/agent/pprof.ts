@@ -179,16 +179,6 @@ class Column<T extends Uint32Array | Int32Array | Float64Array> {
     this.make = make;
     this.data = make(cap);
   }
-  /** Room for `n` values in all (the caller then writes data[length..] itself). */
-  reserve(n: number): void {
-    if (n <= this.data.length) return;
-    let cap = this.data.length * 2;
-    while (cap < n) cap *= 2;
-    const d = this.make(cap);
-    d.set(this.data as never);
-    this.data = d;
-  }
-
   push(v: number): number {
     if (this.length === this.data.length) {
       const d = this.make(this.data.length * 2);
@@ -492,14 +482,13 @@ export class SymbolTables {
     if (max < this.packedStart.length) return;
     let cap = this.packedStart.length;
     while (cap <= max) cap *= 2;
-    const grow = <T extends Int32Array | Uint32Array>(a: T, make: (n: number) => T, fill?: number) => {
-      const b = make(cap);
-      if (fill !== undefined) b.fill(fill);
-      b.set(a as never);
+    const grow = (a: Uint32Array) => {
+      const b = new Uint32Array(cap);
+      b.set(a);
       return b;
     };
-    this.packedStart = grow(this.packedStart, (n) => new Uint32Array(n));
-    this.packedLen = grow(this.packedLen, (n) => new Uint32Array(n));
+    this.packedStart = grow(this.packedStart);
+    this.packedLen = grow(this.packedLen);
   }
 
   /** The per-stack arrays encodeSamples (src/addon/encode.cc) reads. */

@@ -72,11 +72,6 @@ export class StackStore {
     return this.frames.subarray(start, start + this.depths[at]!);
   }
 
-  flagsOf(id: number): number {
-    const at = id < this.byId.length ? this.byId[id]! : -1;
-    return at < 0 ? 0 : this.flags[at]!;
-  }
-
   /** The records whose frames are still held (from the first not released on), as a
    * RegionStacks (views, no copy); `first` is the index of its first record. */
   pending(): RegionStacks & { first: number } {
