@@ -3,6 +3,7 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include "altstack.h"
 #include "core.h"
 #include "live.h"
 #include "modules.h"
@@ -53,58 +54,85 @@ HT_HIDDEN int ht_core_init(const struct ht_config *cfg, uint32_t flags, char *er
 	return 0;
 }
 
-/* The region is made at the process's first sample; a fork child makes its own. */
+/* The region is made at the process's first sample; a fork child makes its own. Returns 0
+ * when the region is there, -1 when it could not be made (this process stays unprofiled).
+ *
+ * Other threads reaching their first sample meanwhile spin on region_lock: its holder makes
+ * system calls and runs our own code only, never waits on a lock the program could hold,
+ * so that wait is short and closes no cycle (and at rate 1 no allocation is lost). The
+ * module scan, which goes through the loader's lock, runs after region_lock is released,
+ * and only by a thread that gets scan_lock without waiting. */
 static int ensure_region(void)
 {
 	if (HT_LIKELY(!ld_acquire(&ht_g.need_region)))
-		return 0;
+		return ld_relaxed(&ht_g.region.hdr) ? 0 : -1;
 	ht_spin_lock(&ht_g.region_lock);
-	int rc = 0;
-	if (ht_g.need_region) {
-		char err[256];
-		if (ht_region_create(&ht_g.region, &ht_g.cfg, ht_g.region_flags, err, sizeof err) < 0) {
-			ht_log("%s; this process is not profiled", err);
-			st_relaxed(&ht_g.state, HT_G_DISABLED);
-			rc = -1;
-		} else {
-			ht_modules_scan(&ht_g.region);
-			ht_region_publish(&ht_g.region);
-		}
-		st_release(&ht_g.need_region, 0);
+	if (!ht_g.need_region) {
+		ht_spin_unlock(&ht_g.region_lock);
+		return ht_g.region.hdr ? 0 : -1;
 	}
+	char err[256];
+	if (ht_region_create(&ht_g.region, &ht_g.cfg, ht_g.region_flags, err, sizeof err) < 0) {
+		st_relaxed(&ht_g.state, HT_G_DISABLED);
+		st_release(&ht_g.need_region, 0);
+		ht_spin_unlock(&ht_g.region_lock);
+		/* Said after everything is consistent: formatting the line must find nothing
+		 * half-made if it allocates and comes back through here. */
+		ht_log("%s; this process is not profiled", err);
+		return -1;
+	}
+	ht_region_publish(&ht_g.region);
+	st_release(&ht_g.need_region, 0);
 	ht_spin_unlock(&ht_g.region_lock);
-	return rc;
+	ht_modules_scan(&ht_g.region);
+	return 0;
 }
 
-static void thread_setup(struct ht_thread *t)
+/* A thread's sampling state (its interval sequence), made at its first slow-path
+ * allocation. Needs no region: a process whose threads never reach a sample point makes
+ * none. */
+static void thread_init(struct ht_thread *t)
 {
-	struct ht_region *r = &ht_g.region;
-	if (t->state == HT_THREAD_READY && t->epoch == ht_g.epoch)
+	if (t->state != HT_THREAD_NEW && t->epoch == ht_g.epoch)
 		return;
+	uint64_t ordinal = add_relaxed(&ht_g.threads_seen, 1);
 	if (t->state == HT_THREAD_NEW) {
-		uint64_t ordinal = add_relaxed(&r->hdr->threads_seen, 1);
 		ht_rng_seed(&t->rng, seed_base + ordinal * 0x9E3779B97F4A7C15ull);
 		t->tid = (uint32_t)syscall(SYS_gettid);
+		/* glibc keeps the first 32 keys' values in the thread descriptor: no allocation,
+		 * no lock (our key is made at library load, among the first). */
 		pthread_setspecific(exit_key, (void *)1);
-	} else if (t->epoch != ht_g.epoch) {
+		t->state = HT_THREAD_READY;
+	} else {
 		/* Fork child: the parent's slab belongs to the parent's region. A child draws
 		 * its own sequence, still repeatable under HEAPTAP_SEED. */
 		ht_rng_seed(&t->rng, ht_rng_next(&t->rng) ^ mix64(ht_g.epoch));
 		t->tid = (uint32_t)syscall(SYS_gettid);
-		add_relaxed(&r->hdr->threads_seen, 1);
 	}
 	t->slab.slab = NULL;
-	if (t->state != HT_THREAD_EXITING) {
-		ht_slab_acquire(r, &t->slab, t->tid);
-		t->state = HT_THREAD_READY;
-	}
+	t->slab_epoch = 0;
 	t->epoch = ht_g.epoch;
 	t->rate = 0;
 }
 
-/* Applies the sidecar's control area; returns non-zero while paused. */
+/* The thread's slab in this image's region, sought once (the region exists). */
+static void thread_slab(struct ht_thread *t)
+{
+	if (HT_LIKELY(t->slab_epoch == ht_g.epoch + 1))
+		return;
+	t->slab_epoch = ht_g.epoch + 1;
+	struct ht_region *r = &ht_g.region;
+	add_relaxed(&r->hdr->threads_seen, 1);
+	if (t->state != HT_THREAD_EXITING)
+		ht_slab_acquire(r, &t->slab, t->tid);
+}
+
+/* Applies the sidecar's control area (there is none before the region); returns non-zero
+ * while paused. */
 static int apply_control(struct ht_region *r)
 {
+	if (!ld_relaxed(&r->hdr))
+		return 0;
 	struct ht_control *c = r->ctl;
 	uint64_t want = ld_relaxed(&c->rate);
 	if (HT_UNLIKELY(want && want != ld_relaxed(&ht_g.rate) && want <= (1ull << 40))) {
@@ -170,7 +198,62 @@ static uint64_t decide(struct ht_thread *t, size_t size)
 	return rate;
 }
 
-HT_HIDDEN void ht_core_alloc(void *p, size_t size)
+/* A sample point was reached but cannot be taken now (see HT_DROP_BUSY): count it and
+ * redraw, so the next allocation of this thread is not sampled in its place. A thread not
+ * yet set up keeps its countdown at 0 and tries again at its next allocation. */
+static void skip_busy(struct ht_thread *t)
+{
+	ht_drop(&ht_g.region, HT_DROP_BUSY);
+	if (t->state == HT_THREAD_READY && t->epoch == ht_g.epoch && t->rate > 1)
+		t->countdown = ht_next_interval(&t->rng, t->rate);
+}
+
+/* What the thread's frame in ht_core_alloc hands to the sampling stack. */
+struct sample_job {
+	void *p;
+	size_t size;
+	uint64_t regs[HT_UNWIND_NREGS]; /* ht_core_alloc's frame, where the walk starts */
+};
+
+/* Runs on a sampling stack (altstack.h): the decision, the unwind of the thread's stack
+ * from the registers ht_core_alloc captured, and the record. */
+static void sample(void *arg)
+{
+	struct sample_job *j = arg;
+	struct ht_thread *t = &ht_self;
+	thread_init(t);
+	uint64_t rate = decide(t, j->size);
+	if (!rate)
+		return;
+	if (ensure_region() < 0) {
+		t->countdown = HT_COUNTDOWN_OFF;
+		return;
+	}
+	thread_slab(t);
+	/* dlopen/dlclose since the last look: update the module table (and drop cached
+	 * unwind rules of unloaded objects) before unwinding. One dl_iterate_phdr step; in
+	 * exact mode, where every allocation gets here, only every 64th time. */
+	if (rate > 1 || (t->samples & 63) == 0)
+		ht_modules_refresh(&ht_g.region);
+	uint64_t pcs[HT_MAX_DEPTH_LIMIT + 16];
+	int truncated = 0;
+	uint32_t max = ht_g.cfg.max_depth;
+	int n = ht_g.cfg.unwinder == HT_UNWIND_FP
+		? ht_unwind_fp_regs(j->regs, pcs, (int)max + 16, &truncated)
+		: ht_unwind_regs(j->regs, pcs, (int)max + 16, &truncated);
+	/* Drop our own frames (shim, slow path) from the top. */
+	int skip = 0;
+	while (skip < n && pcs[skip] >= ht_g.self_lo && pcs[skip] < ht_g.self_hi)
+		skip++;
+	uint32_t depth = (uint32_t)(n - skip);
+	if (depth > max) {
+		depth = max;
+		truncated = 1;
+	}
+	record(t, j->p, j->size, rate, pcs + skip, depth, truncated, NULL);
+}
+
+HT_HIDDEN HT_NOINLINE void ht_core_alloc(void *p, size_t size)
 {
 	struct ht_thread *t = &ht_self;
 	uint32_t st = ld_acquire(&ht_g.state);
@@ -183,43 +266,29 @@ HT_HIDDEN void ht_core_alloc(void *p, size_t size)
 		/* An allocation made by heaptap's own work (or by a libc call it makes) reached
 		 * the sample point: do not sample it, and redraw rather than leave the sample
 		 * point for whatever this thread allocates next. */
-		if (t->state == HT_THREAD_READY && t->rate > 1) {
+		if (t->state == HT_THREAD_READY && t->epoch == ht_g.epoch && t->rate > 1) {
 			t->countdown = ht_next_interval(&t->rng, t->rate);
 			ht_drop(&ht_g.region, HT_DROP_RECURSION);
 		}
 		return;
 	}
 	t->busy = 1;
-	if (ensure_region() == 0) {
-		thread_setup(t);
-		uint64_t rate = decide(t, size);
-		if (rate) {
-			/* dlopen/dlclose since the last look: update the module table (and drop
-			 * cached unwind rules of unloaded objects) before unwinding. One
-			 * dl_iterate_phdr step; in exact mode, where every allocation gets here,
-			 * only every 64th time. */
-			if (rate > 1 || (t->samples & 63) == 0)
-				ht_modules_refresh(&ht_g.region);
-			uint64_t pcs[HT_MAX_DEPTH_LIMIT + 16];
-			int truncated = 0;
-			uint32_t max = ht_g.cfg.max_depth;
-			int n = ht_g.cfg.unwinder == HT_UNWIND_FP
-				? ht_unwind_fp(pcs, (int)max + 16, &truncated)
-				: ht_unwind(pcs, (int)max + 16, &truncated);
-			/* Drop our own frames (shim, slow path, this function) from the top. */
-			int skip = 0;
-			while (skip < n && pcs[skip] >= ht_g.self_lo && pcs[skip] < ht_g.self_hi)
-				skip++;
-			uint32_t depth = (uint32_t)(n - skip);
-			if (depth > max) {
-				depth = max;
-				truncated = 1;
-			}
-			record(t, p, size, rate, pcs + skip, depth, truncated, NULL);
-		}
+	/* This frame is all a sample costs the thread's own stack: the rest runs on a
+	 * sampling stack, and the walk starts from the registers captured here. */
+	struct sample_job job = { p, size, { 0 } };
+	HT_UNWIND_CAPTURE(job.regs);
+	int slot;
+	void *top = ht_alt_take(&slot);
+	if (HT_LIKELY(top != NULL)) {
+		ht_call_on_stack(top, sample, &job);
+		ht_alt_give(slot);
+	} else if (!ht_alt_ready()) {
+		sample(&job);   /* no pool (C tests, or it could not be mapped) */
 	} else {
-		t->countdown = HT_COUNTDOWN_OFF;
+		skip_busy(t);   /* every sampling stack in use */
 	}
+	/* The walk read this frame: it must not be a tail call's. */
+	__asm__ volatile("" : : "r"(&job) : "memory");
 	t->busy = 0;
 }
 
@@ -231,11 +300,11 @@ HT_HIDDEN uint32_t ht_core_record(void *p, size_t size, const uint64_t *pcs, uin
 		return 0;
 	t->busy = 1;
 	uint32_t id = 0;
-	if (ensure_region() == 0) {
-		thread_setup(t);
-		uint64_t rate = decide(t, size);
-		if (rate)
-			record(t, p, size, rate, pcs, depth, truncated, &id);
+	thread_init(t);
+	uint64_t rate = decide(t, size);
+	if (rate && ensure_region() == 0) {
+		thread_slab(t);
+		record(t, p, size, rate, pcs, depth, truncated, &id);
 	}
 	t->busy = 0;
 	return id;
@@ -256,7 +325,8 @@ HT_HIDDEN void ht_core_count_free(const struct ht_live_entry *e)
 	struct ht_thread *t = &ht_self;
 	t->busy++;
 	if (ensure_region() == 0) {
-		thread_setup(t);
+		thread_init(t);
+		thread_slab(t);
 		ht_count_free(&ht_g.region, &t->slab, e->stack_id, e->objects, e->bytes);
 	}
 	t->busy--;
@@ -316,6 +386,8 @@ HT_HIDDEN void ht_core_fork_parent(void)
 HT_HIDDEN void ht_core_fork_child(void)
 {
 	ht_core_fork_parent();
+	ht_alt_fork_child();
+	ht_region_forget_pending();
 	/* The parent's region is the parent's: never write it again. Its live samples are
 	 * left in the table under the old epoch, and their frees here are not counted. */
 	ht_g.epoch++;

@@ -20,7 +20,7 @@ struct ht_thread {
 	uint32_t tid;
 	uint64_t rate;           /* the rate countdown was drawn with */
 	uint32_t samples;
-	uint32_t reserved;
+	uint32_t slab_epoch;     /* epoch + 1 once a slab was sought in that epoch's region */
 	struct ht_rng rng;
 	struct ht_slab_ref slab;
 };
@@ -47,6 +47,7 @@ struct ht_global {
 	struct ht_region region;
 	uint64_t self_lo, self_hi; /* our own code: frames to drop */
 	ht_spin_t region_lock;
+	uint64_t threads_seen;   /* threads set up in this image: their seed ordinals */
 };
 extern HT_HIDDEN struct ht_global ht_g;
 

@@ -7,11 +7,13 @@
  * Everything else (sampling, unwinding, recording) is in core.c, behind HT_UNLIKELY. */
 #include <dlfcn.h>
 #include <errno.h>
+#include <link.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "altstack.h"
 #include "core.h"
 #include "live.h"
 #include "modules.h"
@@ -360,13 +362,30 @@ HT_EXPORT size_t malloc_usable_size(void *p)
 
 /* HEAPTAP_FOLLOW_CHILDREN=0: blank this library out of LD_PRELOAD in place (no allocation,
  * same string), so programs this one execs start unprofiled. */
+static int find_my_name(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	uintptr_t me = (uintptr_t)&find_my_name;
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+		if (ph->p_type == PT_LOAD && me >= lo && me < lo + ph->p_memsz) {
+			*(const char **)data = info->dlpi_name;
+			return 1;
+		}
+	}
+	return 0;
+}
+
 static void scrub_ld_preload(void)
 {
-	Dl_info info;
-	if (!dladdr((void *)&scrub_ld_preload, &info) || !info.dli_fname)
+	/* dl_iterate_phdr, not dladdr: dladdr is a GLIBC_2.34 symbol in libc (libdl before). */
+	const char *path = NULL;
+	dl_iterate_phdr(find_my_name, &path);
+	if (!path || !*path)
 		return;
-	const char *me = strrchr(info.dli_fname, '/');
-	me = me ? me + 1 : info.dli_fname;
+	const char *me = strrchr(path, '/');
+	me = me ? me + 1 : path;
 	size_t mlen = strlen(me);
 	extern char **environ;
 	for (char **e = environ; e && *e; e++) {
@@ -402,6 +421,7 @@ __attribute__((constructor)) static void heaptap_init(void)
 		ht_core_disable();
 	} else {
 		ht_unwind_init();
+		ht_alt_init();   /* without it samples run on the thread's own stack */
 		ht_self_range(&ht_g.self_lo, &ht_g.self_hi);
 		if (!c.follow_children)
 			scrub_ld_preload();

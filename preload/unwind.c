@@ -60,14 +60,13 @@
  * without it ht_unwind uses the dl_iterate_phdr path.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE     /* pthread_getattr_np, dl_iterate_phdr, RTLD_DEFAULT */
+#define _GNU_SOURCE     /* dl_iterate_phdr, RTLD_DEFAULT */
 #endif
 #include "unwind.h"
 #include "modules.h"
 
 #include <dlfcn.h>
 #include <link.h>
-#include <pthread.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -86,7 +85,7 @@ extern void *__libc_stack_end;
 /* ---------------------------------------------------------------------------------------
  * The calling thread's stack bounds, found once per thread. */
 
-/* When the thread's stack is unknown (pthread_getattr_np failed, or sp is not in it: a
+/* When the thread's stack is unknown (sp is not below its thread pointer, or not in it: a
  * sigaltstack handler, a coroutine), reads are limited to [sp, sp + 1 MiB). A correct walk
  * never reads above the frames it walks, so this only bounds a walk misled by a corrupted
  * stack; it is then as large as a small thread stack (glibc's minimum is 16 KiB, its default
@@ -102,14 +101,42 @@ struct ht_tstack {
 };
 static HT_UNW_TLS struct ht_tstack ht_ts;
 
-/* Once per thread, on its first unwind (inside the interposer, whose recursion guard lets
- * pthread_getattr_np's realloc and fopen through). BUSY makes a nested call (a signal
- * handler that allocates during setup) use the blind window instead of recursing into
- * pthread_getattr_np, which takes the thread's descriptor lock. */
+/* The thread pointer (%fs base on x86-64, TPIDR_EL0 on arm64): glibc and musl keep the
+ * thread's descriptor there. */
+static inline uintptr_t ht_thread_pointer(void)
+{
+#if defined(__x86_64__)
+	uintptr_t tp;
+	__asm__("movq %%fs:0, %0" : "=r"(tp));
+	return tp;
+#elif defined(__aarch64__)
+	uintptr_t tp;
+	__asm__("mrs %0, tpidr_el0" : "=r"(tp));
+	return tp;
+#else
+	return 0;
+#endif
+}
+
+/* Once per thread, on its first unwind, from inside an allocation. Nothing here may wait
+ * on a lock: this can run inside pthread_getattr_np, which holds the thread's descriptor
+ * lock while it mallocs, so asking pthread_getattr_np (as this once did) hung every
+ * program whose new threads ask for their own stack bounds (the JVM, Rust's std). The
+ * bounds come from what needs no lock:
+ *   - the main thread: __libc_stack_end (the sp _start received) and RLIMIT_STACK;
+ *   - any other thread: the thread pointer. Both glibc and musl put a thread's descriptor
+ *     (and its static TLS) at the top of the block they map for its stack, and the stack
+ *     grows down from just below it; glibc does the same inside a stack the program gave
+ *     with pthread_attr_setstack. So every frame of the thread lies in [sp, tp).
+ * Only the upper bound matters for safety: walks read at and above the sp they start from.
+ * A thread whose sp is not below its thread pointer (a coroutine or sigaltstack stack, a
+ * musl thread whose TLS did not fit its own small stack) gets the blind window. BUSY makes
+ * a nested call (a signal handler that allocates meanwhile) use the blind window too. */
 __attribute__((noinline, cold, unused)) static void ht_thread_setup(uintptr_t sp)
 {
 	ht_ts.state = HT_TS_BUSY;
 	uintptr_t lo = 0, hi = 0;
+#ifdef __GLIBC__
 	if (syscall(SYS_gettid) == (long)getpid()) {
 		/* No frame lies above __libc_stack_end: it is the rsp _start received, and
 		 * _start's CFI (rip undefined) ends every walk there. So no margin beyond the end
@@ -124,20 +151,19 @@ __attribute__((noinline, cold, unused)) static void ht_thread_setup(uintptr_t sp
 			lim = (uintptr_t)rl.rlim_cur;
 		lo = hi > lim ? hi - lim : 0;
 		/* A child forked from a non-main thread has tid == pid but runs on that thread's
-		 * stack: ask pthread_getattr_np instead. */
+		 * stack: the thread pointer tells its bounds. */
 		if (sp < lo || sp >= hi)
 			lo = hi = 0;
 	}
+#endif
 	if (!hi) {
-		pthread_attr_t a;
-		if (pthread_getattr_np(pthread_self(), &a) == 0) {
-			void *addr;
-			size_t size;
-			if (pthread_attr_getstack(&a, &addr, &size) == 0 && size) {
-				lo = (uintptr_t)addr;
-				hi = lo + size;
-			}
-			pthread_attr_destroy(&a);
+		uintptr_t tp = ht_thread_pointer();
+		if (tp > sp && tp - sp <= HT_MAIN_STACK_MAX) {
+			/* The low end is not known without asking; it only decides which sps
+			 * count as "on this thread's stack", and 1 GiB below the top is more
+			 * than any thread stack. */
+			lo = tp > HT_MAIN_STACK_MAX ? tp - HT_MAIN_STACK_MAX : 0;
+			hi = tp;
 		}
 	}
 	if (hi > lo) {
@@ -256,6 +282,11 @@ __attribute__((noinline)) int ht_unwind_fp(uint64_t *pcs, int max, int *truncate
 	return n;
 }
 
+int ht_unwind_fp_regs(const uint64_t *regs, uint64_t *pcs, int max, int *truncated)
+{
+	return ht_fp_walk((uintptr_t)regs[2], pcs, max, truncated);
+}
+
 static int ht_force_phdr, ht_no_cache;
 static HT_UNW_TLS int ht_last_slow;
 
@@ -273,6 +304,11 @@ __attribute__((noinline)) int ht_unwind(uint64_t *pcs, int max, int *truncated)
 	int n = ht_fp_walk((uintptr_t)__builtin_frame_address(0), pcs, max, truncated);
 	__asm__ volatile("" : "+r"(n) : : "memory");
 	return n;
+}
+
+int ht_unwind_regs(const uint64_t *regs, uint64_t *pcs, int max, int *truncated)
+{
+	return ht_unwind_fp_regs(regs, pcs, max, truncated);
 }
 
 #else /* __x86_64__: DWARF CFI */
@@ -1423,20 +1459,16 @@ __attribute__((noinline)) static int ht_unwind_from(const uint64_t *regs, uint64
 __attribute__((noinline)) int ht_unwind(uint64_t *pcs, int max, int *truncated)
 {
 	uint64_t regs[HT_NCAPTURED];
-	__asm__ volatile("leaq 0(%%rip), %%rax\n\t"
-			 "movq %%rax, 0(%0)\n\t"
-			 "movq %%rsp, 8(%0)\n\t"
-			 "movq %%rbp, 16(%0)\n\t"
-			 "movq %%rbx, 24(%0)\n\t"
-			 "movq %%r12, 32(%0)\n\t"
-			 "movq %%r13, 40(%0)\n\t"
-			 "movq %%r14, 48(%0)\n\t"
-			 "movq %%r15, 56(%0)"
-			 : : "r"(regs) : "rax", "memory");
+	HT_UNWIND_CAPTURE(regs);
 	int n = ht_unwind_from(regs, pcs, max, truncated);
 	/* Not a tail call: the walk reads this frame, which must stay where it was. */
 	__asm__ volatile("" : "+r"(n) : : "memory");
 	return n;
+}
+
+int ht_unwind_regs(const uint64_t *regs, uint64_t *pcs, int max, int *truncated)
+{
+	return ht_unwind_from(regs, pcs, max, truncated);
 }
 
 void ht_unwind_init(void)

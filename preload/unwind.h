@@ -29,6 +29,32 @@ void ht_unwind_init(void);
 __attribute__((noinline)) int ht_unwind(uint64_t *pcs, int max, int *truncated);     /* DWARF CFI (.eh_frame) */
 __attribute__((noinline)) int ht_unwind_fp(uint64_t *pcs, int max, int *truncated);  /* frame-pointer chain */
 
+/* A walk captured in one frame and run later, from another stack (the sampling stacks of
+ * altstack.h). HT_UNWIND_CAPTURE(regs) stores the registers of the frame it stands in, at
+ * that point: rip, rsp, rbp, rbx, r12-r15 on x86-64 (only the frame pointer, regs[2],
+ * elsewhere). That frame must stay where it is until the walk is done (the capturing
+ * function must not return or tail-call meanwhile). The walks are then those of ht_unwind
+ * and ht_unwind_fp: pcs[0] is the capturing function's return address. */
+#define HT_UNWIND_NREGS 8
+#if defined(__x86_64__)
+#define HT_UNWIND_CAPTURE(regs) \
+	__asm__ volatile("leaq 0(%%rip), %%rax\n\t" \
+			 "movq %%rax, 0(%0)\n\t" \
+			 "movq %%rsp, 8(%0)\n\t" \
+			 "movq %%rbp, 16(%0)\n\t" \
+			 "movq %%rbx, 24(%0)\n\t" \
+			 "movq %%r12, 32(%0)\n\t" \
+			 "movq %%r13, 40(%0)\n\t" \
+			 "movq %%r14, 48(%0)\n\t" \
+			 "movq %%r15, 56(%0)" \
+			 : : "r"(regs) : "rax", "memory")
+#else
+#define HT_UNWIND_CAPTURE(regs) \
+	do { (regs)[0] = 0; (regs)[1] = (regs)[2] = (uint64_t)(uintptr_t)__builtin_frame_address(0); } while (0)
+#endif
+int ht_unwind_regs(const uint64_t *regs, uint64_t *pcs, int max, int *truncated);
+int ht_unwind_fp_regs(const uint64_t *regs, uint64_t *pcs, int max, int *truncated);
+
 /* Forgets every cached unwind rule. Call after an object was unloaded (dlclose): another
  * object mapped at the same addresses would otherwise be unwound with the old rules (wrong
  * frames, never an unsafe read). Safe to call from any thread at any time; about 16 K
