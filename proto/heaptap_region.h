@@ -114,7 +114,12 @@ extern "C" {
 #define HT_DROP_MODULES_FULL    8  /* module table or path pool full: frames unattributed */
 #define HT_DROP_RESERVE_FAILED  9  /* fallocate failed (full tmpfs): as the matching _FULL */
 #define HT_DROP_PAUSED         10  /* sample points skipped while the sidecar paused us */
-#define HT_DROP_COUNT          11
+/* A sample point reached while what recording needs was held by another thread (the region
+ * being made, space being reserved, a slab fold) or every sampling stack was in use: the
+ * allocation is not sampled and the interval is redrawn. heaptap never waits inside an
+ * allocation. Counts drops of a process before its region existed, too. */
+#define HT_DROP_BUSY           11
+#define HT_DROP_COUNT          12
 #define HT_DROP_SLOTS          16
 
 /* The sidecar's control area. The preload reads it (relaxed) whenever a thread reaches a

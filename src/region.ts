@@ -139,7 +139,8 @@ export type DropReason =
   | 'bootstrap'
   | 'modules_full'
   | 'reserve_failed'
-  | 'paused';
+  | 'paused'
+  | 'busy';
 
 export interface RegionConstants {
   readonly LAYOUT_VERSION: number;

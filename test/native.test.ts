@@ -80,7 +80,7 @@ test('constants name the drop reasons in HT_DROP_* order and give the fixed-poin
   t.is(c.LAYOUT_VERSION, 1);
   t.deepEqual(c.dropReasons, [
     'stacks_full', 'frames_full', 'slab_full', 'no_slab', 'live_full', 'recursion',
-    'truncated', 'bootstrap', 'modules_full', 'reserve_failed', 'paused',
+    'truncated', 'bootstrap', 'modules_full', 'reserve_failed', 'paused', 'busy',
   ]);
   t.is(c.dropReasons.length, c.DROP_COUNT);
   t.deepEqual(c.stateNames, ['init', 'running', 'exited']);

@@ -40,6 +40,7 @@ static const char *const drop_names[HT_DROP_COUNT] = {
 	[HT_DROP_MODULES_FULL] = "modules_full",
 	[HT_DROP_RESERVE_FAILED] = "reserve_failed",
 	[HT_DROP_PAUSED] = "paused",
+	[HT_DROP_BUSY] = "busy",
 };
 
 const char *htr_drop_name(unsigned reason)

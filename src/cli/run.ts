@@ -351,6 +351,7 @@ const DROP_NOTES: Record<string, string> = {
   live_full: 'sampled allocations whose free could not be tracked: in use is overstated',
   modules_full: 'samples with frames in no known module (module table full)',
   bootstrap: 'allocations made before the preload was ready, not sampled',
+  busy: 'sample points skipped because another thread held what recording needed (heaptap never waits inside malloc)',
 };
 
 function sitesBlock(title: string, table: SiteTable): string[] {
