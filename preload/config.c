@@ -29,6 +29,32 @@ HT_HIDDEN void ht_log(const char *fmt, ...)
 	errno = saved;
 }
 
+/* strerror() looks up translated messages once a program has set a locale, and that may
+ * allocate and take gettext's lock: not from inside an allocation. The errors heaptap can
+ * meet making files, by name. */
+HT_HIDDEN const char *ht_errstr(int e)
+{
+	switch (e) {
+	case ENOSPC: return "no space left on device (ENOSPC)";
+	case EDQUOT: return "disk quota exceeded (EDQUOT)";
+	case EACCES: return "permission denied (EACCES)";
+	case EPERM: return "operation not permitted (EPERM)";
+	case EROFS: return "read-only file system (EROFS)";
+	case ENOENT: return "no such file or directory (ENOENT)";
+	case ENOTDIR: return "not a directory (ENOTDIR)";
+	case EEXIST: return "file exists (EEXIST)";
+	case EMFILE: return "too many open files (EMFILE)";
+	case ENFILE: return "too many open files in system (ENFILE)";
+	case ENOMEM: return "out of memory (ENOMEM)";
+	case ENAMETOOLONG: return "file name too long (ENAMETOOLONG)";
+	case ELOOP: return "too many symbolic links (ELOOP)";
+	case EINVAL: return "invalid argument (EINVAL)";
+	case EIO: return "input/output error (EIO)";
+	case EFBIG: return "file too large (EFBIG)";
+	default: return "error";
+	}
+}
+
 HT_HIDDEN uint64_t ht_now_ns(void)
 {
 	struct timespec ts;
@@ -46,6 +72,7 @@ HT_HIDDEN void ht_config_defaults(struct ht_config *c)
 	c->max_threads = 256;
 	c->slab_entries = 1024;
 	c->max_modules = 1024;
+	c->max_regions = 1000;
 	c->file_mode = 0600;
 	c->follow_children = 1;
 	c->enabled = 1;
@@ -160,6 +187,10 @@ HT_HIDDEN int ht_config_from_env(struct ht_config *c, char *err, size_t errlen)
 	c->file_mode = (uint32_t)v;
 	if (env_bool("HEAPTAP_FOLLOW_CHILDREN", &c->follow_children, err, errlen))
 		return -1;
+	v = c->max_regions;
+	if (env_u64("HEAPTAP_MAX_REGIONS", 10, 0, 0, 1u << 20, &v, err, errlen))
+		return -1;
+	c->max_regions = (uint32_t)v;
 
 	const char *u = getenv("HEAPTAP_UNWINDER");
 	if (u) {

@@ -48,6 +48,7 @@ struct ht_config {
 	uint32_t slab_entries;    /* HEAPTAP_SLAB_ENTRIES: stacks per slab, power of two */
 	uint32_t max_modules;
 	uint32_t file_mode;       /* HEAPTAP_FILE_MODE, octal */
+	uint32_t max_regions;     /* HEAPTAP_MAX_REGIONS: region files in dir at most; 0 = no cap */
 	int      follow_children; /* HEAPTAP_FOLLOW_CHILDREN */
 	int      enabled;         /* HEAPTAP_ENABLED (0 turns everything off) */
 	char     dir[256];        /* HEAPTAP_DIR */
@@ -62,5 +63,7 @@ HT_HIDDEN int ht_config_from_env(struct ht_config *c, char *err, size_t errlen);
 HT_HIDDEN void ht_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 HT_HIDDEN uint64_t ht_now_ns(void); /* CLOCK_REALTIME */
+/* A message for errno e that needs no locale (strerror may allocate). */
+HT_HIDDEN const char *ht_errstr(int e);
 
 #endif

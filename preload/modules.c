@@ -85,6 +85,8 @@ static uint32_t add_path(struct ht_region *r, const char *s)
 	uint64_t off = h->paths_used;
 	if (off + len + 1 > h->paths.bytes)
 		return UINT32_MAX;
+	if (ht_region_reserve_paths(r, off + len + 1) != 0)
+		return UINT32_MAX;
 	memcpy(r->paths + off, s, len + 1);
 	st_relaxed(&h->paths_used, off + len + 1);
 	return (uint32_t)off;
@@ -136,6 +138,10 @@ static int scan_one(struct dl_phdr_info *info, size_t size, void *data)
 			continue;
 		if (used >= h->modules.capacity) {
 			ht_drop(r, HT_DROP_MODULES_FULL);
+			continue;
+		}
+		if (ht_region_reserve_modules(r, (uint64_t)used + 1) != 0) {
+			ht_drop(r, HT_DROP_RESERVE_FAILED);
 			continue;
 		}
 		uint32_t off = add_path(r, name);

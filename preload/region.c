@@ -5,12 +5,16 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include "region.h"
 
 #define ALIGN_UP(x, a) (((x) + (uint64_t)(a) - 1) & ~((uint64_t)(a) - 1))
-/* Growing sections are reserved in steps of this many bytes at least. */
-#define RESERVE_STEP (256u * 1024u)
+/* Growing sections are reserved a page at first, then doubling: a process that exits after
+ * a handful of samples backs a few pages of each, a large one few fallocate calls. */
+#define RESERVE_MIN 4096u
+
+HT_HIDDEN uint64_t ht_pending_drops[HT_DROP_SLOTS];
 
 static void set_section(struct ht_section *s, uint64_t *off, uint32_t cap, uint32_t entry)
 {
@@ -144,19 +148,68 @@ static int make_dirs(const char *dir)
 HT_HIDDEN int ht_region_check_dir(const struct ht_config *c, char *err, size_t errlen)
 {
 	if (make_dirs(c->dir) < 0) {
-		snprintf(err, errlen, "cannot create HEAPTAP_DIR %s: %s", c->dir, strerror(errno));
+		snprintf(err, errlen, "cannot create HEAPTAP_DIR %s: %s", c->dir, ht_errstr(errno));
 		return -1;
 	}
-	struct stat st;
-	if (stat(c->dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+	/* O_DIRECTORY instead of stat(): stat is a GLIBC_2.33 symbol. */
+	int fd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
 		snprintf(err, errlen, "HEAPTAP_DIR %s is not a directory", c->dir);
 		return -1;
 	}
+	close(fd);
 	if (access(c->dir, W_OK | X_OK) < 0) {
-		snprintf(err, errlen, "cannot write to HEAPTAP_DIR %s: %s", c->dir, strerror(errno));
+		snprintf(err, errlen, "cannot write to HEAPTAP_DIR %s: %s", c->dir, ht_errstr(errno));
 		return -1;
 	}
 	return 0;
+}
+
+/* Region files (ours and half-made ones) in dir, counted up to limit: one open and a few
+ * getdents64 calls (no opendir: it allocates). */
+static uint32_t count_regions(const char *dir, uint32_t limit)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	uint32_t n = 0;
+	char buf[4096] __attribute__((aligned(8)));
+	for (;;) {
+		long got = syscall(SYS_getdents64, fd, buf, sizeof buf);
+		if (got <= 0)
+			break;
+		for (long off = 0; off < got;) {
+			/* struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name */
+			uint16_t reclen;
+			memcpy(&reclen, buf + off + 16, 2);
+			const char *name = buf + off + 19;
+			size_t len = strnlen(name, (size_t)reclen);
+			size_t sl = sizeof HT_REGION_SUFFIX - 1;
+			if (len > sl && !memcmp(name + len - sl, HT_REGION_SUFFIX, sl))
+				n++;
+			off += reclen ? reclen : got;
+		}
+		if (n >= limit)
+			break;
+	}
+	close(fd);
+	return n;
+}
+
+/* A process refused by the cap says so in $dir/.refused: one byte appended per process
+ * image, so its size counts them (the sidecar can report it; nothing else is written). */
+static void note_refused(const char *dir)
+{
+	char path[sizeof ((struct ht_config *)0)->dir + 16];
+	char *p = put_str(path, dir);
+	p = put_str(p, "/.refused");
+	*p = 0;
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return;
+	ssize_t w = write(fd, "x", 1);
+	(void)w;
+	close(fd);
 }
 
 HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
@@ -183,7 +236,12 @@ HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 		(uint64_t)c->slab_entries * sizeof(struct ht_slab_entry), HT_SECTION_ALIGN);
 	set_section(&tmp.modules, &off, c->max_modules, sizeof(struct ht_module));
 	set_section(&tmp.paths, &off, c->max_modules * 256u, 1);
-	set_section(&tmp.stack_index, &off, index_cap, sizeof(uint32_t));
+	/* The stack index is written at hashed, scattered places, so backing it in the file
+	 * meant reserving all of it up front (512 KiB by default) for every process. Only the
+	 * writer uses it, so it lives in private memory (ht_region_create maps it, touched
+	 * page by page as stacks arrive) and the section is a single empty page, kept so the
+	 * layout stays the one readers know. */
+	set_section(&tmp.stack_index, &off, 1, sizeof(uint32_t));
 	set_section(&tmp.stacks, &off, c->max_stacks, sizeof(struct ht_stack));
 	set_section(&tmp.frames, &off, frames_cap, sizeof(uint64_t));
 	set_section(&tmp.shared, &off, c->max_stacks, sizeof(struct ht_counters));
@@ -192,6 +250,14 @@ HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 
 	if (ht_region_check_dir(c, err, errlen) < 0)
 		return -1;
+	/* The directory must not grow without bound (a shell loop of short processes at rate
+	 * 1 made thousands of regions): past the cap this image is not profiled. */
+	if (c->max_regions && count_regions(c->dir, c->max_regions) >= c->max_regions) {
+		note_refused(c->dir);
+		snprintf(err, errlen, "HEAPTAP_DIR %s already holds HEAPTAP_MAX_REGIONS=%u regions",
+			 c->dir, c->max_regions);
+		return -1;
+	}
 
 	fill_identity(&tmp, c);
 	char tmpname[sizeof r->path];
@@ -212,29 +278,38 @@ HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 
 	int fd = open(tmpname, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
-		snprintf(err, errlen, "cannot create %s: %s", tmpname, strerror(errno));
+		int e = errno;
+		snprintf(err, errlen, "cannot create %s: %s", tmpname, ht_errstr(e));
 		return -1;
 	}
 	r->fd = fd;
 	/* Liveness lock first: from the moment the file has its final name, a reader that
 	 * can take LOCK_EX knows this image is gone. */
 	flock(fd, LOCK_SH);
+	void *index = MAP_FAILED;
 	const char *what = "set the mode of";
 	if (fchmod(fd, c->file_mode) < 0)
 		goto fail;
 	what = "size";
 	if (ftruncate(fd, (off_t)file_bytes) < 0)
 		goto fail;
-	/* Fixed-size parts are written at random places: back them all now. */
+	/* The header and control pages are written at once; every other section is backed
+	 * as it grows (ht_region_reserve_*). */
 	what = "reserve space for";
-	if (reserve(r, 0, tmp.stacks.offset) < 0)
+	if (reserve(r, 0, HT_HEADER_BYTES) < 0)
 		goto fail;
 	what = "map";
+	index = mmap(NULL, (size_t)index_cap * sizeof(uint32_t), PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (index == MAP_FAILED)
+		goto fail;
 	void *m = mmap(NULL, file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (m == MAP_FAILED)
 		goto fail;
 	r->base = m;
 	r->bytes = file_bytes;
+	r->index = index;
+	r->index_mask = index_cap - 1;
 
 	struct ht_header *h = (struct ht_header *)r->base;
 	memcpy(h, &tmp, sizeof tmp);
@@ -256,17 +331,15 @@ HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 	h->unwinder = c->unwinder;
 	h->stacks_used = HT_STACK_FIRST;
 
-	r->hdr = h;
 	r->ctl = (struct ht_control *)(r->base + HT_CONTROL_OFFSET);
 	r->modules = (struct ht_module *)(r->base + h->modules.offset);
 	r->paths = (char *)(r->base + h->paths.offset);
-	r->index = (uint32_t *)(r->base + h->stack_index.offset);
-	r->index_mask = index_cap - 1;
 	r->stacks = (struct ht_stack *)(r->base + h->stacks.offset);
 	r->frames = (uint64_t *)(r->base + h->frames.offset);
 	r->shared = (struct ht_counters *)(r->base + h->shared.offset);
 	r->slabs = r->base + h->slabs.offset;
 	r->slab_bytes = slab_bytes;
+	r->hdr = h;
 
 	what = "reserve space for";
 	if (ht_region_reserve_ids(r, HT_STACK_FIRST + 1) < 0)
@@ -278,15 +351,26 @@ HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 	what = "publish";
 	if (rename(tmpname, r->path) < 0)
 		goto fail;
+	/* Drops counted while there was no region belong to this image. */
+	for (unsigned i = 0; i < HT_DROP_SLOTS; i++) {
+		uint64_t d = __atomic_exchange_n(&ht_pending_drops[i], 0, __ATOMIC_RELAXED);
+		if (d)
+			add_relaxed(&h->drops[i], d);
+	}
 	return 0;
-fail:
-	snprintf(err, errlen, "cannot %s %s: %s", what, tmpname, strerror(errno));
+fail:;
+	/* Undo everything before saying why: nothing half-made stays behind, and formatting
+	 * the message finds no half-made region if it allocates and comes back to us. */
+	int e = errno;
+	unlink(tmpname);
 	if (r->base)
 		munmap(r->base, r->bytes);
-	unlink(tmpname);
+	if (index != MAP_FAILED)
+		munmap(index, (size_t)index_cap * sizeof(uint32_t));
 	close(fd);
 	memset(r, 0, sizeof *r);
 	r->fd = -1;
+	snprintf(err, errlen, "cannot %s %s: %s", what, tmpname, ht_errstr(e));
 	return -1;
 }
 
@@ -309,6 +393,8 @@ HT_HIDDEN void ht_region_detach(struct ht_region *r)
 {
 	if (r->base)
 		munmap(r->base, r->bytes);
+	if (r->index)
+		munmap(r->index, ((size_t)r->index_mask + 1) * sizeof(uint32_t));
 	if (r->fd >= 0)
 		close(r->fd);
 	memset(r, 0, sizeof *r);
@@ -324,6 +410,8 @@ static int reserve_grow(struct ht_region *r, uint64_t *mark, uint64_t upto, uint
 		return 0;
 	if (upto > cap)
 		upto = cap;
+	/* A spin, not a skip: the holder runs only fallocate and our own code, never waits on
+	 * anything the program holds, so this wait is short and cannot close a cycle. */
 	ht_spin_lock(&r->reserve_lock);
 	uint64_t have = *mark;
 	int rc = 0;
@@ -332,8 +420,9 @@ static int reserve_grow(struct ht_region *r, uint64_t *mark, uint64_t upto, uint
 		if (from < off)
 			from = off;
 		uint64_t want = upto * size;
-		if (want < have * size + RESERVE_STEP)
-			want = have * size + RESERVE_STEP;
+		uint64_t grow = have * size < RESERVE_MIN ? RESERVE_MIN : have * size;
+		if (want < have * size + grow)
+			want = have * size + grow;
 		if (want > cap * size)
 			want = cap * size;
 		uint64_t to = ALIGN_UP(off + want, HT_SECTION_ALIGN);
@@ -351,11 +440,31 @@ HT_HIDDEN int ht_region_reserve_ids(struct ht_region *r, uint64_t upto)
 {
 	/* A stack id indexes two sections: its record and its shared counters. */
 	const struct ht_header *h = r->hdr;
-	if (reserve_grow(r, &r->reserved_stacks, upto, h->stacks.offset, sizeof(struct ht_stack),
-			 h->stacks.capacity))
-		return -1;
+	int rc = reserve_grow(r, &r->reserved_stacks, upto, h->stacks.offset,
+			      sizeof(struct ht_stack), h->stacks.capacity);
+	if (rc)
+		return rc;
 	return reserve_grow(r, &r->reserved_shared, upto, h->shared.offset,
 			    sizeof(struct ht_counters), h->shared.capacity);
+}
+
+HT_HIDDEN int ht_region_reserve_modules(struct ht_region *r, uint64_t upto)
+{
+	const struct ht_header *h = r->hdr;
+	return reserve_grow(r, &r->reserved_modules, upto, h->modules.offset,
+			    sizeof(struct ht_module), h->modules.capacity);
+}
+
+HT_HIDDEN int ht_region_reserve_paths(struct ht_region *r, uint64_t upto)
+{
+	const struct ht_header *h = r->hdr;
+	return reserve_grow(r, &r->reserved_paths, upto, h->paths.offset, 1, h->paths.capacity);
+}
+
+HT_HIDDEN void ht_region_forget_pending(void)
+{
+	for (unsigned i = 0; i < HT_DROP_SLOTS; i++)
+		st_relaxed(&ht_pending_drops[i], 0);
 }
 
 HT_HIDDEN int ht_region_reserve_frames(struct ht_region *r, uint64_t upto)

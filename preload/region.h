@@ -13,7 +13,8 @@ struct ht_region {
 	struct ht_control *ctl;
 	struct ht_module *modules;
 	char *paths;
-	uint32_t *index;           /* stack index, capacity index_mask + 1 */
+	uint32_t *index;           /* stack index, capacity index_mask + 1: private memory (the
+				    * writer's alone; see ht_region_create) */
 	uint32_t index_mask;
 	struct ht_stack *stacks;
 	uint64_t *frames;
@@ -23,6 +24,7 @@ struct ht_region {
 	/* Backing store reserved so far, in entries from the section start, per growing
 	 * section. Read relaxed; grown under reserve_lock. */
 	uint64_t reserved_stacks, reserved_shared, reserved_frames, reserved_slabs;
+	uint64_t reserved_modules, reserved_paths;
 	int reserve_enabled;       /* 0 once fallocate reports EOPNOTSUPP (nothing to gain) */
 	ht_spin_t reserve_lock;
 	char path[320];
@@ -47,10 +49,19 @@ HT_HIDDEN void ht_region_detach(struct ht_region *r);
 HT_HIDDEN int ht_region_reserve_ids(struct ht_region *r, uint64_t upto);
 HT_HIDDEN int ht_region_reserve_frames(struct ht_region *r, uint64_t upto);
 HT_HIDDEN int ht_region_reserve_slabs(struct ht_region *r, uint64_t upto);
+HT_HIDDEN int ht_region_reserve_modules(struct ht_region *r, uint64_t upto);
+HT_HIDDEN int ht_region_reserve_paths(struct ht_region *r, uint64_t upto);
+/* Forgets pending drops (a fork child: they were the parent's). */
+HT_HIDDEN void ht_region_forget_pending(void);
+
+/* Drops of this process image counted before its region exists (or while it cannot be
+ * made); ht_region_create adds them into the new region's header. */
+extern HT_HIDDEN uint64_t ht_pending_drops[HT_DROP_SLOTS];
 
 static inline void ht_drop(struct ht_region *r, unsigned reason)
 {
-	add_relaxed(&r->hdr->drops[reason], 1);
+	struct ht_header *h = ld_relaxed(&r->hdr);
+	add_relaxed(h ? &h->drops[reason] : &ht_pending_drops[reason], 1);
 }
 
 static inline uint8_t *ht_slab_at(struct ht_region *r, uint32_t i)

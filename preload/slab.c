@@ -74,7 +74,7 @@ HT_HIDDEN int ht_slab_acquire(struct ht_region *r, struct ht_slab_ref *ref, uint
 	 * backing store grows from the front. */
 	for (uint32_t i = 0; i < n; i++) {
 		struct ht_slab_header *s = (struct ht_slab_header *)ht_slab_at(r, i);
-		if (i >= ld_relaxed(&r->reserved_slabs) && ht_region_reserve_slabs(r, (uint64_t)i + 1) < 0) {
+		if (i >= ld_relaxed(&r->reserved_slabs) && ht_region_reserve_slabs(r, (uint64_t)i + 1) != 0) {
 			ht_drop(r, HT_DROP_RESERVE_FAILED);
 			break;
 		}

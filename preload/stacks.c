@@ -73,8 +73,8 @@ HT_HIDDEN uint32_t ht_stack_intern(struct ht_region *r, const uint64_t *pcs, uin
 				ht_drop(r, HT_DROP_FRAMES_FULL);
 				return HT_STACK_OVERFLOW;
 			}
-			if (ht_region_reserve_ids(r, (uint64_t)next + 1) < 0 ||
-			    ht_region_reserve_frames(r, fnext + depth) < 0) {
+			if (ht_region_reserve_ids(r, (uint64_t)next + 1) != 0 ||
+			    ht_region_reserve_frames(r, fnext + depth) != 0) {
 				ht_drop(r, HT_DROP_RESERVE_FAILED);
 				return HT_STACK_OVERFLOW;
 			}
@@ -83,7 +83,7 @@ HT_HIDDEN uint32_t ht_stack_intern(struct ht_region *r, const uint64_t *pcs, uin
 				ht_drop(r, HT_DROP_STACKS_FULL);
 				return HT_STACK_OVERFLOW;
 			}
-			if (ht_region_reserve_ids(r, (uint64_t)nid + 1) < 0) {
+			if (ht_region_reserve_ids(r, (uint64_t)nid + 1) != 0) {
 				/* Raced past the reserved part: the id is spent, its record unbacked. */
 				ht_drop(r, HT_DROP_RESERVE_FAILED);
 				return HT_STACK_OVERFLOW;
@@ -91,7 +91,7 @@ HT_HIDDEN uint32_t ht_stack_intern(struct ht_region *r, const uint64_t *pcs, uin
 			uint64_t off = add_relaxed(&h->frames_used, depth);
 			struct ht_stack *s = &r->stacks[nid];
 			if (off + depth > h->frames.capacity ||
-			    ht_region_reserve_frames(r, off + depth) < 0) {
+			    ht_region_reserve_frames(r, off + depth) != 0) {
 				ht_drop(r, off + depth > h->frames.capacity ? HT_DROP_FRAMES_FULL
 									  : HT_DROP_RESERVE_FAILED);
 				/* The id is spent: leave a frameless record readers skip. */
