@@ -38,11 +38,18 @@ static struct real_fns real = { .free = free_unresolved };
 static uint32_t real_state;   /* 0 unresolved, 1 resolving, 2 resolved */
 
 /* glibc's own entry points: the fallback if dlsym(RTLD_NEXT) finds nothing. */
+#ifdef __GLIBC__
 extern void *__libc_malloc(size_t);
 extern void __libc_free(void *);
 extern void *__libc_calloc(size_t, size_t);
 extern void *__libc_realloc(void *, size_t);
 extern void *__libc_memalign(size_t, size_t);
+#define LIBC_FN(f) __libc_##f
+#else
+/* musl exports none: dlsym(RTLD_NEXT) always finds its libc.so's malloc &c. (and, unlike
+ * glibc's, its dlsym does not allocate). */
+#define LIBC_FN(f) NULL
+#endif
 
 /* ---- bootstrap arena ------------------------------------------------------------------
  * dlsym() allocates (its error buffer) before we know the real allocator. Those requests,
@@ -98,13 +105,13 @@ static int resolve(void)
 	if (!__atomic_compare_exchange_n(&real_state, &z, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
 		return 0; /* another thread (or this one, re-entered from dlsym) is resolving */
 	struct real_fns next;
-	RESOLVE(malloc, __libc_malloc);
-	RESOLVE(free, __libc_free);
-	RESOLVE(calloc, __libc_calloc);
-	RESOLVE(realloc, __libc_realloc);
+	RESOLVE(malloc, LIBC_FN(malloc));
+	RESOLVE(free, LIBC_FN(free));
+	RESOLVE(calloc, LIBC_FN(calloc));
+	RESOLVE(realloc, LIBC_FN(realloc));
 	RESOLVE(posix_memalign, NULL);
 	RESOLVE(aligned_alloc, NULL);
-	RESOLVE(memalign, __libc_memalign);
+	RESOLVE(memalign, LIBC_FN(memalign));
 	RESOLVE(valloc, NULL);
 	RESOLVE(pvalloc, NULL);
 	RESOLVE(malloc_usable_size, NULL);

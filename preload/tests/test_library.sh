@@ -40,6 +40,18 @@ check "requires glibc <= 2.17 (requires $maxv; newer: ${newer:-none})" '[ -z "$n
 check "names libdl.so.2 and libpthread.so.0 as NEEDED (for glibc < 2.34)" \
   'echo " $needed " | grep -q " libdl.so.2 " && echo " $needed " | grep -q " libpthread.so.0 "'
 
+# The musl build (made beside the default one): the same rules, against musl's libc.so
+# alone (musl has no libdl, libpthread or libm apart, and no symbol versions).
+MUSL=$PWD/$B/libheaptap-musl.so
+if [ "$B" = build ]; then
+  mneeded=$(readelf -d "$MUSL" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')
+  check "musl build: needs only musl's libc.so ($mneeded)" '[ "$mneeded" = "libc.so " ]'
+  mexports=$(nm -D --defined-only "$MUSL" | awk '{print $3}' | sort | tr '\n' ' ')
+  check "musl build: exports exactly the allocator API (got: $mexports)" '[ "$mexports" = "$want" ]'
+  check "musl build: uses initial-exec TLS only" \
+    'readelf -r "$MUSL" | grep -q TPOFF64 && ! readelf -r "$MUSL" | grep -qE "DTPMOD|DTPOFF"'
+fi
+
 # Bad configuration: one line on stderr starting "heaptap:", same stdout, same exit code.
 ref_out=$($FIX/forker 2>/dev/null | grep -c role); ref_rc=$?
 for cfg in "HEAPTAP_SAMPLE_RATE=abc" "HEAPTAP_SAMPLE_RATE=0" "HEAPTAP_MAX_DEPTH=100000" \
