@@ -96,6 +96,15 @@ static size_t boot_size(const void *p) { return *(const size_t *)((const uint8_t
 	void *s_ = dlsym(RTLD_NEXT, #f); \
 	next.f = s_ ? (__typeof__(next.f))s_ : (fallback); } while (0)
 
+#ifndef __GLIBC__
+static void *musl_calloc(size_t n, size_t m)
+{
+	size_t bytes = n * m;   /* calloc() checked it for overflow */
+	void *p = real.malloc(bytes);
+	return p ? memset(p, 0, bytes) : NULL;
+}
+#endif
+
 static int resolve(void)
 {
 	uint32_t st = ld_acquire(&real_state);
@@ -115,6 +124,15 @@ static int resolve(void)
 	RESOLVE(valloc, NULL);
 	RESOLVE(pvalloc, NULL);
 	RESOLVE(malloc_usable_size, NULL);
+#ifndef __GLIBC__
+	/* musl's calloc calls its public malloc, and its posix_memalign, memalign and valloc
+	 * its public aligned_alloc: ours, so one allocation would count twice. They are made
+	 * here from its malloc and aligned_alloc instead, as musl itself makes them. */
+	next.calloc = musl_calloc;
+	next.memalign = next.aligned_alloc;
+	next.posix_memalign = NULL;
+	next.valloc = next.pvalloc = NULL;
+#endif
 	real = next;
 	st_release(&real_state, 2);
 	return 1;
