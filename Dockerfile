@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
-# heaptap's image: the sidecar (`heaptap agent`, the default command) and libheaptap.so at
-# /opt/heaptap/lib/libheaptap.so, which an init container copies into a volume the
-# application container preloads it from (`heaptap-init DIR`; see docs/kubernetes.md).
+# heaptap's image: the sidecar (`heaptap agent`, the default command) and the preload at
+# /opt/heaptap/lib/libheaptap.so (glibc) and libheaptap-musl.so (musl), which an init
+# container copies into a volume the application container preloads from (`heaptap-init
+# DIR`; see docs/kubernetes.md).
 #
 # The build steps are scripts/image-build.sh, which CI also runs without a Docker engine and
 # test/deploy/image.test.ts checks the tree it makes; this file adds only the base images,
@@ -12,9 +13,10 @@
 ARG NODE_MAJOR=24
 
 FROM node:${NODE_MAJOR}-bookworm AS build
-# The C toolchain comes with the image (buildpack-deps); the addon links elfutils and zlib.
+# The C toolchain comes with the image (buildpack-deps); the addon links elfutils and zlib;
+# musl-tools (musl-gcc) builds libheaptap-musl.so.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libdw-dev libelf-dev zlib1g-dev libdeflate-dev \
+ && apt-get install -y --no-install-recommends libdw-dev libelf-dev zlib1g-dev libdeflate-dev musl-tools \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./

@@ -40,11 +40,18 @@ static struct real_fns real = { .free = free_unresolved };
 static uint32_t real_state;   /* 0 unresolved, 1 resolving, 2 resolved */
 
 /* glibc's own entry points: the fallback if dlsym(RTLD_NEXT) finds nothing. */
+#ifdef __GLIBC__
 extern void *__libc_malloc(size_t);
 extern void __libc_free(void *);
 extern void *__libc_calloc(size_t, size_t);
 extern void *__libc_realloc(void *, size_t);
 extern void *__libc_memalign(size_t, size_t);
+#define LIBC_FN(f) __libc_##f
+#else
+/* musl exports none: dlsym(RTLD_NEXT) always finds its libc.so's malloc &c. (and, unlike
+ * glibc's, its dlsym does not allocate). */
+#define LIBC_FN(f) NULL
+#endif
 
 /* ---- bootstrap arena ------------------------------------------------------------------
  * dlsym() allocates (its error buffer) before we know the real allocator. Those requests,
@@ -91,6 +98,15 @@ static size_t boot_size(const void *p) { return *(const size_t *)((const uint8_t
 	void *s_ = dlsym(RTLD_NEXT, #f); \
 	next.f = s_ ? (__typeof__(next.f))s_ : (fallback); } while (0)
 
+#ifndef __GLIBC__
+static void *musl_calloc(size_t n, size_t m)
+{
+	size_t bytes = n * m;   /* calloc() checked it for overflow */
+	void *p = real.malloc(bytes);
+	return p ? memset(p, 0, bytes) : NULL;
+}
+#endif
+
 static int resolve(void)
 {
 	uint32_t st = ld_acquire(&real_state);
@@ -100,16 +116,25 @@ static int resolve(void)
 	if (!__atomic_compare_exchange_n(&real_state, &z, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
 		return 0; /* another thread (or this one, re-entered from dlsym) is resolving */
 	struct real_fns next;
-	RESOLVE(malloc, __libc_malloc);
-	RESOLVE(free, __libc_free);
-	RESOLVE(calloc, __libc_calloc);
-	RESOLVE(realloc, __libc_realloc);
+	RESOLVE(malloc, LIBC_FN(malloc));
+	RESOLVE(free, LIBC_FN(free));
+	RESOLVE(calloc, LIBC_FN(calloc));
+	RESOLVE(realloc, LIBC_FN(realloc));
 	RESOLVE(posix_memalign, NULL);
 	RESOLVE(aligned_alloc, NULL);
-	RESOLVE(memalign, __libc_memalign);
+	RESOLVE(memalign, LIBC_FN(memalign));
 	RESOLVE(valloc, NULL);
 	RESOLVE(pvalloc, NULL);
 	RESOLVE(malloc_usable_size, NULL);
+#ifndef __GLIBC__
+	/* musl's calloc calls its public malloc, and its posix_memalign, memalign and valloc
+	 * its public aligned_alloc: ours, so one allocation would count twice. They are made
+	 * here from its malloc and aligned_alloc instead, as musl itself makes them. */
+	next.calloc = musl_calloc;
+	next.memalign = next.aligned_alloc;
+	next.posix_memalign = NULL;
+	next.valloc = next.pvalloc = NULL;
+#endif
 	real = next;
 	st_release(&real_state, 2);
 	return 1;

@@ -1,6 +1,7 @@
 #include <elf.h>
 #include <link.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <unistd.h>
 #include "modules.h"
 #include "unwind.h"
@@ -102,6 +103,14 @@ static int scan_one(struct dl_phdr_info *info, size_t size, void *data)
 	ctx->subs = info->dlpi_subs;
 	const char *name = info->dlpi_name;
 	uint32_t flags = 0;
+#ifndef __GLIBC__
+	/* musl names the main program by the path it was run by, and the vDSO "": tell the
+	 * main program by its program headers, which the kernel put at AT_PHDR. */
+	if ((uintptr_t)info->dlpi_phdr == getauxval(AT_PHDR))
+		name = "";
+	else if (!name || !*name)
+		name = "linux-vdso.so.1";
+#endif
 	if (!name || !*name) {
 		name = h->exe;       /* the main program */
 		flags |= HT_MODULE_MAIN;

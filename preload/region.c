@@ -151,13 +151,13 @@ HT_HIDDEN int ht_region_check_dir(const struct ht_config *c, char *err, size_t e
 		snprintf(err, errlen, "cannot create HEAPTAP_DIR %s: %s", c->dir, ht_errstr(errno));
 		return -1;
 	}
-	/* O_DIRECTORY instead of stat(): stat is a GLIBC_2.33 symbol. */
-	int fd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0) {
+	/* Not stat(): glibc < 2.33 has no stat symbol to bind to (libheaptap.so loads on 2.17). */
+	int dfd = open(c->dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0) {
 		snprintf(err, errlen, "HEAPTAP_DIR %s is not a directory", c->dir);
 		return -1;
 	}
-	close(fd);
+	close(dfd);
 	if (access(c->dir, W_OK | X_OK) < 0) {
 		snprintf(err, errlen, "cannot write to HEAPTAP_DIR %s: %s", c->dir, ht_errstr(errno));
 		return -1;

@@ -79,8 +79,39 @@
 #define HT_UNW_LIKELY(x)   __builtin_expect(!!(x), 1)
 #define HT_UNW_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
+#ifdef __GLIBC__
 /* Set by ld.so to the stack pointer _start received (it points at argc). */
 extern void *__libc_stack_end;
+#define ht_main_stack_end() ((uintptr_t)__libc_stack_end)
+#else
+#include <fcntl.h>
+/* musl has no __libc_stack_end: the kernel's record of the same address, field 28
+ * (startstack) of /proc/self/stat; 0 if unreadable (then the thread's stack is asked for
+ * as for any other thread). */
+static uintptr_t ht_main_stack_end(void)
+{
+	char buf[1024];
+	int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	/* Field 2, (comm), may hold spaces and parentheses: count from the last ')'. */
+	char *p = strrchr(buf, ')');
+	uintptr_t v = 0;
+	for (int field = 2; p && *p; p++) {
+		if (*p == ' ' && ++field == 28) {
+			while (*++p >= '0' && *p <= '9')
+				v = v * 10 + (uintptr_t)(*p - '0');
+			return v;
+		}
+	}
+	return 0;
+}
+#endif
 
 /* ---------------------------------------------------------------------------------------
  * The calling thread's stack bounds, found once per thread. */
@@ -123,7 +154,8 @@ static inline uintptr_t ht_thread_pointer(void)
  * lock while it mallocs, so asking pthread_getattr_np (as this once did) hung every
  * program whose new threads ask for their own stack bounds (the JVM, Rust's std). The
  * bounds come from what needs no lock:
- *   - the main thread: __libc_stack_end (the sp _start received) and RLIMIT_STACK;
+ *   - the main thread: __libc_stack_end (the sp _start received; on musl the kernel's
+ *     record of it) and RLIMIT_STACK;
  *   - any other thread: the thread pointer. Both glibc and musl put a thread's descriptor
  *     (and its static TLS) at the top of the block they map for its stack, and the stack
  *     grows down from just below it; glibc does the same inside a stack the program gave
@@ -136,14 +168,13 @@ __attribute__((noinline, cold, unused)) static void ht_thread_setup(uintptr_t sp
 {
 	ht_ts.state = HT_TS_BUSY;
 	uintptr_t lo = 0, hi = 0;
-#ifdef __GLIBC__
 	if (syscall(SYS_gettid) == (long)getpid()) {
 		/* No frame lies above __libc_stack_end: it is the rsp _start received, and
 		 * _start's CFI (rip undefined) ends every walk there. So no margin beyond the end
 		 * of its page is needed, and that page is mapped (argc, argv and envp start at
 		 * __libc_stack_end itself). */
-		uintptr_t end = (uintptr_t)__libc_stack_end;
-		hi = (end | 4095) + 1;
+		uintptr_t end = ht_main_stack_end();
+		hi = end ? (end | 4095) + 1 : 0;
 		uintptr_t lim = HT_MAIN_STACK_MAX;
 		struct rlimit rl;
 		if (getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
@@ -155,7 +186,6 @@ __attribute__((noinline, cold, unused)) static void ht_thread_setup(uintptr_t sp
 		if (sp < lo || sp >= hi)
 			lo = hi = 0;
 	}
-#endif
 	if (!hi) {
 		uintptr_t tp = ht_thread_pointer();
 		if (tp > sp && tp - sp <= HT_MAIN_STACK_MAX) {

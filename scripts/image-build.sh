@@ -6,14 +6,15 @@
 #
 #   scripts/image-build.sh [STAGING]          default: build/image-root
 #
-# Needs what scripts/setup.sh installs (the C toolchain, libdw-dev, libelf-dev) and an
+# Needs what scripts/setup.sh installs (the C toolchain, musl-tools, libdw-dev, libelf-dev) and an
 # installed node_modules (`npm ci`). Makes, under STAGING (and nothing outside it but the
 # usual build outputs preload/build/ and src/addon/build/):
 #
-#   opt/heaptap/lib/libheaptap.so             the preload; needs only glibc >= 2.34
+#   opt/heaptap/lib/libheaptap.so             the preload, for programs on glibc >= 2.17
+#   opt/heaptap/lib/libheaptap-musl.so        the same built with musl-gcc, for musl (Alpine)
 #   opt/heaptap/preload/build/libheaptap.so   symlink to it, where `heaptap run` looks
 #   opt/heaptap/bin/heaptap                   entrypoint: node /opt/heaptap/src/cli.ts "$@"
-#   opt/heaptap/bin/heaptap-init              init step: copies libheaptap.so into a volume
+#   opt/heaptap/bin/heaptap-init              init step: copies both libraries into a volume
 #   opt/heaptap/src/**/*.ts                   the sidecar, run by Node without a compile step
 #   opt/heaptap/src/addon/build/heaptap.node  the addon (libdw1, libelf1, zlib1g at run time)
 #   opt/heaptap/package.json                  "type": "module": the .ts files are ES modules
@@ -50,6 +51,7 @@ rm -rf "$prefix"
 mkdir -p "$prefix/lib" "$prefix/bin" "$prefix/src/addon/build"
 
 install -m 0755 preload/build/libheaptap.so "$prefix/lib/libheaptap.so"
+install -m 0755 preload/build/libheaptap-musl.so "$prefix/lib/libheaptap-musl.so"
 install -m 0755 deploy/image/heaptap "$prefix/bin/heaptap"
 install -m 0755 deploy/image/heaptap-init "$prefix/bin/heaptap-init"
 
@@ -74,6 +76,7 @@ rm -rf "$prefix/node_modules/.bin" "$prefix/node_modules/.cache"
 # Files readable by everyone, writable by no one but root: the image runs as uid 10001.
 chmod -R u=rwX,go=rX "$prefix"
 chmod 0755 "$prefix/bin/heaptap" "$prefix/bin/heaptap-init" "$prefix/lib/libheaptap.so" \
+  "$prefix/lib/libheaptap-musl.so" \
   "$prefix/src/addon/build/heaptap.node"
 
 step "done: $(du -sh "$prefix" | cut -f1) in $prefix"

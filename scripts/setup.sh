@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# musl-tools: musl-gcc, which builds preload/build/libheaptap-musl.so (the image ships it).
 debs=(build-essential g++ make pkg-config valgrind libdw-dev libelf-dev libdeflate-dev binutils file
-      libjemalloc2 libjemalloc-dev)
+      libjemalloc2 libjemalloc-dev musl-tools)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

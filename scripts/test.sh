@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 # Real peers the tests talk to (an OpenTelemetry Collector, kustomize, promtool), built from
-# the Go module proxy and cached in ~/.cache/heaptap: minutes the first time on a machine,
-# nothing afterwards. Not part of setup.sh, which only installs what heaptap itself needs.
+# the Go module proxy, and a Debian 11 root (debootstrap), all cached in ~/.cache/heaptap:
+# minutes the first time on a machine, nothing afterwards. Not part of setup.sh, which only installs what heaptap itself needs.
 npm run --silent peers
 npm test
 # The benchmark harness at small sizes (bench/run.sh --quick, about 1.5 minutes on 2 cores

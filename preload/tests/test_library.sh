@@ -28,10 +28,29 @@ check "uses initial-exec TLS only (no DTPMOD/DTPOFF relocations)" \
 check "never calls __tls_get_addr (a preloaded trap that aborts stays silent)" \
   'LD_PRELOAD="$PWD/$FIX/libtls_abort.so $SO" HEAPTAP_DIR=$(mktemp -d) HEAPTAP_SAMPLE_RATE=1 $FIX/churn --mib 1 --leak-mib 1 >/dev/null 2>&1'
 
-# Debian 12 ships glibc 2.36; containers with glibc >= 2.34 (Ubuntu 22.04, RHEL 9, Debian
-# 12) can load the library. Newer symbol versions would silently narrow that.
+# A preloaded library that needs a newer glibc than the container's makes every program in
+# it refuse to start ("version `GLIBC_2.34' not found"). glibc-pins.h keeps every versioned
+# symbol at GLIBC_2.17 or older (CentOS 7's glibc), whatever glibc builds the library.
 maxv=$(objdump -T "$SO" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
-check "requires glibc <= 2.34 (requires $maxv)" '[ "$(printf "%s\n2.34\n" "$maxv" | sort -V | tail -1)" = "2.34" ]'
+newer=$(objdump -T "$SO" | awk '/GLIBC_/ { v = $0; sub(/.*GLIBC_/, "", v); sub(/[) ].*/, "", v); print v, $NF }' |
+        sort -V | awk '{ split($1, a, "."); if (a[1] > 2 || a[2] > 17) print $2 "@GLIBC_" $1 }' | tr '\n' ' ')
+check "requires glibc <= 2.17 (requires $maxv; newer: ${newer:-none})" '[ -z "$newer" ] && [ -n "$maxv" ]'
+# glibc < 2.34 defines dlsym@GLIBC_2.2.5 &c. in libdl.so.2 and libpthread.so.0: without
+# them NEEDED, a program that links neither fails to start under the library there.
+check "names libdl.so.2 and libpthread.so.0 as NEEDED (for glibc < 2.34)" \
+  'echo " $needed " | grep -q " libdl.so.2 " && echo " $needed " | grep -q " libpthread.so.0 "'
+
+# The musl build (made beside the default one): the same rules, against musl's libc.so
+# alone (musl has no libdl, libpthread or libm apart, and no symbol versions).
+MUSL=$PWD/$B/libheaptap-musl.so
+if [ "$B" = build ]; then
+  mneeded=$(readelf -d "$MUSL" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')
+  check "musl build: needs only musl's libc.so ($mneeded)" '[ "$mneeded" = "libc.so " ]'
+  mexports=$(nm -D --defined-only "$MUSL" | awk '{print $3}' | sort | tr '\n' ' ')
+  check "musl build: exports exactly the allocator API (got: $mexports)" '[ "$mexports" = "$want" ]'
+  check "musl build: uses initial-exec TLS only" \
+    'readelf -r "$MUSL" | grep -q TPOFF64 && ! readelf -r "$MUSL" | grep -qE "DTPMOD|DTPOFF"'
+fi
 
 # Bad configuration: one line on stderr starting "heaptap:", same stdout, same exit code.
 ref_out=$($FIX/forker 2>/dev/null | grep -c role); ref_rc=$?

@@ -88,7 +88,7 @@ test('the Dockerfile builds with scripts/image-build.sh and copies the tree it s
   t.deepEqual(run.map((i) => i.args), ['scripts/image-build.sh /image-root']);
   t.true(build.body.some((i) => i.cmd === 'RUN' && /^npm ci\b/.test(i.args)), 'node_modules from the lockfile');
   // The addon's build dependencies, as scripts/setup.sh installs them.
-  for (const p of ['libdw-dev', 'libelf-dev']) t.true(aptPackages(build).includes(p), p);
+  for (const p of ['libdw-dev', 'libelf-dev', 'musl-tools']) t.true(aptPackages(build).includes(p), p);
 
   const m = /^node:(\d+)-bookworm-slim$/.exec(runtime.from);
   t.truthy(m, runtime.from);
@@ -128,8 +128,8 @@ function isExecutable(path: string): boolean {
   }
 }
 
-test('the staged tree has the entrypoint, the init step and libheaptap.so at their documented paths', (t) => {
-  for (const f of ['bin/heaptap', 'bin/heaptap-init', 'lib/libheaptap.so', 'src/addon/build/heaptap.node']) {
+test('the staged tree has the entrypoint, the init step and both libraries at their documented paths', (t) => {
+  for (const f of ['bin/heaptap', 'bin/heaptap-init', 'lib/libheaptap.so', 'lib/libheaptap-musl.so', 'src/addon/build/heaptap.node']) {
     t.true(isExecutable(join(prefix, f)), f);
   }
   for (const f of ['src/cli.ts', 'src/native.ts', 'src/region.ts', 'package.json']) t.true(existsSync(join(prefix, f)), f);
@@ -137,13 +137,13 @@ test('the staged tree has the entrypoint, the init step and libheaptap.so at the
   // `heaptap run` preloads from preload/build/ beside src/.
   t.true(existsSync(join(prefix, 'preload/build/libheaptap.so')));
   // Nothing writable by the image's user.
-  for (const f of ['bin/heaptap', 'lib/libheaptap.so', 'src/cli.ts']) t.is(statSync(join(prefix, f)).mode & 0o022, 0, f);
+  for (const f of ['bin/heaptap', 'lib/libheaptap.so', 'lib/libheaptap-musl.so', 'src/cli.ts']) t.is(statSync(join(prefix, f)).mode & 0o022, 0, f);
   // No C sources, no tests.
   t.false(existsSync(join(prefix, 'src/addon/reader.c')));
   t.false(existsSync(join(prefix, 'test')));
 });
 
-test('libheaptap.so needs nothing but glibc 2.34 or older symbol versions', async (t) => {
+test('libheaptap.so needs nothing but glibc 2.17 or older symbol versions', async (t) => {
   const lib = join(prefix, 'lib/libheaptap.so');
   const { stdout: dyn } = await exec('readelf', ['-d', lib]);
   const needed = [...dyn.matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map((m) => m[1]!);
@@ -154,9 +154,22 @@ test('libheaptap.so needs nothing but glibc 2.34 or older symbol versions', asyn
   const versions = [...new Set([...ver.matchAll(/Name: GLIBC_([\d.]+)/g)].map((m) => m[1]!))];
   const newer = versions.filter((v) => {
     const [a, b] = v.split('.').map(Number);
-    return a! > 2 || (a === 2 && b! > 34);
+    return a! > 2 || (a === 2 && b! > 17);
   });
-  t.deepEqual(newer, [], 'glibc 2.34 is the documented minimum');
+  t.deepEqual(newer, [], 'glibc 2.17 is the documented minimum');
+});
+
+test('libheaptap-musl.so needs nothing but musl and exports only the allocator API', async (t) => {
+  const lib = join(prefix, 'lib/libheaptap-musl.so');
+  const { stdout: dyn } = await exec('readelf', ['-d', lib]);
+  t.deepEqual([...dyn.matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map((m) => m[1]!), ['libc.so']);
+  const { stdout: ver } = await exec('readelf', ['-V', lib]);
+  t.notRegex(ver, /GLIBC_/);
+  const { stdout: nm } = await exec('nm', ['-D', '--defined-only', lib]);
+  t.deepEqual(nm.trim().split('\n').map((l) => l.split(' ').pop()).sort(), [
+    'aligned_alloc', 'calloc', 'free', 'malloc', 'malloc_usable_size', 'memalign', 'posix_memalign', 'pvalloc', 'realloc',
+    'reallocarray', 'valloc',
+  ]);
 });
 
 test('the staged node_modules holds production dependencies only', (t) => {
@@ -196,15 +209,18 @@ test('the runtime stage installs every library the addon links, beyond the base 
   t.true(runtime.has('libdw1') && runtime.has('libelf1'));
 });
 
-test('heaptap-init copies the library into a volume, which then profiles a program the staged addon reads', async (t) => {
+test('heaptap-init copies both libraries into a volume, whose glibc one then profiles a program the staged addon reads', async (t) => {
   const parent = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
   const volume = await mkdtemp(join(parent, 'heaptap-volume-'));
   try {
     const { stdout } = await exec(join(prefix, 'bin/heaptap-init'), [volume], { env: { PATH } });
-    t.regex(stdout, /libheaptap\.so for LD_PRELOAD/);
-    t.true(isExecutable(join(volume, 'libheaptap.so')));
+    t.regex(stdout, /libheaptap\.so \(glibc\) or \S+libheaptap-musl\.so \(musl\) for LD_PRELOAD/);
     t.is(statSync(join(volume, 'regions')).mode & 0o777, 0o700);
-    t.deepEqual(readFileSync(join(volume, 'libheaptap.so')), readFileSync(join(prefix, 'lib/libheaptap.so')));
+    for (const name of ['libheaptap.so', 'libheaptap-musl.so']) {
+      t.true(isExecutable(join(volume, name)), name);
+      t.deepEqual(readFileSync(join(volume, name)), readFileSync(join(prefix, 'lib', name)), name);
+    }
+    t.deepEqual(readdirSync(volume).filter((n) => n.startsWith('.')), [], 'no temporary file left');
 
     // The application container: any dynamically linked program, preloading from the volume.
     const ls = existsSync('/usr/bin/ls') ? '/usr/bin/ls' : '/bin/ls';

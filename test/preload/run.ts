@@ -33,23 +33,32 @@ export async function runUnder(
   const dir = opts.dir ?? (await mkdtemp(join(tmpdir(), 'heaptap-e2e-')));
   const ld = [...(opts.preloadFirst ?? []), preload, ...(opts.preloadAfter ?? [])].join(' ');
   const [bin, ...args] = cmd;
-  // Its own process group, so a timeout kills forked grandchildren too (a hung one would
-  // otherwise hold the pipes open and the test would wait forever).
-  const child = spawn(bin!.includes('/') ? bin! : join(fixtures, bin!), args, {
-    env: { PATH: process.env.PATH, HEAPTAP_DIR: dir, LD_PRELOAD: ld, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-    detached: true,
-  });
+  const env2 = { PATH: process.env.PATH, HEAPTAP_DIR: dir, LD_PRELOAD: ld, ...env };
+  const r = await runBounded([bin!.includes('/') ? bin! : join(fixtures, bin!), ...args], env2, opts.timeoutMs);
+  return { ...r, dir };
+}
+
+/** Runs a program with exactly env, in its own process group, so a timeout kills forked
+ * grandchildren too (a hung one would otherwise hold the pipes open and the test would
+ * wait forever). */
+export async function runBounded(
+  argv: string[],
+  env: NodeJS.ProcessEnv,
+  timeoutMs = 120_000,
+): Promise<Omit<Run, 'dir'>> {
+  const [bin, ...args] = argv;
+  const child = spawn(bin!, args, { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d) => (stdout += d));
   child.stderr.on('data', (d) => (stderr += d));
-  const timer = setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), opts.timeoutMs ?? 120_000);
+  child.on('error', (e) => (stderr += `spawn ${bin}: ${e.message}\n`));
+  const timer = setTimeout(() => child.pid && process.kill(-child.pid, 'SIGKILL'), timeoutMs);
   const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((res) =>
     child.on('close', (c, s) => res([c, s])),
   );
   clearTimeout(timer);
-  return { code, signal, stdout, stderr, dir };
+  return { code, signal, stdout, stderr };
 }
 
 export async function regionsIn(dir: string): Promise<RegionSnapshot[]> {
