@@ -11,7 +11,7 @@ import {
   type PushMetricExporter,
 } from '@opentelemetry/sdk-metrics';
 
-import { FakeHeapSource, fakeProcess } from '../../src/exporters/fake-source.ts';
+import { FakeHeapSource, fakeProcess } from './fake-source.ts';
 import { OTEL_METRIC, OtelMetricsExporter } from '../../src/exporters/otel-metrics.ts';
 
 function source(): FakeHeapSource {

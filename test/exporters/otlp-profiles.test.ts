@@ -5,7 +5,7 @@ import { gunzipSync } from 'node:zlib';
 
 import test from 'ava';
 
-import { FakeHeapSource, fakeProcess, heapProfile, type FakeStack } from '../../src/exporters/fake-source.ts';
+import { FakeHeapSource, fakeProcess, heapProfile, type FakeStack } from './fake-source.ts';
 import {
   buildExportRequest,
   encodeExportRequest,
