@@ -251,11 +251,12 @@ static void core_estimates_body(const char *dir)
 			 * byte stream), and stands for s/p bytes: n allocations give a Binomial(n, p)
 			 * sample count and an estimate with relative sd sqrt((1 - p) / (n p)). 5.5 sd
 			 * either way: false failure 3.8e-8 per check, 1e-6 for the 27 checks, were
-			 * the seed random. A worker's change of rate takes effect at its next sample
-			 * point: the bytes it allocates until then (the rest of an interval drawn at
-			 * the old rate, mean R_old) are not sampled, so the estimate may fall short by
-			 * up to (W + 5 sqrt(W)) R_old bytes. Short-lived threads start after the
-			 * change and see none of that. */
+			 * the seed random. A change of rate takes effect in a thread at its next
+			 * sample point, where the core redraws at the new rate instead of sampling:
+			 * what a worker allocates after the change until then (the rest of an
+			 * interval drawn at the old rate: Exp, mean R_old) is never sampled, so the
+			 * estimate after a change may fall short by up to (W + 5 sqrt(W)) R_old
+			 * bytes. Short-lived threads start after the change and see none of it. */
 			uint64_t rate = core_rates[ph], size = k_size[k], n = k_count[k];
 			double p = -expm1(-(double)size / (double)rate), truth = (double)(size * n);
 			double lag = (k != K_FRESH && ph > 0)

@@ -103,9 +103,10 @@ test('estimates follow a rate changed mid-run by heaptap ctl and by the agent\'s
   const sites = await perSite(snap!, /^(fresh|worker)_\d$/);
   for (let i = 0; i < rates.length; i++) {
     expectEstimate(t, `fresh_${i}`, sites.get(`fresh_${i}`), truth!.sites[`fresh_${i}`]!, { size: 4096, rate: rates[i]! });
-    // A thread alive across a change takes the new rate at its next sample point: what it
-    // allocates until then (the rest of an interval drawn at the old rate; mean R_old) is
-    // not sampled. With W = 4 workers the estimate may fall short by (W + 5 sqrt(W)) R_old.
+    // A thread alive across a change takes the new rate at its next sample point, where
+    // the library redraws instead of sampling: what a worker allocates after the change
+    // until then (the rest of an interval drawn at the old rate: Exp, mean R_old) is never
+    // sampled. With W = 4 workers the estimate may fall short by (W + 5 sqrt(W)) R_old.
     const lagBytes = i === 0 ? 0 : (4 + 5 * 2) * rates[i - 1]!;
     expectEstimate(t, `worker_${i}`, sites.get(`worker_${i}`), truth!.sites[`worker_${i}`]!, { size: 24576, rate: rates[i]!, lagBytes });
   }
