@@ -53,12 +53,15 @@ if [ "$B" = build ]; then
 fi
 
 # Bad configuration: one line on stderr starting "heaptap:", same stdout, same exit code.
-ref_out=$($FIX/forker 2>/dev/null | grep -c role); ref_rc=$?
+# The program's own exit status is kept (not grep's, as `$(prog | grep)` would give).
+ref_all=$($FIX/forker 2>/dev/null); ref_rc=$?
+ref_out=$(printf '%s\n' "$ref_all" | grep -c role)
 for cfg in "HEAPTAP_SAMPLE_RATE=abc" "HEAPTAP_SAMPLE_RATE=0" "HEAPTAP_MAX_DEPTH=100000" \
            "HEAPTAP_DIR=/proc/heaptap-no/x" "HEAPTAP_DIR=relative" "HEAPTAP_UNWINDER=magic" \
            "HEAPTAP_FILE_MODE=0777" "HEAPTAP_FOLLOW_CHILDREN=maybe"; do
   err=$(mktemp)
-  out=$(env "$cfg" LD_PRELOAD="$SO" $FIX/forker 2>"$err" | grep -c role); rc=$?
+  all=$(env "$cfg" LD_PRELOAD="$SO" $FIX/forker 2>"$err"); rc=$?
+  out=$(printf '%s\n' "$all" | grep -c role)
   # forker is two process images (the parent, and the image its fork child execs); the
   # fork child inherits the parent's verdict. One line from each image, nothing else.
   lines=$(wc -l <"$err"); others=$(grep -vc '^heaptap: ' "$err")

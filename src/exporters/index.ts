@@ -15,4 +15,3 @@ export {
 export { otelResource, otlpEndpoint, k8sAttributes, K8S_ENV, type Env } from './env.ts';
 export { serviceOf } from './identity.ts';
 export type { ExportLog, PushStats } from './push.ts';
-export { FakeHeapSource, fakeProcess, heapProfile, type FakeStack } from './fake-source.ts';

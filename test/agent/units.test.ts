@@ -1,6 +1,6 @@
 // The agent's smaller parts on their own: the incremental stack store, the logger,
 // control validation, the token check, and the Prometheus collectors over a fake
-// HeapSource (src/exporters/fake-source.ts).
+// HeapSource (test/exporters/fake-source.ts).
 import test from 'ava';
 
 import { parseControl, ControlError } from '../../src/agent/control.ts';
@@ -8,7 +8,7 @@ import { createLogger } from '../../src/agent/log.ts';
 import { createMetrics } from '../../src/agent/metrics.ts';
 import { StackStore } from '../../src/agent/stackStore.ts';
 import { tokenMatches } from '../../src/agent/http.ts';
-import { FakeHeapSource, fakeProcess } from '../../src/exporters/fake-source.ts';
+import { FakeHeapSource, fakeProcess } from '../exporters/fake-source.ts';
 import type { RegionStacks } from '../../src/region.ts';
 
 function stacks(next: number, recs: [number, bigint[]][]): RegionStacks {

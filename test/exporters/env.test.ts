@@ -12,7 +12,7 @@ import {
   resourceAttributes,
 } from '../../src/exporters/env.ts';
 import { serviceOf } from '../../src/exporters/identity.ts';
-import { fakeProcess } from '../../src/exporters/fake-source.ts';
+import { fakeProcess } from './fake-source.ts';
 
 test('the metrics endpoint defaults to the local collector', (t) => {
   t.deepEqual(otlpEndpoint('metrics', {}), { url: 'http://localhost:4318/v1/metrics', from: 'default' });

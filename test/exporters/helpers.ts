@@ -14,6 +14,8 @@ import { gunzipSync } from 'node:zlib';
 
 import { Profile } from 'pprof-format';
 
+import { otlpProfileTypes } from '../../src/exporters/otlp-proto.ts';
+
 export const root = resolve(import.meta.dirname, '../..');
 
 export interface Recorded {
@@ -175,6 +177,58 @@ export function byLeaf(p: Profile, type: string): Map<string, number> {
     const fn = fns.get(String(loc?.line[0]?.functionId));
     const name = fn ? str(p, fn.name) : '?';
     out.set(name, (out.get(name) ?? 0) + Number(s.value[i] ?? 0));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// OTLP profiles requests, decoded.
+
+// The decoded request, as plain objects (keepCase field names, 64-bit values as numbers).
+export interface Decoded {
+  resource_profiles: {
+    resource: { attributes: { key: string; value: Record<string, unknown> }[] };
+    scope_profiles: { scope: { name: string; version?: string }; profiles: DecodedProfile[] }[];
+  }[];
+  dictionary: {
+    mapping_table: Record<string, unknown>[];
+    location_table: { mapping_index?: number; address?: number; lines?: { function_index: number; line?: number }[] }[];
+    function_table: { name_strindex?: number; system_name_strindex?: number; filename_strindex?: number; start_line?: number }[];
+    link_table: { trace_id?: Uint8Array; span_id?: Uint8Array }[];
+    string_table: string[];
+    attribute_table: { key_strindex?: number; value?: Record<string, unknown>; unit_strindex?: number }[];
+    stack_table: { location_indices?: number[] }[];
+  };
+}
+export interface DecodedProfile {
+  sample_type: { type_strindex: number; unit_strindex: number };
+  samples: { stack_index: number; attribute_indices?: number[]; values: number[] }[];
+  time_unix_nano: number;
+  period_type: { type_strindex: number; unit_strindex: number };
+  period: number;
+  profile_id: Uint8Array;
+}
+
+/** An OTLP ExportProfilesServiceRequest, decoded with the same .proto files. */
+export function decodeOtlp(body: Uint8Array): Decoded {
+  const T = otlpProfileTypes().ExportProfilesServiceRequest;
+  return T.toObject(T.decode(body), { longs: Number, arrays: true, defaults: false }) as Decoded;
+}
+
+/** Per profile: sample type, and value per innermost function name. */
+export function otlpSummary(d: Decoded, rp = 0): Map<string, Map<string, number>> {
+  const dict = d.dictionary;
+  const s = (i: number | undefined) => dict.string_table[i ?? 0] ?? '';
+  const out = new Map<string, Map<string, number>>();
+  for (const p of d.resource_profiles[rp]!.scope_profiles[0]!.profiles) {
+    const type = `${s(p.sample_type.type_strindex)}/${s(p.sample_type.unit_strindex)}`;
+    const m = new Map<string, number>();
+    for (const sample of p.samples) {
+      const loc = dict.location_table[dict.stack_table[sample.stack_index]!.location_indices![0]!]!;
+      const fn = dict.function_table[loc.lines![0]!.function_index]!;
+      m.set(s(fn.name_strindex), (m.get(s(fn.name_strindex)) ?? 0) + sample.values[0]!);
+    }
+    out.set(type, m);
   }
   return out;
 }

@@ -11,8 +11,8 @@ import {
   type PushMetricExporter,
 } from '@opentelemetry/sdk-metrics';
 
-import { FakeHeapSource, fakeProcess } from '../../src/exporters/fake-source.ts';
-import { OTEL_METRIC, OtelMetricsExporter } from '../../src/exporters/otel-metrics.ts';
+import { FakeHeapSource, fakeProcess } from './fake-source.ts';
+import { OtelMetricsExporter } from '../../src/exporters/otel-metrics.ts';
 
 function source(): FakeHeapSource {
   return new FakeHeapSource([
@@ -33,24 +33,25 @@ async function collect(env: Record<string, string> = {}, serviceName?: string): 
 }
 
 test('exports every per-process figure with semantic-convention names and UCUM units', async (t) => {
+  // Literal names, not the module's constants: a rename must fail here.
   const { metrics } = await collect();
   const shape = Object.fromEntries([...metrics.values()].map((m) => [m.descriptor.name, {
     unit: m.descriptor.unit,
     kind: m.dataPointType === DataPointType.GAUGE ? 'gauge' : (m as { isMonotonic?: boolean }).isMonotonic ? 'counter' : 'updowncounter',
   }]));
   t.deepEqual(shape, {
-    [OTEL_METRIC.memoryUsage]: { unit: 'By', kind: 'updowncounter' },
-    [OTEL_METRIC.inuse]: { unit: 'By', kind: 'updowncounter' },
-    [OTEL_METRIC.inuseObjects]: { unit: '{object}', kind: 'updowncounter' },
-    [OTEL_METRIC.allocated]: { unit: 'By', kind: 'counter' },
-    [OTEL_METRIC.allocations]: { unit: '{allocation}', kind: 'counter' },
-    [OTEL_METRIC.freed]: { unit: 'By', kind: 'counter' },
-    [OTEL_METRIC.peakInuse]: { unit: 'By', kind: 'gauge' },
-    [OTEL_METRIC.unattributedResident]: { unit: 'By', kind: 'updowncounter' },
-    [OTEL_METRIC.samples]: { unit: '{sample}', kind: 'counter' },
-    [OTEL_METRIC.samplesDropped]: { unit: '{sample}', kind: 'counter' },
-    [OTEL_METRIC.samplingInterval]: { unit: 'By', kind: 'gauge' },
-    [OTEL_METRIC.samplingPaused]: { unit: '1', kind: 'gauge' },
+    'process.memory.usage': { unit: 'By', kind: 'updowncounter' },
+    'heaptap.heap.inuse': { unit: 'By', kind: 'updowncounter' },
+    'heaptap.heap.inuse_objects': { unit: '{object}', kind: 'updowncounter' },
+    'heaptap.heap.allocated': { unit: 'By', kind: 'counter' },
+    'heaptap.heap.allocations': { unit: '{allocation}', kind: 'counter' },
+    'heaptap.heap.freed': { unit: 'By', kind: 'counter' },
+    'heaptap.heap.peak_inuse': { unit: 'By', kind: 'gauge' },
+    'heaptap.unattributed_resident': { unit: 'By', kind: 'updowncounter' },
+    'heaptap.samples': { unit: '{sample}', kind: 'counter' },
+    'heaptap.samples.dropped': { unit: '{sample}', kind: 'counter' },
+    'heaptap.sampling.interval': { unit: 'By', kind: 'gauge' },
+    'heaptap.sampling.paused': { unit: '1', kind: 'gauge' },
   });
   t.is(metrics.get('process.memory.usage')!.descriptor.unit, 'By');
 });
@@ -58,19 +59,19 @@ test('exports every per-process figure with semantic-convention names and UCUM u
 test('points carry process.pid, process.executable.name and service.name, with the source values', async (t) => {
   const { metrics } = await collect();
   const points = (name: string) => metrics.get(name)!.dataPoints.map((p) => ({ attrs: p.attributes, value: p.value as number }));
-  t.deepEqual(points(OTEL_METRIC.inuse).map((p) => p.attrs), [
+  t.deepEqual(points('heaptap.heap.inuse').map((p) => p.attrs), [
     { 'process.pid': 501, 'process.executable.name': 'api', 'service.name': 'checkout' },
     { 'process.pid': 502, 'process.executable.name': 'python3', 'service.name': 'python3' },
   ]);
-  t.is(points(OTEL_METRIC.allocated)[0]!.value, 9000);
-  t.is(points(OTEL_METRIC.allocations)[0]!.value, 90);
-  t.is(points(OTEL_METRIC.freed)[0]!.value, 8000);
-  t.is(points(OTEL_METRIC.peakInuse)[0]!.value, 3000);
-  t.is(points(OTEL_METRIC.samples)[0]!.value, 17);
-  t.is(points(OTEL_METRIC.unattributedResident)[0]!.value, 4000);
-  t.deepEqual(points(OTEL_METRIC.memoryUsage).map((p) => p.attrs['process.pid']), [501], 'no point where the resident size is unknown');
-  t.deepEqual(points(OTEL_METRIC.samplingPaused).map((p) => p.value), [0, 1]);
-  const dropped = points(OTEL_METRIC.samplesDropped).filter((p) => p.attrs['process.pid'] === 501);
+  t.is(points('heaptap.heap.allocated')[0]!.value, 9000);
+  t.is(points('heaptap.heap.allocations')[0]!.value, 90);
+  t.is(points('heaptap.heap.freed')[0]!.value, 8000);
+  t.is(points('heaptap.heap.peak_inuse')[0]!.value, 3000);
+  t.is(points('heaptap.samples')[0]!.value, 17);
+  t.is(points('heaptap.unattributed_resident')[0]!.value, 4000);
+  t.deepEqual(points('process.memory.usage').map((p) => p.attrs['process.pid']), [501], 'no point where the resident size is unknown');
+  t.deepEqual(points('heaptap.sampling.paused').map((p) => p.value), [0, 1]);
+  const dropped = points('heaptap.samples.dropped').filter((p) => p.attrs['process.pid'] === 501);
   t.deepEqual(dropped.map((p) => [p.attrs.reason, p.value]), [['stacks_full', 2], ['live_full', 0]]);
 });
 
@@ -91,7 +92,7 @@ test('the resource: service.name heaptap by default, OTEL_SERVICE_NAME, OTEL_RES
     'k8s.container.name': 'heaptap',
   });
   // The configured name also names processes that declare none.
-  t.deepEqual(metrics.get(OTEL_METRIC.inuse)!.dataPoints.map((p) => p.attributes['service.name']), ['checkout', 'shop']);
+  t.deepEqual(metrics.get('heaptap.heap.inuse')!.dataPoints.map((p) => p.attributes['service.name']), ['checkout', 'shop']);
   t.is((await collect({ OTEL_SERVICE_NAME: 'shop' }, 'flag')).resource['service.name'], 'flag');
 });
 

@@ -6,7 +6,7 @@
 // module is a failure with the script's output, never a skip.
 import test from 'ava';
 
-import { FakeHeapSource, fakeProcess, type FakeStack } from '../../src/exporters/fake-source.ts';
+import { FakeHeapSource, fakeProcess, type FakeStack } from './fake-source.ts';
 import { OtelMetricsExporter } from '../../src/exporters/otel-metrics.ts';
 import { OtlpProfilesExporter } from '../../src/exporters/otlp-profiles.ts';
 import { collectorBinary, startCollector, until } from './helpers.ts';

@@ -5,7 +5,7 @@ import { gunzipSync } from 'node:zlib';
 
 import test from 'ava';
 
-import { FakeHeapSource, fakeProcess, heapProfile, type FakeStack } from '../../src/exporters/fake-source.ts';
+import { FakeHeapSource, fakeProcess, heapProfile, type FakeStack } from './fake-source.ts';
 import {
   buildExportRequest,
   encodeExportRequest,
@@ -13,58 +13,10 @@ import {
   type OtlpProfilesOptions,
 } from '../../src/exporters/otlp-profiles.ts';
 import { otlpProfileTypes } from '../../src/exporters/otlp-proto.ts';
-import { startServer, until, type TestServer } from './helpers.ts';
+import { decodeOtlp as decode, otlpSummary as summary, startServer, until, type TestServer } from './helpers.ts';
 
 const HOT: FakeStack = { frames: ['json_alloc', 'parse_request', 'main'], allocObjects: 4000, allocBytes: 384000, inuseObjects: 100, inuseBytes: 9600 };
 const BUF: FakeStack = { frames: ['grow_buffer', 'serve', 'main'], allocObjects: 20, allocBytes: 20 << 20, inuseObjects: 0, inuseBytes: 0 };
-
-// The decoded request, as plain objects (keepCase field names, 64-bit values as numbers).
-interface Decoded {
-  resource_profiles: {
-    resource: { attributes: { key: string; value: Record<string, unknown> }[] };
-    scope_profiles: { scope: { name: string; version?: string }; profiles: DecodedProfile[] }[];
-  }[];
-  dictionary: {
-    mapping_table: Record<string, unknown>[];
-    location_table: { mapping_index?: number; address?: number; lines?: { function_index: number; line?: number }[] }[];
-    function_table: { name_strindex?: number; system_name_strindex?: number; filename_strindex?: number; start_line?: number }[];
-    link_table: { trace_id?: Uint8Array; span_id?: Uint8Array }[];
-    string_table: string[];
-    attribute_table: { key_strindex?: number; value?: Record<string, unknown>; unit_strindex?: number }[];
-    stack_table: { location_indices?: number[] }[];
-  };
-}
-interface DecodedProfile {
-  sample_type: { type_strindex: number; unit_strindex: number };
-  samples: { stack_index: number; attribute_indices?: number[]; values: number[] }[];
-  time_unix_nano: number;
-  period_type: { type_strindex: number; unit_strindex: number };
-  period: number;
-  profile_id: Uint8Array;
-}
-
-function decode(body: Uint8Array): Decoded {
-  const T = otlpProfileTypes().ExportProfilesServiceRequest;
-  return T.toObject(T.decode(body), { longs: Number, arrays: true, defaults: false }) as Decoded;
-}
-
-/** Per profile: sample type, and value per innermost function name. */
-function summary(d: Decoded, rp = 0): Map<string, Map<string, number>> {
-  const dict = d.dictionary;
-  const s = (i: number | undefined) => dict.string_table[i ?? 0] ?? '';
-  const out = new Map<string, Map<string, number>>();
-  for (const p of d.resource_profiles[rp]!.scope_profiles[0]!.profiles) {
-    const type = `${s(p.sample_type.type_strindex)}/${s(p.sample_type.unit_strindex)}`;
-    const m = new Map<string, number>();
-    for (const sample of p.samples) {
-      const loc = dict.location_table[dict.stack_table[sample.stack_index]!.location_indices![0]!]!;
-      const fn = dict.function_table[loc.lines![0]!.function_index]!;
-      m.set(s(fn.name_strindex), (m.get(s(fn.name_strindex)) ?? 0) + sample.values[0]!);
-    }
-    out.set(type, m);
-  }
-  return out;
-}
 
 test('converts a heap profile into one OTLP profile per sample type over one shared dictionary', (t) => {
   const profile = heapProfile({ stacks: [HOT, BUF], pid: 31, exe: '/srv/bin/api', timeNanos: 1_700_000_000_123_456_789n });

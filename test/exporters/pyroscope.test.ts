@@ -4,7 +4,7 @@
 // 500 then a 200, a 400, a server that never answers, a port nobody listens on.
 import test from 'ava';
 
-import { FakeHeapSource, fakeProcess, type FakeStack } from '../../src/exporters/fake-source.ts';
+import { FakeHeapSource, fakeProcess, type FakeStack } from './fake-source.ts';
 import { PyroscopeExporter, pyroscopeName, splitCredentials, type PyroscopeOptions } from '../../src/exporters/pyroscope.ts';
 import { byLeaf, deadPort, decodeIngest, parseKey, startServer, str, until, type TestServer } from './helpers.ts';
 

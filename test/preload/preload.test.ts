@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
-import { constants, readRegion, stackFrames } from '../../src/region.ts';
+import { constants, readRegion, stackFrames, type RegionSnapshot } from '../../src/region.ts';
 import { cleanup, fixtures, frameNames, perSite, preload, regionsIn, runUnder, truths } from './run.ts';
 
 const exec = promisify(execFile);
@@ -277,4 +277,37 @@ test('deep stacks fill the stack table before the frame pool', async (t) => {
   t.is(h.drops[drop('frames_full')], 0n, 'the frame pool did not');
   t.true(snap!.stacks.ids.length >= 1000, `${snap!.stacks.ids.length} stacks recorded`);
   await cleanup(r.dir);
+});
+
+test('stacks cut at HEAPTAP_MAX_DEPTH are flagged truncated and counted', async (t) => {
+  // deepstacks --depth 8 allocates about 13 frames deep. In full (the default limit, 64)
+  // every stack ends cleanly; at HEAPTAP_MAX_DEPTH=8 every one is cut to 8 frames, and a
+  // reader must be able to tell: the stack's TRUNCATED flag and the `truncated` drop count.
+  const full = await runUnder(['deepstacks', '--stacks', '200', '--depth', '8'], { HEAPTAP_SAMPLE_RATE: '1' });
+  const cut = await runUnder(['deepstacks', '--stacks', '200', '--depth', '8'], { HEAPTAP_SAMPLE_RATE: '1', HEAPTAP_MAX_DEPTH: '8' });
+  t.teardown(async () => {
+    await cleanup(full.dir);
+    await cleanup(cut.dir);
+  });
+  t.is(full.code, 0, full.stderr);
+  t.is(cut.code, 0, cut.stderr);
+  const deep = async (snap: RegionSnapshot) => {
+    const out: { depth: number; truncated: boolean }[] = [];
+    for (let i = 0; i < snap.stacks.ids.length; i++) {
+      const names = await frameNames(snap, stackFrames(snap.stacks, i));
+      if (/^(next|step_[abcd])$/.test(names[0]!)) out.push({ depth: snap.stacks.depths[i]!, truncated: (snap.stacks.flags[i]! & constants.STACK_TRUNCATED) !== 0 });
+    }
+    return out;
+  };
+  const [f] = await regionsIn(full.dir);
+  const fs = await deep(f!);
+  t.true(fs.length >= 200, `${fs.length} deepstacks stacks in full`);
+  t.true(fs.every((s) => s.depth > 8 && s.depth < 64 && !s.truncated), 'in full: deeper than 8 frames, not truncated');
+  t.is(f!.header.drops[drop('truncated')], 0n);
+  const [c] = await regionsIn(cut.dir);
+  t.is(c!.header.maxDepth, 8);
+  const cs = await deep(c!);
+  t.true(cs.length >= 1, `${cs.length} deepstacks stacks at depth 8`);
+  t.true(cs.every((s) => s.depth === 8 && s.truncated), `cut to 8 frames and flagged: ${JSON.stringify(cs.slice(0, 3))}`);
+  t.true(c!.header.drops[drop('truncated')]! >= 200n, `truncated samples counted: ${c!.header.drops[drop('truncated')]}`);
 });

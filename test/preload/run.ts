@@ -61,6 +61,75 @@ export async function runBounded(
   return { code, signal, stdout, stderr };
 }
 
+export interface Interactive {
+  pid: number;
+  dir: string;
+  /** Waits (at most ms) for a line of its stdout matching re. */
+  line(re: RegExp, ms?: number): Promise<string>;
+  /** Writes a line to its stdin. */
+  send(text: string): void;
+  /** Resolves when it has exited, with everything it printed. */
+  done: Promise<Run>;
+  /** SIGKILL to its process group (a test's teardown: every path ends it). */
+  kill(): void;
+}
+
+/** As runUnder, for a fixture a test talks to while it runs (its stdin is a pipe). */
+export async function startUnder(cmd: string[], env: Record<string, string> = {}, opts: { timeoutMs?: number } = {}): Promise<Interactive> {
+  const dir = await mkdtemp(join(tmpdir(), 'heaptap-e2e-'));
+  const [bin, ...args] = cmd;
+  const child = spawn(bin!.includes('/') ? bin! : join(fixtures, bin!), args, {
+    env: { PATH: process.env.PATH, HEAPTAP_DIR: dir, LD_PRELOAD: preload, ...env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  });
+  let stdout = '';
+  let stderr = '';
+  const waiters = new Set<() => void>();
+  child.stdout.on('data', (d) => {
+    stdout += d;
+    for (const w of waiters) w();
+  });
+  child.stderr.on('data', (d) => (stderr += d));
+  const kill = () => {
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch { /* gone */ }
+  };
+  const timer = setTimeout(kill, opts.timeoutMs ?? 120_000);
+  let exited = false;
+  const done = new Promise<Run>((res) =>
+    child.on('close', (code, signal) => {
+      exited = true;
+      clearTimeout(timer);
+      for (const w of waiters) w();
+      res({ code, signal, stdout, stderr, dir });
+    }),
+  );
+  return {
+    pid: child.pid!,
+    dir,
+    done,
+    kill,
+    send: (text) => child.stdin.write(`${text}\n`),
+    line: (re, ms = 60_000) => new Promise<string>((res, rej) => {
+      const check = () => {
+        const hit = stdout.split('\n').find((l) => re.test(l));
+        if (hit !== undefined) finish(() => res(hit));
+        else if (exited) finish(() => rej(new Error(`${bin} exited before printing ${re}: ${stderr}`)));
+      };
+      const t = setTimeout(() => finish(() => rej(new Error(`no line ${re} from ${bin} in ${ms} ms`))), ms);
+      const finish = (f: () => void) => {
+        clearTimeout(t);
+        waiters.delete(check);
+        f();
+      };
+      waiters.add(check);
+      check();
+    }),
+  };
+}
+
 export async function regionsIn(dir: string): Promise<RegionSnapshot[]> {
   const names = (await readdir(dir)).filter((n) => n.endsWith('.heaptap')).sort();
   return names.map((n) => readRegion(join(dir, n)));

@@ -1,7 +1,8 @@
 // In-memory test doubles for the exporters, as the OpenTelemetry SDK ships
 // InMemoryMetricExporter: a HeapSource whose processes and profiles a test sets, and a
 // builder of Go-convention heap profiles with known functions and values. No regions,
-// no addon, no symbolizer.
+// no addon, no symbolizer. Test code: it lives here, not in src/, and is not shipped;
+// real-regions.test.ts runs the same exporters on the agent's real HeapSource.
 import {
   Function as PprofFunction,
   Label,
@@ -14,7 +15,7 @@ import {
   ValueType,
 } from 'pprof-format';
 
-import type { HeapProcess, HeapSite, HeapSource } from '../agent/types.ts';
+import type { HeapProcess, HeapSite, HeapSource } from '../../src/agent/types.ts';
 
 /** Values of one stack, in Go's sample-type order, cumulative (as the region counts). */
 export interface FakeStack {
