@@ -174,7 +174,8 @@ const PROGRAMS: Program[] = [
     code: 0,
     stdout: /^ok 50\n$/,
     own: { module: /^getattr_thread$/, name: /^thr$/ },
-    // 50 threads allocate a few KiB in all: only rate 1 samples them for certain.
+    // 50 threads allocate a few KiB in all: only rate 1 samples them for certain (at the
+    // default rate the process usually makes no region at all).
     framesAt: ['1'],
   },
   {
@@ -336,7 +337,10 @@ async function checkRegions(dir: string, pid: number, own: Program['own'], wantF
   } catch (e) {
     return { problem: `a region does not read back: ${(e as Error).message}`, frame: '' };
   }
-  if (regions.length === 0) return { problem: 'no region file written', frame: '' };
+  // A process that never reaches a sample point makes no region (by design: a short
+  // process costs nothing); where it allocates too little to be sampled for certain, none
+  // is required.
+  if (regions.length === 0) return { problem: wantFrames ? 'no region file written' : '', frame: '' };
   if (!regions.some((r) => r.header.pid === pid)) {
     return { problem: `no region of the program's process (pid ${pid}; regions of ${regions.map((r) => r.header.pid).join(', ')})`, frame: '' };
   }
