@@ -78,7 +78,8 @@ static int ensure_region(void)
 		ht_spin_unlock(&ht_g.region_lock);
 		/* Said after everything is consistent: formatting the line must find nothing
 		 * half-made if it allocates and comes back through here. */
-		ht_log("%s; this process is not profiled", err);
+		if (err[0])
+			ht_log("%s; this process is not profiled", err);
 		return -1;
 	}
 	ht_region_publish(&ht_g.region);

@@ -197,8 +197,8 @@ static uint32_t count_regions(const char *dir, uint32_t limit)
 }
 
 /* A process refused by the cap says so in $dir/.refused: one byte appended per process
- * image, so its size counts them (the sidecar can report it; nothing else is written). */
-static void note_refused(const char *dir)
+ * image, so its size counts them. Returns that count (0 if the file cannot be written). */
+static uint64_t note_refused(const char *dir)
 {
 	char path[sizeof ((struct ht_config *)0)->dir + 16];
 	char *p = put_str(path, dir);
@@ -206,10 +206,14 @@ static void note_refused(const char *dir)
 	*p = 0;
 	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
-		return;
-	ssize_t w = write(fd, "x", 1);
-	(void)w;
+		return 0;
+	uint64_t n = 0;
+	if (write(fd, "x", 1) == 1) {
+		off_t end = lseek(fd, 0, SEEK_CUR);
+		n = end > 0 ? (uint64_t)end : 0;
+	}
 	close(fd);
+	return n;
 }
 
 HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
@@ -253,9 +257,14 @@ HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 	/* The directory must not grow without bound (a shell loop of short processes at rate
 	 * 1 made thousands of regions): past the cap this image is not profiled. */
 	if (c->max_regions && count_regions(c->dir, c->max_regions) >= c->max_regions) {
-		note_refused(c->dir);
-		snprintf(err, errlen, "HEAPTAP_DIR %s already holds HEAPTAP_MAX_REGIONS=%u regions",
-			 c->dir, c->max_regions);
+		/* Only the first refused image says so on stderr (a shell loop would print a
+		 * line per process); .refused counts them all. */
+		if (note_refused(c->dir) <= 1)
+			snprintf(err, errlen, "HEAPTAP_DIR %s already holds HEAPTAP_MAX_REGIONS=%u "
+				 "regions (later processes refused are counted in %s/.refused)",
+				 c->dir, c->max_regions, c->dir);
+		else
+			err[0] = 0;
 		return -1;
 	}
 

@@ -34,7 +34,8 @@ struct ht_region {
 HT_HIDDEN int ht_region_check_dir(const struct ht_config *c, char *err, size_t errlen);
 /* Creates $dir/<pid>-<start>.heaptap (built under a temporary name and renamed, so a reader
  * never sees a half-made file), maps it and fills the header. state stays INIT until
- * ht_region_publish. Returns 0 or -1 with a reason in err. */
+ * ht_region_publish. Returns 0 or -1 with a reason in err (empty when nothing needs saying:
+ * a process refused by the region cap after the first). */
 HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 			       uint32_t flags, char *err, size_t errlen);
 /* Stores state RUNNING (release). */
