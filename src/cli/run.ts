@@ -1,12 +1,13 @@
 // heaptap run [options] -- <command> [args]: runs a command (and every process it starts)
 // under the preload, follows its heap while it runs, and writes two profiles at the end.
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import { access, constants as fsConstants, mkdir, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
+import { accessSync, existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { access, constants as fsConstants, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
-import { basename, join, resolve } from 'node:path';
+import { basename, delimiter, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { native } from '../native.ts';
 import { buildProfileAsync, encodeProfile, type ProfileInput } from '../profile.ts';
 import { Symbolizer } from '../symbolize.ts';
 import {
@@ -22,6 +23,7 @@ import {
 import {
   UsageError,
   displayPath,
+  ensureOutputDir,
   formatBytes,
   formatCount,
   formatSeconds,
@@ -186,12 +188,8 @@ export async function runCommand(args: string[]): Promise<number> {
   }
   const o = parsed;
   if (!existsSync(PRELOAD_PATH)) throw new UsageError(`run: ${PRELOAD_PATH} is missing: build it with \`npm run build\` (or run ./heaptap, which sets everything up)`);
-  await mkdir(o.outDir, { recursive: true }).catch((e: Error) => {
-    throw new UsageError(`run: cannot make the output directory ${o.outDir}: ${e.message}`);
-  });
-  await access(o.outDir, fsConstants.W_OK).catch(() => {
-    throw new UsageError(`run: cannot write to the output directory ${o.outDir}`);
-  });
+  // Checked before the command starts: a run whose profiles cannot be written is wasted.
+  await ensureOutputDir('run: -o', o.outDir);
 
   // A private directory for this run's regions: on the memory-backed /dev/shm if we can.
   const shm = await access('/dev/shm', fsConstants.W_OK).then(() => '/dev/shm', () => tmpdir());
@@ -200,6 +198,11 @@ export async function runCommand(args: string[]): Promise<number> {
   env.LD_PRELOAD = process.env.LD_PRELOAD ? `${PRELOAD_PATH}:${process.env.LD_PRELOAD}` : PRELOAD_PATH;
   if (o.rate !== undefined) env.HEAPTAP_SAMPLE_RATE = String(o.rate);
   if (o.depth !== undefined) env.HEAPTAP_MAX_DEPTH = String(o.depth);
+
+  // LD_PRELOAD does not reach a setuid, setgid or file-capability program: say so now, not
+  // only after a run that may be long.
+  const secure = secureExecReason(o.command[0]!, env.PATH);
+  if (secure) process.stderr.write(`heaptap: warning: ${secure}: its heap cannot be profiled\n`);
 
   const start = Date.now();
   const child = spawn(o.command[0]!, o.command.slice(1), { env, stdio: 'inherit' });
@@ -256,7 +259,7 @@ export async function runCommand(args: string[]): Promise<number> {
   const elapsedMs = Date.now() - start;
   const exitCode = signal ? 128 + (osConstants.signals[signal] ?? 0) : (code ?? 1);
   try {
-    await report(o, follower, rootPid, start, elapsedMs, code, signal);
+    await report(o, follower, rootPid, start, elapsedMs, code, signal, secure);
   } catch (e) {
     process.stderr.write(`heaptap: ${(e as Error).message}\n`);
     if (exitCode === 0) return 1;
@@ -281,7 +284,7 @@ function ordered(follower: Follower, rootPid: number, pick: (t: Tracked) => Regi
   return out.map(({ t, s }) => ({ snapshot: s, extraStacks: t.chunks }));
 }
 
-async function report(o: RunOptions, f: Follower, rootPid: number, start: number, elapsedMs: number, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
+async function report(o: RunOptions, f: Follower, rootPid: number, start: number, elapsedMs: number, code: number | null, signal: NodeJS.Signals | null, secure: string | null): Promise<void> {
   const err = (s: string) => process.stderr.write(s);
   const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
   const heapInputs = ordered(f, rootPid, (t) => t.latest);
@@ -291,6 +294,7 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
     const why = [...f.regions.values()].find((t) => t.error)?.error;
     err(`heaptap: ${name} ${how} after ${formatSeconds(elapsedMs)}; no heap data: ` +
       (why ? `its region could not be read: ${why}\n` :
+        secure ? `${secure}\n` :
         'no process made a region (a statically linked program, or one that never called malloc?)\n'));
     return;
   }
@@ -362,6 +366,55 @@ function sitesBlock(title: string, table: SiteTable): string[] {
     out.push(`    ${formatValue(r.flat, table.unit).padStart(9)} ${`${p}%`.padStart(6)}  ${r.name}`);
   }
   return out;
+}
+
+/** Why the dynamic loader will run the command in secure mode (AT_SECURE), where it ignores
+ * LD_PRELOAD: a setuid program owned by another user, a setgid one of another group, or one
+ * with file capabilities started by a user who is not root. null when none applies, or
+ * when the command cannot be found (spawn reports that). */
+export function secureExecReason(command: string, path = process.env.PATH ?? ''): string | null {
+  let file: string | undefined;
+  for (const cand of command.includes('/') ? [resolve(command)] : path.split(delimiter).filter(Boolean).map((d) => join(d, command))) {
+    try {
+      accessSync(cand, fsConstants.X_OK);
+      if (statSync(cand).isFile()) {
+        file = cand;
+        break;
+      }
+    } catch { /* next */ }
+  }
+  if (!file || nosuidMount(file)) return null;
+  const st = statSync(file);
+  const euid = process.geteuid?.() ?? 0;
+  const egid = process.getegid?.() ?? 0;
+  const how = 'the dynamic loader ignores LD_PRELOAD for it';
+  if (st.mode & 0o4000 && st.uid !== euid) return `${file} is setuid (owner uid ${st.uid}): ${how} unless heaptap runs as uid ${st.uid}`;
+  if (st.mode & 0o2000 && st.mode & fsConstants.S_IXGRP && st.gid !== egid) return `${file} is setgid (group gid ${st.gid}): ${how} unless heaptap runs with gid ${st.gid}`;
+  if (euid !== 0 && native.hasFileCapabilities(file)) return `${file} has file capabilities (setcap): ${how} unless heaptap runs as root`;
+  return null;
+}
+
+/** Whether file is on a filesystem mounted nosuid, where the kernel ignores setuid, setgid
+ * and file capabilities (the mount whose point is the longest prefix of its real path). */
+function nosuidMount(file: string): boolean {
+  try {
+    const real = realpathSync(file);
+    let best = '';
+    let nosuid = false;
+    for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+      const f = line.split(' ');
+      if (f.length < 6) continue;
+      const point = f[4]!.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+      const under = point === '/' || real === point || real.startsWith(point + '/');
+      if (under && point.length >= best.length) {
+        best = point;
+        nosuid = f[5]!.split(',').includes('nosuid');
+      }
+    }
+    return nosuid;
+  } catch {
+    return false;
+  }
 }
 
 /** Whether this process's group is the foreground group of its controlling terminal
