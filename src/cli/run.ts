@@ -205,6 +205,8 @@ export async function runCommand(args: string[]): Promise<number> {
   if (secure) process.stderr.write(`heaptap: warning: ${secure}: its heap cannot be profiled\n`);
 
   const start = Date.now();
+  // Set up before the command starts, while the cursor is at the start of a line.
+  const live = process.stderr.isTTY ? new LiveLine(start) : undefined;
   const child = spawn(o.command[0]!, o.command.slice(1), { env, stdio: 'inherit' });
   const spawned = new Promise<void>((res, rej) => {
     child.once('spawn', res);
@@ -227,6 +229,7 @@ export async function runCommand(args: string[]): Promise<number> {
     await spawned;
   } catch (e) {
     for (const sig of signals) process.off(sig, forward);
+    live?.clear();
     const err = e as NodeJS.ErrnoException;
     await rm(dir, { recursive: true, force: true });
     process.stderr.write(`heaptap: cannot run ${o.command[0]}: ${err.code === 'ENOENT' ? 'command not found' : err.message}\n`);
@@ -235,7 +238,6 @@ export async function runCommand(args: string[]): Promise<number> {
   const rootPid = child.pid!;
 
   const follower = new Follower(dir, start, !o.keepRegions);
-  const live = process.stderr.isTTY ? new LiveLine(start) : undefined;
   let stopped = false;
   let wake = () => {};
   const loop = (async () => {
@@ -372,7 +374,7 @@ function sitesBlock(title: string, table: SiteTable): string[] {
  * LD_PRELOAD: a setuid program owned by another user, a setgid one of another group, or one
  * with file capabilities started by a user who is not root. null when none applies, or
  * when the command cannot be found (spawn reports that). */
-export function secureExecReason(command: string, path = process.env.PATH ?? ''): string | null {
+export function secureExecReason(command: string, path = process.env.PATH ?? '', ids = { euid: process.geteuid?.() ?? 0, egid: process.getegid?.() ?? 0 }): string | null {
   let file: string | undefined;
   for (const cand of command.includes('/') ? [resolve(command)] : path.split(delimiter).filter(Boolean).map((d) => join(d, command))) {
     try {
@@ -385,8 +387,7 @@ export function secureExecReason(command: string, path = process.env.PATH ?? '')
   }
   if (!file || nosuidMount(file)) return null;
   const st = statSync(file);
-  const euid = process.geteuid?.() ?? 0;
-  const egid = process.getegid?.() ?? 0;
+  const { euid, egid } = ids;
   const how = 'the dynamic loader ignores LD_PRELOAD for it';
   if (st.mode & 0o4000 && st.uid !== euid) return `${file} is setuid (owner uid ${st.uid}): ${how} unless heaptap runs as uid ${st.uid}`;
   if (st.mode & 0o2000 && st.mode & fsConstants.S_IXGRP && st.gid !== egid) return `${file} is setgid (group gid ${st.gid}): ${how} unless heaptap runs with gid ${st.gid}`;
@@ -430,20 +431,50 @@ function inTerminalForeground(): boolean {
   }
 }
 
-/** One status line on a terminal, redrawn in place; cleared before the summary. */
-class LiveLine {
+/** The live status line on a terminal (stderr). The command writes to the same terminal
+ * whenever it likes, so the line cannot be drawn where the cursor is: the command's next
+ * output would continue it ("...MiB/sservice: handled..."). Instead, as apt does for its
+ * progress line, the terminal's scrolling region is set to every row but the last: the
+ * command's output scrolls inside it, and the status line is drawn on the last row with
+ * the cursor saved before and restored after, in one write (a terminal takes one write
+ * whole, never interleaved with another process's). At the end the region is reset and
+ * the row cleared, before the summary. Not drawn on a terminal of fewer than 3 rows. */
+export class LiveLine {
   private lastAlloc = 0n;
   private lastMs: number;
   private rate = 0;
   private shown = false;
+  /** rows of the terminal when the region was set; 0 while it is not */
+  private rows = 0;
   private readonly start: number;
+  private readonly out: NodeJS.WriteStream;
+  private readonly onResize = () => this.setRegion();
 
-  constructor(start: number) {
+  constructor(start: number, out: NodeJS.WriteStream = process.stderr) {
     this.start = start;
     this.lastMs = start;
+    this.out = out;
+    this.setRegion();
+    out.on('resize', this.onResize);
+  }
+
+  /** Scrolling region = rows 1..rows-1. The newline first makes room when the cursor is on
+   * the last row (the screen scrolls one line up); moving back up one row puts the cursor
+   * where it was, now inside the region (setting the region moves the cursor home, so it is
+   * saved and restored around it). */
+  private setRegion(): void {
+    const rows = this.out.rows ?? 0;
+    if (rows < 3) {
+      if (this.rows) this.out.write('\x1b7\x1b[r\x1b8');
+      this.rows = 0;
+      return;
+    }
+    this.out.write(`\n\x1b7\x1b[1;${rows - 1}r\x1b8\x1b[1A`);
+    this.rows = rows;
   }
 
   update(f: Follower): void {
+    if (!this.rows) return;
     const now = Date.now();
     const dt = (now - this.lastMs) / 1000;
     if (dt >= 0.25) {
@@ -456,12 +487,21 @@ class LiveLine {
     const procs = new Set([...f.regions.values()].map((t) => t.latest?.header.pid)).size;
     const text = `heaptap: ${formatSeconds(now - this.start)}  in use ${formatBytes(f.inuseNow)}  peak ${formatBytes(peak)}  ` +
       `allocating ${formatBytes(Math.max(0, this.rate))}/s${procs > 1 ? `  (${procs} processes)` : ''}`;
-    const cols = process.stderr.columns || 80;
-    process.stderr.write(`\r\x1b[K${text.slice(0, cols - 1)}`);
+    this.draw(text);
+  }
+
+  /** text on the last row (cut to the width: a wrap there would scroll the whole screen) */
+  draw(text: string): void {
+    if (!this.rows) return;
+    const cols = this.out.columns || 80;
+    this.out.write(`\x1b7\x1b[${this.rows};1H\x1b[2K${text.slice(0, cols - 1)}\x1b8`);
     this.shown = true;
   }
 
   clear(): void {
-    if (this.shown) process.stderr.write('\r\x1b[K');
+    this.out.off('resize', this.onResize);
+    if (!this.rows) return;
+    this.out.write(`\x1b7\x1b[r\x1b[${this.rows};1H\x1b[2K\x1b8`);
+    this.rows = 0;
   }
 }

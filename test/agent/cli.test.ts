@@ -1,21 +1,21 @@
 // `heaptap agent` and `heaptap ctl` from the command line: settings, the exit code 2 for
 // bad values, and ctl's round trip through a running process's control area.
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import test from 'ava';
 
 import { ConfigError, OPTIONS, parseAgentArgs, parseDuration, parseListen } from '../../src/agent/config.ts';
 import { constants, listRegions, readRegion } from '../../src/region.ts';
+import { bound, killGroup, spawnGroup, within } from '../helpers/procs.ts';
 import { cli, node, startTicker, tempDir, until } from './helpers.ts';
 
 function run(args: string[], env: Record<string, string> = {}, ms = 20_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const p = spawn(node, [cli, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawnGroup(null, node, [cli, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     p.stdout!.on('data', (d) => (stdout += d));
     p.stderr!.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => p.kill('SIGKILL'), ms);
+    const timer = setTimeout(() => killGroup(p), bound(ms));
     p.on('exit', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
@@ -102,12 +102,15 @@ test('the README documents every agent option, its variable and its default, and
 test('heaptap agent listens where told, logs JSON lines, and exits 0 on SIGTERM', async (t) => {
   const { dir, cleanup } = await tempDir();
   t.teardown(cleanup);
-  const p = spawn(node, [cli, 'agent', '--dir', dir, '--listen', '127.0.0.1:0', '--log-format', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Killed when the test ends, however it ends: a test that failed here once left the agent
+  // running and the suite waiting for it.
+  const p = spawnGroup(t, node, [cli, 'agent', '--dir', dir, '--listen', '127.0.0.1:0', '--log-format', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   p.stderr!.on('data', (d) => (stderr += d));
+  const exited = new Promise((r) => p.on('exit', r));
   await until(() => stderr.includes('"msg":"listening"'), 15_000, 'listening');
   p.kill('SIGTERM');
-  const code = await new Promise((r) => p.on('exit', r));
+  const code = await within(exited, 15_000, 'the agent to exit after SIGTERM');
   t.is(code, 0);
   const lines = stderr.trim().split('\n');
   const parsed = lines.map((l) => JSON.parse(l) as { time: string; level: string; msg: string });
@@ -117,11 +120,8 @@ test('heaptap agent listens where told, logs JSON lines, and exits 0 on SIGTERM'
 
 test('heaptap ctl pauses, resumes and sets the rate of a running process without an agent', async (t) => {
   const { dir, cleanup } = await tempDir();
-  const fx = await startTicker(dir, { keepKib: 4, periodUs: 1000 });
-  t.teardown(async () => {
-    fx.kill();
-    await cleanup();
-  });
+  t.teardown(cleanup);
+  const fx = await startTicker(dir, { keepKib: 4, periodUs: 1000, t });
   const [path] = await listRegions(dir);
   const header = () => readRegion(path!, 0xffffffff).header;
   const ctl = (...a: string[]) => run(['ctl', String(fx.pid), ...a, '--dir', dir]);

@@ -1,7 +1,7 @@
 // Running fixture programs under the preload and attributing what their regions hold to
 // the fixtures' known allocation sites. Sites are found with `nm` (function name, address,
 // size) per module: enough to check the preload without the sidecar's symbolizer.
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 
 import { readRegion, stackFrames, type RegionSnapshot } from '../../src/region.ts';
 import { fixtures, root } from '../helpers/heaptap.ts';
+import { bound, killGroup, spawnGroup } from '../helpers/procs.ts';
 
 // The paths and the fixtures' printed truth are the CLI helpers' (one definition).
 export { fixtures, root, truths, type Truth } from '../helpers/heaptap.ts';
@@ -35,16 +36,16 @@ export async function runUnder(
   const [bin, ...args] = cmd;
   // Its own process group, so a timeout kills forked grandchildren too (a hung one would
   // otherwise hold the pipes open and the test would wait forever).
-  const child = spawn(bin!.includes('/') ? bin! : join(fixtures, bin!), args, {
+  const child = spawnGroup(null, bin!.includes('/') ? bin! : join(fixtures, bin!), args, {
     env: { PATH: process.env.PATH, HEAPTAP_DIR: dir, LD_PRELOAD: ld, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
   });
   let stdout = '';
   let stderr = '';
-  child.stdout.on('data', (d) => (stdout += d));
-  child.stderr.on('data', (d) => (stderr += d));
-  const timer = setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), opts.timeoutMs ?? 120_000);
+  child.stdout!.on('data', (d) => (stdout += d));
+  child.stderr!.on('data', (d) => (stderr += d));
+  const timer = setTimeout(() => killGroup(child), bound(opts.timeoutMs ?? 120_000));
   const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((res) =>
     child.on('close', (c, s) => res([c, s])),
   );
