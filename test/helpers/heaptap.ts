@@ -73,7 +73,7 @@ export async function profilesIn(dir: string): Promise<{ heap: string; peak: str
 let goPath: string | undefined;
 
 /** The go command: on PATH, else /usr/local/go/bin/go. Missing Go is a test failure
- * (scripts/setup.sh installs it), never a skip. */
+ * (scripts/setup-tests.sh installs it), never a skip. */
 export function findGo(): string {
   if (goPath) return goPath;
   const candidates = [...(process.env.PATH ?? '').split(delimiter).filter(Boolean).map((d) => join(d, 'go')), '/usr/local/go/bin/go'];
@@ -83,7 +83,7 @@ export function findGo(): string {
       return (goPath = c);
     } catch { /* next */ }
   }
-  throw new Error('go is not installed (looked on PATH and at /usr/local/go/bin/go): run scripts/setup.sh, ' +
+  throw new Error('go is not installed (looked on PATH and at /usr/local/go/bin/go): run scripts/setup-tests.sh, ' +
     'which installs Debian\'s golang-go; these tests read profiles with `go tool pprof` and cannot run without it');
 }
 
