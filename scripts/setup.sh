@@ -15,7 +15,10 @@ install_debs "${debs[@]}"
 if [ ! -x node_modules/.bin/node ] || [ package.json -nt node_modules/.package-lock.json ] \
    || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "heaptap setup: npm ci" >&2
-  npm ci --no-audit --no-fund --loglevel=error
+  # --prefer-offline: the lockfile pins every version, so packages already in npm's cache
+  # need no round trip to the registry.
+  npm ci --prefer-offline --no-audit --no-fund --loglevel=error
 fi
 # npm's run-script puts node_modules/.bin (Node >= 22 from the npm registry) first on PATH.
-npm run --silent build
+# Both Makefiles build in parallel safely (directories are order-only prerequisites).
+MAKEFLAGS="-j$(nproc) ${MAKEFLAGS:-}" npm run --silent build
