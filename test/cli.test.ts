@@ -377,7 +377,7 @@ test('a setuid or setgid command is named as the reason there is no profile (LD_
   }
 });
 
-test('a command with file capabilities is named as ignoring LD_PRELOAD for a user who is not root', async (t) => {
+test('file capabilities and setuid root are named for a user who is not root; a setuid script is not', async (t) => {
   const dir = await tempDir();
   t.teardown(() => removeDir(dir));
   const prog = join(dir, 'cat');
@@ -389,6 +389,14 @@ test('a command with file capabilities is named as ignoring LD_PRELOAD for a use
   t.is(secureExecReason(prog, '', { euid: 0, egid: 0 }), null, 'root gains nothing from them: not secure mode');
   // Found on PATH, as the command is given.
   t.regex(secureExecReason('cat', dir, { euid: 65534, egid: 65534 }) ?? '', /file capabilities/);
+  // The kernel ignores setuid on a script: nothing to say about it.
+  const script = join(dir, 'script');
+  await writeFile(script, '#!/bin/sh\ntrue\n');
+  await chmod(script, 0o4755);
+  t.is(secureExecReason(script, '', { euid: 65534, egid: 65534 }), null);
+  await copyFile('/usr/bin/id', join(dir, 'id'));
+  await chmod(join(dir, 'id'), 0o4755);
+  t.regex(secureExecReason(join(dir, 'id'), '', { euid: 65534, egid: 65534 }) ?? '', /is setuid \(owner uid 0\)/, 'a setuid-root program run by a user');
 });
 
 test('on a terminal the live line keeps a row of its own while the command writes to the same terminal', async (t) => {

@@ -1,7 +1,7 @@
 // heaptap run [options] -- <command> [args]: runs a command (and every process it starts)
 // under the preload, follows its heap while it runs, and writes two profiles at the end.
 import { spawn } from 'node:child_process';
-import { accessSync, existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { accessSync, closeSync, existsSync, openSync, readFileSync, readSync, realpathSync, statSync } from 'node:fs';
 import { access, constants as fsConstants, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { basename, delimiter, join, resolve } from 'node:path';
@@ -385,7 +385,7 @@ export function secureExecReason(command: string, path = process.env.PATH ?? '',
       }
     } catch { /* next */ }
   }
-  if (!file || nosuidMount(file)) return null;
+  if (!file || nosuidMount(file) || isScript(file)) return null;
   const st = statSync(file);
   const { euid, egid } = ids;
   const how = 'the dynamic loader ignores LD_PRELOAD for it';
@@ -393,6 +393,21 @@ export function secureExecReason(command: string, path = process.env.PATH ?? '',
   if (st.mode & 0o2000 && st.mode & fsConstants.S_IXGRP && st.gid !== egid) return `${file} is setgid (group gid ${st.gid}): ${how} unless heaptap runs with gid ${st.gid}`;
   if (euid !== 0 && native.hasFileCapabilities(file)) return `${file} has file capabilities (setcap): ${how} unless heaptap runs as root`;
   return null;
+}
+
+/** Whether file starts with #! (the kernel ignores setuid and setgid on scripts). */
+function isScript(file: string): boolean {
+  try {
+    const fd = openSync(file, 'r');
+    try {
+      const b = Buffer.alloc(2);
+      return readSync(fd, b, 0, 2, 0) === 2 && b.toString('latin1') === '#!';
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
 }
 
 /** Whether file is on a filesystem mounted nosuid, where the kernel ignores setuid, setgid
