@@ -479,9 +479,9 @@ make -s -C "$ROOT/test/fixtures" >>"$OUT/build.log" 2>&1 || die "make -C test/fi
 make -s -C "$BENCH" >>"$OUT/build.log" 2>&1 || die "make -C bench failed (see $OUT/build.log)"
 if [[ " ${WORKLOADS[*]} " == *" accuracy "* ]]; then
 	# accuracy runs `heaptap run` (Node, the addon) and reads profiles with go tool pprof.
-	[ -x "$NODE" ] || die "$NODE is missing: run scripts/setup.sh first (npm packages, Go)"
+	[ -x "$NODE" ] || die "$NODE is missing: run scripts/setup.sh first (npm packages)"
 	make -s -C "$ROOT/src/addon" >>"$OUT/build.log" 2>&1 || die "make -C src/addon failed (see $OUT/build.log)"
-	command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || die "go is missing: run scripts/setup.sh first"
+	command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || die "go is missing: run scripts/setup-tests.sh first"
 fi
 "$PYTHON" "$BENCH/gen_c.py" "$GCC_MODULES" "$WORK/gen_big.c"
 "$PYTHON" "$BENCH/gen_c.py" "$GCC_SMALL_MODULES" "$WORK/gen_small.c"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The test command: sets up (Debian packages, npm packages, build) and runs every test.
+# The test command: sets up (Debian packages, npm packages, build: scripts/setup.sh for
+# heaptap, then scripts/setup-tests.sh for the tests) and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup-tests.sh
 # Real peers the tests talk to (an OpenTelemetry Collector, kustomize, promtool), built from
 # the Go module proxy, and a Debian 11 root (debootstrap), all cached in ~/.cache/heaptap:
-# minutes the first time on a machine, nothing afterwards. Not part of setup.sh, which only installs what heaptap itself needs.
+# minutes the first time on a machine, nothing afterwards. Not part of the setup scripts:
+# only the tests talk to them.
 npm run --silent peers
 npm test
 # The benchmark harness at small sizes (bench/run.sh --quick, about 1.5 minutes on 2 cores

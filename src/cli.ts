@@ -68,8 +68,12 @@ export async function runMain(argv: string[]): Promise<void> {
     code = await main(argv);
   } catch (e) {
     // The addon not built (or not loadable) is a setup problem: say so in one line.
+    // A system call that failed (a file that cannot be written, a full disk) is said in one
+    // line; anything else is a bug in heaptap, and its stack says where.
+    const sys = e as NodeJS.ErrnoException;
     const msg = e instanceof Error && e.message.startsWith('cannot load the heaptap addon')
       ? `${e.message}: ${(e.cause as Error | undefined)?.message ?? ''}`
+      : typeof sys?.code === 'string' && typeof sys.syscall === 'string' ? sys.message
       : (e as Error)?.stack ?? String(e);
     process.stderr.write(`heaptap: ${msg}\n`);
     code = 1;

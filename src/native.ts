@@ -19,6 +19,7 @@ export interface NativeBinding {
   writeControl(path: string, control: ControlUpdate): void;
   dedupeFrames(frames: BigUint64Array): { unique: BigUint64Array; index: Uint32Array };
   trimMemory(): void;
+  hasFileCapabilities(path: string): boolean;
   gzipAsync(data: Uint8Array, level?: number): Promise<Buffer>;
   encodeSamples(args: EncodeSamplesArgs): Uint8Array;
   readonly constants: RegionConstants;

@@ -1,13 +1,14 @@
 // The heaptap command line (src/cli.ts): exit codes, signals, the environment it gives the
 // command, the files it writes, and list / snapshot / top on the regions it leaves.
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
+import { secureExecReason } from '../src/cli/run.ts';
 import { decodeProfile, str } from '../src/profile.ts';
 import { cliPath, fixtures, heaptap, profilesIn, removeDir, root, tempDir, truths } from './helpers/heaptap.ts';
+import { execGroup, spawnGroup, until, within } from './helpers/procs.ts';
 
 const PRELOAD = join(root, 'preload/build/libheaptap.so');
 
@@ -229,12 +230,12 @@ test('list, snapshot and top read the regions a run kept', async (t) => {
   t.is(str(a, a.defaultSampleType), 'alloc_space');
 
   // -o - writes the gzipped profile to stdout.
-  const piped = await new Promise<Buffer>((res) => {
-    const c = spawn(process.execPath, [cliPath, 'snapshot', String(by.get('parent')), '--dir', kept!, '-o', '-']);
+  const piped = await within(new Promise<Buffer>((res) => {
+    const c = spawnGroup(t, process.execPath, [cliPath, 'snapshot', String(by.get('parent')), '--dir', kept!, '-o', '-']);
     const chunks: Buffer[] = [];
-    c.stdout.on('data', (d: Buffer) => chunks.push(d));
+    c.stdout!.on('data', (d: Buffer) => chunks.push(d));
     c.on('close', () => res(Buffer.concat(chunks)));
-  });
+  }), 60_000, 'snapshot -o -');
   t.is(piped[0], 0x1f);
   t.is((await decodeProfile(piped)).sample.length, p.sample.length);
 });
@@ -242,19 +243,19 @@ test('list, snapshot and top read the regions a run kept', async (t) => {
 test('list and top see a process that is still running', async (t) => {
   const dir = await tempDir();
   t.teardown(() => removeDir(dir));
-  const child = spawn(join(fixtures, 'churn'), ['--threads', '1', '--mib', '1', '--leak-mib', '2', '--hold'], {
+  const child = spawnGroup(t, join(fixtures, 'churn'), ['--threads', '1', '--mib', '1', '--leak-mib', '2', '--hold'], {
     env: { PATH: process.env.PATH, HEAPTAP_DIR: dir, LD_PRELOAD: PRELOAD, HEAPTAP_SAMPLE_RATE: '1' },
     stdio: ['pipe', 'pipe', 'inherit'],
   });
-  t.teardown(() => child.kill('SIGKILL'));
-  await new Promise<void>((res) => child.stdout.on('data', (d) => String(d).includes('ready') && res()));
+  const closed = new Promise((res) => child.on('close', res));
+  await within(new Promise<void>((res) => child.stdout!.on('data', (d) => String(d).includes('ready') && res())), 30_000, 'churn to be ready');
   const list = await heaptap(['list', '--dir', dir]);
   t.regex(list.stdout, new RegExp(`^${child.pid}\\s+running\\s+\\d+\\s+0\\s+\\S+/churn\\s+`, 'm'));
   const top = await heaptap(['top', String(child.pid), '--dir', dir, '-n', '1']);
   t.is(top.code, 0, top.stderr);
   t.regex(top.stdout, /^\s+2\.00MiB\s+\S+%\s+\S+%\s+2\.00MiB\s+\S+%\s+site_leak$/m);
-  child.stdin.end('\n');
-  await new Promise((res) => child.on('close', res));
+  child.stdin!.end('\n');
+  await within(closed, 30_000, 'churn to exit');
   const after = await heaptap(['list', '--dir', dir]);
   t.regex(after.stdout, new RegExp(`^${child.pid}\\s+exited\\s`, 'm'));
 });
@@ -269,13 +270,166 @@ test('a command that makes no region still runs, and heaptap says why there is n
 
 test('run removes the regions of processes that ended, keeping their figures', async (t) => {
   // A command that starts 30 short processes, then counts the region files left while it
-  // still runs: only its own (and the ones still running) stay in HEAPTAP_DIR.
+  // still runs: only its own (and the ones still running) stay in HEAPTAP_DIR. It looks
+  // every 0.1 s, for up to 30 s (about 1 s on an idle machine; a busy one needs longer to
+  // read them all, and without the removal they would stay forever).
   const dir = await tempDir();
   t.teardown(() => removeDir(dir));
   const r = await heaptap(['run', '--rate', '1', '--interval', '10ms', '-o', dir, '--', 'sh', '-c',
-    'for i in $(seq 30); do ls / >/dev/null; done; sleep 1; ls "$HEAPTAP_DIR" | wc -l'], { timeoutMs: 60_000 });
+    'for i in $(seq 30); do ls / >/dev/null; done; ' +
+    'for j in $(seq 300); do n=$(ls "$HEAPTAP_DIR" | wc -l); [ "$n" -lt 15 ] && break; sleep 0.1; done; echo "$n"'], { timeoutMs: 90_000 });
   t.is(r.code, 0, r.stderr);
   t.true(Number(r.stdout.trim()) < 15, `${r.stdout.trim()} of some 35 region files left`);
   const procs = Number(/\((\d+) processes/.exec(r.stderr)?.[1]);
   t.true(procs >= 31, `all processes in the profile: ${r.stderr.split('\n')[0]}`);
+});
+
+test('run -o into /proc/x, a missing parent or a file fails at once with one line and exit 2, before the command runs', async (t) => {
+  // `run -o /proc/nope` used to hang for ever without starting the command (Node's recursive
+  // mkdir never returns there), and `-o /nonexistent/x` made /nonexistent/.
+  const dir = await tempDir();
+  t.teardown(() => removeDir(dir));
+  const marker = join(dir, 'ran');
+  const file = join(dir, 'a-file');
+  await writeFile(file, '');
+  const cases: Array<[string, RegExp]> = [
+    ['/proc/heaptap-nope', /^heaptap: run: -o \/proc\/heaptap-nope: cannot make the directory: ENOENT/],
+    [join(dir, 'missing/sub'), /^heaptap: run: -o \S+missing\/sub: \S+missing does not exist \(only the last directory is made\)\n$/],
+    [file, /^heaptap: run: -o \S+a-file: not a directory\n$/],
+    ['/proc', /^heaptap: run: -o \/proc: refuses new files \(/],
+  ];
+  for (const [out, re] of cases) {
+    const r = await heaptap(['run', '-o', out, '--', 'sh', '-c', `touch ${marker}`], { timeoutMs: 30_000 });
+    t.is(r.code, 2, `-o ${out}: ${r.signal ?? ''} ${r.stderr}`);
+    t.regex(r.stderr, re);
+    t.is(r.stderr.split('\n').length, 2, 'one line');
+  }
+  t.false(existsSync(marker), 'the command never ran');
+  t.false(existsSync(join(dir, 'missing')), 'no directories made on the way');
+  // One new directory under an existing one is made.
+  const ok = await heaptap(['run', '--rate', '1', '-o', join(dir, 'new'), '--', join(fixtures, 'churn'), '--threads', '1', '--mib', '1']);
+  t.is(ok.code, 0, ok.stderr);
+  await t.notThrowsAsync(profilesIn(join(dir, 'new')));
+});
+
+test('snapshot -o that cannot be written is one line and exit 2, not a stack trace', async (t) => {
+  const out = await tempDir();
+  t.teardown(() => removeDir(out));
+  const r = await heaptap(['run', '--rate', '1', '--keep-regions', '-o', out, '--', join(fixtures, 'churn'), '--threads', '1', '--mib', '1', '--truth', '-']);
+  t.is(r.code, 0, r.stderr);
+  const kept = /region files kept in (\S+)/.exec(r.stderr)![1]!;
+  t.teardown(() => removeDir(kept));
+  const pid = String(truths(r.stdout)[0]!.pid);
+  for (const [target, re] of [
+    ['/proc/heaptap-nope.pb.gz', /^heaptap: snapshot: -o \/proc\/heaptap-nope\.pb\.gz: \/proc: refuses new files \(/],
+    [join(out, 'missing/x.pb.gz'), /^heaptap: snapshot: -o \S+\/missing\/x\.pb\.gz: \S+\/missing: does not exist\n$/],
+  ] as const) {
+    const s = await heaptap(['snapshot', pid, '--dir', kept, '-o', target]);
+    t.is(s.code, 2, s.stderr);
+    t.regex(s.stderr, re);
+    t.notRegex(s.stderr, /\n\s+at /, 'no stack trace');
+  }
+  // -o an existing directory: the usual name, in it.
+  const d = await heaptap(['snapshot', pid, '--dir', kept, '-o', out]);
+  t.is(d.code, 0, d.stderr);
+  t.true(existsSync(join(out, `heaptap.${pid}.heap.pb.gz`)));
+});
+
+test('list, top and snapshot of a directory that does not exist exit 2 and say so', async (t) => {
+  const missing = join(await tempDir(), 'nope');
+  t.teardown(() => removeDir(join(missing, '..')));
+  const list = await heaptap(['list', '--dir', missing]);
+  t.is(list.code, 2);
+  t.regex(list.stderr, /^heaptap: list: \S+\/nope does not exist/);
+  const env = await heaptap(['list'], { env: { HEAPTAP_DIR: missing } });
+  t.is(env.code, 2);
+  const top = await heaptap(['top', '123', '--dir', missing]);
+  t.is(top.code, 2);
+  t.regex(top.stderr, /^heaptap: no region of pid 123 in \S+ \(\S+ does not exist\)\n$/);
+});
+
+test('a setuid or setgid command is named as the reason there is no profile (LD_PRELOAD does not reach it)', async (t) => {
+  // Root runs a copy of id(1) that is setuid (or setgid) to nobody: the kernel switches
+  // identity, so the dynamic loader runs it in secure mode and drops LD_PRELOAD, as it
+  // does for a setuid-root program run by a user. The same copy without the bit is
+  // profiled (the control: the warning is about the bit, and the preload works here).
+  const dir = await tempDir();
+  t.teardown(() => removeDir(dir));
+  const prog = join(dir, 'id');
+  await copyFile('/usr/bin/id', prog);
+  await chown(prog, 65534, 65534);
+  await chmod(prog, 0o755);
+  const plain = await heaptap(['run', '-o', dir, '--rate', '1', '--', prog, '-u']);
+  t.is(plain.code, 0, plain.stderr);
+  t.notRegex(plain.stderr, /setuid|setgid|no heap data/);
+  t.regex(plain.stderr, /\(1 process, 1 image; every allocation recorded\)/);
+  for (const [mode, flag, what] of [[0o4755, '-u', /is setuid \(owner uid 65534\)/], [0o2755, '-g', /is setgid \(group gid 65534\)/]] as const) {
+    await chmod(prog, mode);
+    const r = await heaptap(['run', '-o', dir, '--rate', '1', '--', prog, flag]);
+    t.is(r.code, 0, r.stderr);
+    t.is(r.stdout.trim(), '65534', 'the kernel did switch identity (the mount is not nosuid)');
+    const lines = r.stderr.trim().split('\n');
+    t.regex(lines[0]!, /^heaptap: warning: \S+\/id /);
+    t.regex(lines[0]!, what);
+    t.regex(lines[0]!, /the dynamic loader ignores LD_PRELOAD for it/);
+    t.regex(lines.at(-1)!, /^heaptap: id -[ug] exited with code 0 after [\d.]+ s; no heap data: \S+\/id is set[ug]id/);
+    t.notRegex(r.stderr, /statically linked/);
+  }
+});
+
+test('file capabilities and setuid root are named for a user who is not root; a setuid script is not', async (t) => {
+  const dir = await tempDir();
+  t.teardown(() => removeDir(dir));
+  const prog = join(dir, 'cat');
+  await copyFile('/bin/cat', prog);
+  t.is(secureExecReason(prog, '', { euid: 65534, egid: 65534 }), null, 'no capabilities yet');
+  // setcap is libcap2-bin's, which scripts/setup-tests.sh installs.
+  await execGroup('setcap', ['cap_net_raw+ep', prog], { timeout: 30_000 });
+  t.regex(secureExecReason(prog, '', { euid: 65534, egid: 65534 }) ?? '', /\/cat has file capabilities \(setcap\): the dynamic loader ignores LD_PRELOAD for it unless heaptap runs as root$/);
+  t.is(secureExecReason(prog, '', { euid: 0, egid: 0 }), null, 'root gains nothing from them: not secure mode');
+  // Found on PATH, as the command is given.
+  t.regex(secureExecReason('cat', dir, { euid: 65534, egid: 65534 }) ?? '', /file capabilities/);
+  // The kernel ignores setuid on a script: nothing to say about it.
+  const script = join(dir, 'script');
+  await writeFile(script, '#!/bin/sh\ntrue\n');
+  await chmod(script, 0o4755);
+  t.is(secureExecReason(script, '', { euid: 65534, egid: 65534 }), null);
+  await copyFile('/usr/bin/id', join(dir, 'id'));
+  await chmod(join(dir, 'id'), 0o4755);
+  t.regex(secureExecReason(join(dir, 'id'), '', { euid: 65534, egid: 65534 }) ?? '', /is setuid \(owner uid 0\)/, 'a setuid-root program run by a user');
+});
+
+test('on a terminal the live line keeps a row of its own while the command writes to the same terminal', async (t) => {
+  // tmux (scripts/setup-tests.sh installs it) is a real terminal: its screen and scrollback
+  // are what a person sees. The live line used to be drawn where the cursor was, so the
+  // command's next line continued it: "...allocating 0 B/sservice: handled request 3".
+  const dir = await tempDir();
+  t.teardown(() => removeDir(dir));
+  const sock = join(dir, 'tmux.sock');
+  const tmux = (...a: string[]) => execGroup('tmux', ['-S', sock, ...a], { timeout: 30_000 });
+  t.teardown(() => tmux('kill-server').then(() => undefined, () => undefined));
+  const script = join(dir, 'service.sh');
+  await writeFile(script, 'for i in $(seq 1 40); do echo "service: handled request $i"; sleep 0.05; done\n');
+  const run = `${process.execPath} ${cliPath} run --interval 20ms -o ${dir} -- sh ${script}; echo heaptap-exit=$?; sleep 600`;
+  await tmux('new-session', '-d', '-x', '100', '-y', '12', run);
+  const screen = async (history = false) => (await tmux('capture-pane', '-p', '-J', ...(history ? ['-S', '-'] : []))).stdout.replace(/\n+$/, '').split('\n');
+
+  // While it runs: the program's lines above, the live line alone on the bottom row.
+  const during = await until(async () => {
+    const rows = await screen();
+    return rows.length === 12 && /^heaptap: [\d.]+ s {2}in use .* allocating /.test(rows[11]!) &&
+      rows.slice(0, 11).some((r) => /^service: handled request \d+$/.test(r)) ? rows : undefined;
+  }, 20_000, 'the live line on the bottom row below the program\'s output');
+  t.false(during.slice(0, 11).some((r) => r.includes('allocating')), during.join('\n'));
+
+  await until(async () => (await screen(true)).some((r) => r.startsWith('heaptap-exit=')), 60_000, 'heaptap to finish');
+  const all = await screen(true);
+  const text = all.join('\n');
+  t.true(all.includes('heaptap-exit=0'), text);
+  for (let i = 1; i <= 40; i++) {
+    t.is(all.filter((r) => r === `service: handled request ${i}`).length, 1, `request ${i} is a line of its own:\n${text}`);
+  }
+  t.false(all.some((r) => /service:/.test(r) && !/^service: handled request \d+$/.test(r)), `no program line shares its row:\n${text}`);
+  t.false(all.some((r) => r.includes('allocating')), `the live line leaves nothing behind:\n${text}`);
+  t.regex(text, /^heaptap: sh \S+service\.sh exited with code 0 after /m);
 });

@@ -1,7 +1,7 @@
 // Tests of the native addon (src/native.ts loads it): the layout it was compiled against,
 // exact sums from synthetic regions, stack/module/header decoding, the control area,
 // liveness, and consistent snapshots against a concurrent writer (test/fixtures/region_mutator.c).
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { closeSync, ftruncateSync, openSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -9,6 +9,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 import test from 'ava';
+
+import { killGroup, spawnGroup, within } from './helpers/procs.ts';
 
 import { native } from '../src/native.ts';
 import type { RegionSnapshot } from '../src/region.ts';
@@ -321,15 +323,19 @@ test('a file nobody holds a lock on is reported not alive', (t) => {
 
 interface MutatorRun {
   path: string;
-  child: ReturnType<typeof spawn>;
+  child: ReturnType<typeof spawnGroup>;
   lines: AsyncIterator<string>;
 }
 
 async function startMutator(name: string, args: string[]): Promise<MutatorRun> {
   const path = join(dir, name);
-  const child = spawn(mutator, [path, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+  // Tracked: killed when the test file is done if a failing test left it running.
+  const child = spawnGroup(null, mutator, [path, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
-  const first = await lines.next();
+  const first = await within(lines.next(), 30_000, 'the mutator to be ready').catch((e) => {
+    killGroup(child);
+    throw e;
+  });
   if (first.done || first.value !== `ready ${path}`) throw new Error(`mutator said ${String(first.value)}`);
   return { path, child, lines };
 }

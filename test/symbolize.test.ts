@@ -3,7 +3,7 @@
 // real return addresses, plus addresses from nm, split debug files in every place they are
 // looked for, hostile files, the /proc/<pid>/root and /proc/<pid>/exe fallbacks, caching.
 import test from 'ava';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import {
   copyFileSync,
@@ -25,6 +25,7 @@ import { gzipSync } from 'node:zlib';
 
 import { constants, stackFrames, type RegionModule, type RegionSnapshot } from '../src/region.ts';
 import { Symbolizer, elfAddresses, type SymFrame } from '../src/symbolize.ts';
+import { spawnGroup, within } from './helpers/procs.ts';
 import { cleanup, regionsIn, root, runUnder, symbolsOf } from './preload/run.ts';
 
 const SRC = join(root, 'test/fixtures/symfix');
@@ -359,14 +360,14 @@ test('survives seeded mutations of binaries with DWARF (in a child process)', as
   const d = await tmp(t);
   for (const [bin, seed] of [['cxx', 20261122], ['inl', 7]] as const) {
     const t0 = Date.now();
-    const child = spawn(process.execPath, [join(SRC, 'fuzz.ts'), join(B, bin), d, String(seed), '400'], {
+    const child = spawnGroup(t, process.execPath, [join(SRC, 'fuzz.ts'), join(B, bin), d, String(seed), '400'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
     let err = '';
-    child.stdout.on('data', (b) => (out += b));
-    child.stderr.on('data', (b) => (err += b));
-    const [code, signal] = (await once(child, 'close')) as [number | null, NodeJS.Signals | null];
+    child.stdout!.on('data', (b) => (out += b));
+    child.stderr!.on('data', (b) => (err += b));
+    const [code, signal] = (await within(once(child, 'close'), 180_000, `the fuzz runner (${bin})`)) as [number | null, NodeJS.Signals | null];
     t.is(signal, null, `${bin} seed ${seed}: the fuzz runner died with ${signal}: ${err}`);
     t.is(code, 0, err);
     const sum = JSON.parse(out.trim()) as { cases: number; found: number; notFound: number; withFunctions: number; slow: number[]; bad: string[] };
@@ -416,7 +417,7 @@ test('returns empty frames without an error for the vDSO and for modules without
 async function chrooted(dir: string): Promise<ChildProcess> {
   copyFileSync(join(B, 'sleeper'), join(dir, 'sleeper'));
   const [cmd, ...args] = process.getuid?.() === 0 ? ['chroot', dir, '/sleeper'] : ['unshare', '-r', 'chroot', dir, '/sleeper'];
-  const child = spawn(cmd!, args, { stdio: 'ignore' });
+  const child = spawnGroup(null, cmd!, args, { stdio: 'ignore' });
   for (let i = 0; i < 500; i++) {
     try {
       if (readlinkSync(`/proc/${child.pid}/root`) === dir) return child;
@@ -471,8 +472,7 @@ test('opens the main program through /proc/<pid>/exe when its file was deleted',
   const prog = join(d, 'sleeper');
   copyFileSync(join(B, 'sleeper'), prog);
   const main = await nmAddress(prog, 'main');
-  const child = spawn(prog, [], { stdio: 'ignore' });
-  t.teardown(() => child.kill('SIGKILL'));
+  const child = spawnGroup(t, prog, [], { stdio: 'ignore' });
   for (let i = 0; i < 500 && readlinkSync(`/proc/${child.pid}/exe`) !== prog; i++) await new Promise((r) => setTimeout(r, 10));
   unlinkSync(prog);
   const s = new Symbolizer({ debugDirs: [] });

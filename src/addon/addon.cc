@@ -13,6 +13,7 @@
 
 #include <libdeflate.h>
 #include <malloc.h>
+#include <sys/xattr.h>
 
 #include <cerrno>
 #include <cstring>
@@ -559,6 +560,22 @@ Napi::Value TrimMemory(const Napi::CallbackInfo &info)
 	return info.Env().Undefined();
 }
 
+// JS: hasFileCapabilities(path: string): boolean
+// Whether the file carries file capabilities (the security.capability extended attribute
+// that setcap writes). The dynamic loader runs such a program, like a setuid one, in
+// secure mode when a user who is not root starts it, and then ignores LD_PRELOAD.
+// Node has no getxattr; a file that cannot be read or has no such attribute is false.
+Napi::Value HasFileCapabilities(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	if (info.Length() < 1 || !info[0].IsString()) {
+		Napi::TypeError::New(env, "hasFileCapabilities(path: string)").ThrowAsJavaScriptException();
+		return env.Undefined();
+	}
+	std::string path = info[0].As<Napi::String>().Utf8Value();
+	return Napi::Boolean::New(env, getxattr(path.c_str(), "security.capability", nullptr, 0) > 0);
+}
+
 // JS: gzipAsync(data: Uint8Array, level: number): Promise<Buffer>
 // gzip (RFC 1952) of data with libdeflate at `level` (1..12), on the libuv thread pool.
 // libdeflate compresses a whole buffer at once and at level 1 takes half of zlib's time
@@ -644,6 +661,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports)
 	exports.Set("writeControl", Napi::Function::New(env, WriteControl, "writeControl"));
 	exports.Set("dedupeFrames", Napi::Function::New(env, DedupeFrames, "dedupeFrames"));
 	exports.Set("trimMemory", Napi::Function::New(env, TrimMemory, "trimMemory"));
+	exports.Set("hasFileCapabilities", Napi::Function::New(env, HasFileCapabilities, "hasFileCapabilities"));
 	exports.Set("gzipAsync", Napi::Function::New(env, GzipAsync, "gzipAsync"));
 	// JS: constants: RegionConstants (frozen)
 	Napi::Object constants = Constants(env);

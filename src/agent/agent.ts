@@ -47,7 +47,9 @@ export async function startAgent(config: AgentConfig, opts: StartOptions): Promi
     stats: () => ({ scans: watcher.scans, lastScanMs: watcher.lastScanMs, readErrors: watcher.readErrors }),
   });
   const server = createAgentServer({
-    source, registry, log, token: config.token, maxSeconds: config.maxSeconds, isReady: () => watcher.isReady,
+    source, registry, log, token: config.token, maxSeconds: config.maxSeconds, isReady: () =>
+      !watcher.isReady ? 'first scan of the region directory not done' :
+      watcher.dirMissing ? `the region directory ${config.dir} does not exist` : true,
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -10,7 +10,8 @@
 //        ?debug=1    text (src/agent/text.ts); ?gc=1 accepted and ignored
 //        ?consumer=NAME  delta_heap's key (default: remote address + User-Agent)
 //   GET  /metrics                        Prometheus text format (prom-client)
-//   GET  /healthz, /readyz               liveness; readiness after the first scan
+//   GET  /healthz, /readyz               liveness; readiness after the first scan, while the
+//                                        region directory exists
 //   GET  /debug/heaptap/processes        JSON: the processes served
 //   POST /debug/heaptap/control          ?pid=N&action=pause|resume|rate&bytes=N (or the
 //                                        same fields form- or JSON-encoded in the body)
@@ -34,7 +35,8 @@ export interface ServerOptions {
   /** '' = no authentication */
   token: string;
   maxSeconds: number;
-  isReady: () => boolean;
+  /** true, or why not (the text /readyz answers with 503) */
+  isReady: () => true | string;
   /** profile builds at once; more wait their turn (bounds the memory they take) */
   maxBuilds?: number;
 }
@@ -105,7 +107,10 @@ export function createAgentServer(opts: ServerOptions): Server {
     const url = new URL(req.url ?? '/', 'http://agent');
     const path = url.pathname;
     if (path === '/healthz') return sendText(res, 200, 'ok');
-    if (path === '/readyz') return opts.isReady() ? sendText(res, 200, 'ready') : sendText(res, 503, 'not ready: first scan of the region directory not done');
+    if (path === '/readyz') {
+      const ready = opts.isReady();
+      return ready === true ? sendText(res, 200, 'ready') : sendText(res, 503, `not ready: ${ready}`);
+    }
     if (opts.token && !tokenMatches(req.headers.authorization, opts.token)) {
       res.setHeader('WWW-Authenticate', 'Bearer realm="heaptap"');
       throw new HttpError(401, 'unauthorized: send Authorization: Bearer <token>');

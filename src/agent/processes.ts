@@ -138,6 +138,8 @@ export class Watcher {
   /** resolves after the first complete scan */
   readonly ready: Promise<void>;
   isReady = false;
+  /** the directory did not exist at the last scan */
+  dirMissing = false;
   scans = 0;
   lastScanMs = 0;
   readErrors = 0;
@@ -241,6 +243,15 @@ export class Watcher {
       log.once('dir', 'warn', 'cannot list the region directory', { dir, error: (e as Error).message });
       paths = [];
     }
+    // A directory that is not there (listRegions finds nothing in it) is said once, and
+    // again when it appears: the first profiled process makes it, or --dir is mistyped.
+    const missing = paths.length === 0 && (await stat(dir).then(() => false, (e: NodeJS.ErrnoException) => e.code === 'ENOENT'));
+    if (missing && !this.dirMissing) {
+      log.warn('the region directory does not exist: nothing to serve until a profiled process makes it (is --dir right?)', { dir });
+    } else if (!missing && this.dirMissing) {
+      log.info('the region directory appeared', { dir });
+    }
+    this.dirMissing = missing;
     const names = new Set(paths.map((p) => basename(p)));
 
     // Files that went away under us (removed by hand, or by another agent).

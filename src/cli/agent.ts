@@ -1,13 +1,14 @@
 // `heaptap agent`: the long-running sidecar (src/agent/). Runs until SIGINT or SIGTERM,
 // then stops the watcher, flushes the exporters and exits 0. Bad settings: one line on
 // stderr and exit code 2 (a UsageError, as every subcommand reports them).
+import { readdir } from 'node:fs/promises';
 import v8 from 'node:v8';
 
 import { startAgent } from '../agent/agent.ts';
 import { ConfigError, parseAgentArgs } from '../agent/config.ts';
 import { createLogger } from '../agent/log.ts';
 import { Symbolizer } from '../symbolize.ts';
-import { UsageError } from './common.ts';
+import { UsageError, errnoText } from './common.ts';
 
 import { AGENT_USAGE } from '../agent/usage.ts';
 
@@ -26,6 +27,14 @@ export async function agentCommand(args: string[]): Promise<number> {
     return 0;
   }
   const config = parsed.config;
+  // A --dir that exists but cannot be watched is a usage error; one that does not exist yet
+  // is not (the first profiled process makes it): the watcher logs a warning instead.
+  try {
+    await readdir(config.dir);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT') throw new UsageError(`agent: --dir ${config.dir}: ${code === 'ENOTDIR' ? 'not a directory' : errnoText(e)}`);
+  }
   // A sidecar should stay small: V8's memory-saving mode and 1 MB semi-spaces keep its
   // heap near what it uses (about 150 MB less RSS with 100 processes, see
   // bench/RESULTS.md), for a little more time in scavenges.

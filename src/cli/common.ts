@@ -1,7 +1,8 @@
 // What the heaptap subcommands share: usage errors (exit code 2), option parsing, sizes
 // and durations as the preload reads them, and number formatting. Nothing here loads the
 // addon, so that usage errors and --help work without it.
-import { resolve } from 'node:path';
+import { mkdir, open, stat, unlink } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 /** A mistake in how heaptap was called, or an input it cannot read: one line, exit 2. */
@@ -56,6 +57,51 @@ export function parseMillis(what: string, s: string, min: number, max: number): 
   const v = Number(m[1]) * (m[2] === 's' ? 1000 : 1);
   if (v < min || v > max) throw new UsageError(`${what} '${s}' is out of range [${min} ms, ${max} ms]`);
   return v;
+}
+
+/** An errno error as "ENOENT: no such file or directory" (without Node's ", mkdir '/x'"). */
+export function errnoText(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  return typeof err?.code === 'string' ? err.message.replace(/, \w+ '.*'$/s, '') : String((e as Error)?.message ?? e);
+}
+
+/** Why a file cannot be made in dir ("does not exist", "not a directory", ...), or null when
+ * it can: a real file is created and removed (access() says yes to root on /proc and other
+ * places that refuse files). */
+export async function unwritableDir(dir: string): Promise<string | null> {
+  let st;
+  try {
+    st = await stat(dir);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : errnoText(e);
+  }
+  if (!st.isDirectory()) return 'not a directory';
+  const probe = join(dir, `.heaptap-probe-${process.pid}`);
+  try {
+    await (await open(probe, 'wx')).close();
+    await unlink(probe);
+    return null;
+  } catch (e) {
+    return `refuses new files (${errnoText(e)})`;
+  }
+}
+
+/** Makes dir if it is missing and its parent exists (one level: a mistyped path must not
+ * leave a chain of new directories behind, and Node's recursive mkdir never returns on
+ * some paths, like /proc/x), then checks that files can be made in it. Problems are
+ * UsageErrors: "<what> <dir>: <why>". */
+export async function ensureOutputDir(what: string, dir: string): Promise<void> {
+  try {
+    await mkdir(dir);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && (await stat(dirname(dir)).then(() => false, () => true))) {
+      throw new UsageError(`${what} ${dir}: ${dirname(dir)} does not exist (only the last directory is made)`);
+    }
+    if (code !== 'EEXIST') throw new UsageError(`${what} ${dir}: cannot make the directory: ${errnoText(e)}`);
+  }
+  const why = await unwritableDir(dir);
+  if (why) throw new UsageError(`${what} ${dir}: ${why}`);
 }
 
 /** A region error as one line: "<path>: <what> (<code>)". */

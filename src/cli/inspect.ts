@@ -1,12 +1,12 @@
 // heaptap list | snapshot | top: the regions in a directory, read as they are now.
-import { writeFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { stat, writeFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 
 import { buildProfileAsync, encodeProfile, type ProfileView } from '../profile.ts';
 import { constants, readRegionAsync } from '../region.ts';
 import type { SampleTypeName } from '../profile.ts';
 import { Symbolizer } from '../symbolize.ts';
-import { UsageError, describeError, displayPath, parse, parseInteger, regionDir } from './common.ts';
+import { UsageError, describeError, displayPath, errnoText, parse, parseInteger, regionDir, unwritableDir } from './common.ts';
 import { regionFiles, resolveRegion } from './regions.ts';
 import { SAMPLE_TYPE_NAMES, formatTopTable, siteTable } from './top.ts';
 import { LIST_USAGE, SNAPSHOT_USAGE, TOP_USAGE } from './usage.ts';
@@ -27,7 +27,7 @@ export async function listCommand(args: string[]): Promise<number> {
   if (positionals.length) throw new UsageError(`list: unexpected argument '${positionals[0]}' (see heaptap list --help)`);
   const dir = regionDir(values.dir);
   const rows: string[][] = [['PID', 'STATE', 'SAMPLES', 'DROPS', 'EXECUTABLE', 'REGION']];
-  for (const path of await regionFiles(dir)) {
+  for (const path of await regionFiles(dir, 'list')) {
     try {
       const s = await readRegionAsync(path);
       let samples = 0n;
@@ -77,14 +77,28 @@ export async function snapshotCommand(args: string[]): Promise<number> {
   const view = (values.view ?? 'heap') as ProfileView;
   if (view !== 'heap' && view !== 'allocs') throw new UsageError(`snapshot: --view '${values.view}' is not heap or allocs`);
   if (positionals.length !== 1) throw new UsageError('snapshot: give one <pid|region> (see heaptap snapshot --help)');
+  // Where it goes is checked first: a bad -o is a usage error, before any work. -o DIR (an
+  // existing directory) puts the file there under its usual name.
+  const given = values.output !== undefined && values.output !== '-' ? resolve(values.output) : undefined;
+  const intoDir = given === undefined || (await stat(given).then((st) => st.isDirectory(), () => false));
+  if (values.output !== '-') {
+    const where = intoDir ? given ?? process.cwd() : dirname(given!);
+    const why = await unwritableDir(where);
+    if (why) throw new UsageError(`snapshot: -o ${values.output ?? '(default)'}: ${where}: ${why}`);
+  }
   const { snapshot, profile } = await profileOf(positionals[0]!, regionDir(values.dir), view);
   const data = await encodeProfile(profile);
   if (values.output === '-') {
     await new Promise<void>((res, rej) => process.stdout.write(data, (e) => (e ? rej(e) : res())));
     return 0;
   }
-  const out = resolve(values.output ?? `heaptap.${snapshot.header.pid}.${view}.pb.gz`);
-  await writeFile(out, data);
+  const out = intoDir ? resolve(given ?? '.', `heaptap.${snapshot.header.pid}.${view}.pb.gz`) : given!;
+  try {
+    await writeFile(out, data);
+  } catch (e) {
+    process.stderr.write(`heaptap: snapshot: cannot write ${out}: ${errnoText(e)}\n`);
+    return 1;
+  }
   process.stderr.write(`heaptap: wrote ${displayPath(out)} (${profile.sample.length} stacks, pid ${snapshot.header.pid}, ${snapshot.header.exe})\n`);
   return 0;
 }

@@ -1,12 +1,13 @@
 // heaptap run [options] -- <command> [args]: runs a command (and every process it starts)
 // under the preload, follows its heap while it runs, and writes two profiles at the end.
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import { access, constants as fsConstants, mkdir, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
+import { accessSync, closeSync, existsSync, openSync, readFileSync, readSync, realpathSync, statSync } from 'node:fs';
+import { access, constants as fsConstants, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
-import { basename, join, resolve } from 'node:path';
+import { basename, delimiter, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { native } from '../native.ts';
 import { buildProfileAsync, encodeProfile, type ProfileInput } from '../profile.ts';
 import { Symbolizer } from '../symbolize.ts';
 import {
@@ -22,6 +23,7 @@ import {
 import {
   UsageError,
   displayPath,
+  ensureOutputDir,
   formatBytes,
   formatCount,
   formatSeconds,
@@ -186,12 +188,8 @@ export async function runCommand(args: string[]): Promise<number> {
   }
   const o = parsed;
   if (!existsSync(PRELOAD_PATH)) throw new UsageError(`run: ${PRELOAD_PATH} is missing: build it with \`npm run build\` (or run ./heaptap, which sets everything up)`);
-  await mkdir(o.outDir, { recursive: true }).catch((e: Error) => {
-    throw new UsageError(`run: cannot make the output directory ${o.outDir}: ${e.message}`);
-  });
-  await access(o.outDir, fsConstants.W_OK).catch(() => {
-    throw new UsageError(`run: cannot write to the output directory ${o.outDir}`);
-  });
+  // Checked before the command starts: a run whose profiles cannot be written is wasted.
+  await ensureOutputDir('run: -o', o.outDir);
 
   // A private directory for this run's regions: on the memory-backed /dev/shm if we can.
   const shm = await access('/dev/shm', fsConstants.W_OK).then(() => '/dev/shm', () => tmpdir());
@@ -201,7 +199,14 @@ export async function runCommand(args: string[]): Promise<number> {
   if (o.rate !== undefined) env.HEAPTAP_SAMPLE_RATE = String(o.rate);
   if (o.depth !== undefined) env.HEAPTAP_MAX_DEPTH = String(o.depth);
 
+  // LD_PRELOAD does not reach a setuid, setgid or file-capability program: say so now, not
+  // only after a run that may be long.
+  const secure = secureExecReason(o.command[0]!, env.PATH);
+  if (secure) process.stderr.write(`heaptap: warning: ${secure}: its heap cannot be profiled\n`);
+
   const start = Date.now();
+  // Set up before the command starts, while the cursor is at the start of a line.
+  const live = process.stderr.isTTY ? new LiveLine(start) : undefined;
   const child = spawn(o.command[0]!, o.command.slice(1), { env, stdio: 'inherit' });
   const spawned = new Promise<void>((res, rej) => {
     child.once('spawn', res);
@@ -224,6 +229,7 @@ export async function runCommand(args: string[]): Promise<number> {
     await spawned;
   } catch (e) {
     for (const sig of signals) process.off(sig, forward);
+    live?.clear();
     const err = e as NodeJS.ErrnoException;
     await rm(dir, { recursive: true, force: true });
     process.stderr.write(`heaptap: cannot run ${o.command[0]}: ${err.code === 'ENOENT' ? 'command not found' : err.message}\n`);
@@ -232,7 +238,6 @@ export async function runCommand(args: string[]): Promise<number> {
   const rootPid = child.pid!;
 
   const follower = new Follower(dir, start, !o.keepRegions);
-  const live = process.stderr.isTTY ? new LiveLine(start) : undefined;
   let stopped = false;
   let wake = () => {};
   const loop = (async () => {
@@ -256,7 +261,7 @@ export async function runCommand(args: string[]): Promise<number> {
   const elapsedMs = Date.now() - start;
   const exitCode = signal ? 128 + (osConstants.signals[signal] ?? 0) : (code ?? 1);
   try {
-    await report(o, follower, rootPid, start, elapsedMs, code, signal);
+    await report(o, follower, rootPid, start, elapsedMs, code, signal, secure);
   } catch (e) {
     process.stderr.write(`heaptap: ${(e as Error).message}\n`);
     if (exitCode === 0) return 1;
@@ -281,7 +286,7 @@ function ordered(follower: Follower, rootPid: number, pick: (t: Tracked) => Regi
   return out.map(({ t, s }) => ({ snapshot: s, extraStacks: t.chunks }));
 }
 
-async function report(o: RunOptions, f: Follower, rootPid: number, start: number, elapsedMs: number, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
+async function report(o: RunOptions, f: Follower, rootPid: number, start: number, elapsedMs: number, code: number | null, signal: NodeJS.Signals | null, secure: string | null): Promise<void> {
   const err = (s: string) => process.stderr.write(s);
   const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
   const heapInputs = ordered(f, rootPid, (t) => t.latest);
@@ -291,6 +296,7 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
     const why = [...f.regions.values()].find((t) => t.error)?.error;
     err(`heaptap: ${name} ${how} after ${formatSeconds(elapsedMs)}; no heap data: ` +
       (why ? `its region could not be read: ${why}\n` :
+        secure ? `${secure}\n` :
         'no process made a region (a statically linked program, or one that never called malloc?)\n'));
     return;
   }
@@ -365,6 +371,69 @@ function sitesBlock(title: string, table: SiteTable): string[] {
   return out;
 }
 
+/** Why the dynamic loader will run the command in secure mode (AT_SECURE), where it ignores
+ * LD_PRELOAD: a setuid program owned by another user, a setgid one of another group, or one
+ * with file capabilities started by a user who is not root. null when none applies, or
+ * when the command cannot be found (spawn reports that). */
+export function secureExecReason(command: string, path = process.env.PATH ?? '', ids = { euid: process.geteuid?.() ?? 0, egid: process.getegid?.() ?? 0 }): string | null {
+  let file: string | undefined;
+  for (const cand of command.includes('/') ? [resolve(command)] : path.split(delimiter).filter(Boolean).map((d) => join(d, command))) {
+    try {
+      accessSync(cand, fsConstants.X_OK);
+      if (statSync(cand).isFile()) {
+        file = cand;
+        break;
+      }
+    } catch { /* next */ }
+  }
+  if (!file || nosuidMount(file) || isScript(file)) return null;
+  const st = statSync(file);
+  const { euid, egid } = ids;
+  const how = 'the dynamic loader ignores LD_PRELOAD for it';
+  if (st.mode & 0o4000 && st.uid !== euid) return `${file} is setuid (owner uid ${st.uid}): ${how} unless heaptap runs as uid ${st.uid}`;
+  if (st.mode & 0o2000 && st.mode & fsConstants.S_IXGRP && st.gid !== egid) return `${file} is setgid (group gid ${st.gid}): ${how} unless heaptap runs with gid ${st.gid}`;
+  if (euid !== 0 && native.hasFileCapabilities(file)) return `${file} has file capabilities (setcap): ${how} unless heaptap runs as root`;
+  return null;
+}
+
+/** Whether file starts with #! (the kernel ignores setuid and setgid on scripts). */
+function isScript(file: string): boolean {
+  try {
+    const fd = openSync(file, 'r');
+    try {
+      const b = Buffer.alloc(2);
+      return readSync(fd, b, 0, 2, 0) === 2 && b.toString('latin1') === '#!';
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+}
+
+/** Whether file is on a filesystem mounted nosuid, where the kernel ignores setuid, setgid
+ * and file capabilities (the mount whose point is the longest prefix of its real path). */
+function nosuidMount(file: string): boolean {
+  try {
+    const real = realpathSync(file);
+    let best = '';
+    let nosuid = false;
+    for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+      const f = line.split(' ');
+      if (f.length < 6) continue;
+      const point = f[4]!.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+      const under = point === '/' || real === point || real.startsWith(point + '/');
+      if (under && point.length >= best.length) {
+        best = point;
+        nosuid = f[5]!.split(',').includes('nosuid');
+      }
+    }
+    return nosuid;
+  } catch {
+    return false;
+  }
+}
+
 /** Whether this process's group is the foreground group of its controlling terminal
  * (/proc/self/stat fields 5 pgrp, 7 tty_nr, 8 tpgid). */
 function inTerminalForeground(): boolean {
@@ -378,20 +447,50 @@ function inTerminalForeground(): boolean {
   }
 }
 
-/** One status line on a terminal, redrawn in place; cleared before the summary. */
-class LiveLine {
+/** The live status line on a terminal (stderr). The command writes to the same terminal
+ * whenever it likes, so the line cannot be drawn where the cursor is: the command's next
+ * output would continue it ("...MiB/sservice: handled..."). Instead, as apt does for its
+ * progress line, the terminal's scrolling region is set to every row but the last: the
+ * command's output scrolls inside it, and the status line is drawn on the last row with
+ * the cursor saved before and restored after, in one write (a terminal takes one write
+ * whole, never interleaved with another process's). At the end the region is reset and
+ * the row cleared, before the summary. Not drawn on a terminal of fewer than 3 rows. */
+export class LiveLine {
   private lastAlloc = 0n;
   private lastMs: number;
   private rate = 0;
   private shown = false;
+  /** rows of the terminal when the region was set; 0 while it is not */
+  private rows = 0;
   private readonly start: number;
+  private readonly out: NodeJS.WriteStream;
+  private readonly onResize = () => this.setRegion();
 
-  constructor(start: number) {
+  constructor(start: number, out: NodeJS.WriteStream = process.stderr) {
     this.start = start;
     this.lastMs = start;
+    this.out = out;
+    this.setRegion();
+    out.on('resize', this.onResize);
+  }
+
+  /** Scrolling region = rows 1..rows-1. The newline first makes room when the cursor is on
+   * the last row (the screen scrolls one line up); moving back up one row puts the cursor
+   * where it was, now inside the region (setting the region moves the cursor home, so it is
+   * saved and restored around it). */
+  private setRegion(): void {
+    const rows = this.out.rows ?? 0;
+    if (rows < 3) {
+      if (this.rows) this.out.write('\x1b7\x1b[r\x1b8');
+      this.rows = 0;
+      return;
+    }
+    this.out.write(`\n\x1b7\x1b[1;${rows - 1}r\x1b8\x1b[1A`);
+    this.rows = rows;
   }
 
   update(f: Follower): void {
+    if (!this.rows) return;
     const now = Date.now();
     const dt = (now - this.lastMs) / 1000;
     if (dt >= 0.25) {
@@ -404,12 +503,21 @@ class LiveLine {
     const procs = new Set([...f.regions.values()].map((t) => t.latest?.header.pid)).size;
     const text = `heaptap: ${formatSeconds(now - this.start)}  in use ${formatBytes(f.inuseNow)}  peak ${formatBytes(peak)}  ` +
       `allocating ${formatBytes(Math.max(0, this.rate))}/s${procs > 1 ? `  (${procs} processes)` : ''}`;
-    const cols = process.stderr.columns || 80;
-    process.stderr.write(`\r\x1b[K${text.slice(0, cols - 1)}`);
+    this.draw(text);
+  }
+
+  /** text on the last row (cut to the width: a wrap there would scroll the whole screen) */
+  draw(text: string): void {
+    if (!this.rows) return;
+    const cols = this.out.columns || 80;
+    this.out.write(`\x1b7\x1b[${this.rows};1H\x1b[2K${text.slice(0, cols - 1)}\x1b8`);
     this.shown = true;
   }
 
   clear(): void {
-    if (this.shown) process.stderr.write('\r\x1b[K');
+    this.out.off('resize', this.onResize);
+    if (!this.rows) return;
+    this.out.write(`\x1b7\x1b[r\x1b[${this.rows};1H\x1b[2K\x1b8`);
+    this.rows = 0;
   }
 }

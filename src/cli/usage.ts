@@ -17,7 +17,8 @@ Commands:
   help [command]                      the options of a command (also: <command> --help)
 
 Environment: HEAPTAP_DIR is where list, snapshot and top look (default /dev/shm/heaptap).
-Exit codes: 2 for a usage error or an unreadable region; run exits with its command's.
+Exit codes: 2 for a usage error, an unreadable region or a directory that does not
+exist; 1 for a failure while running; run exits with its command's.
 `;
 
 export const RUN_USAGE = `Usage: heaptap run [options] [--] <command> [args...]
@@ -35,7 +36,8 @@ Read them with \`go tool pprof -http=: <file>\` (or -top, -traces, -sample_index
 The profiles merge all processes of the tree; each sample has a \`pid\` label.
 
 Options:
-  -o, --output DIR     directory for the profiles (default: the current directory)
+  -o, --output DIR     directory for the profiles (default: the current directory);
+                       made if missing, when its parent exists
   --rate BYTES         mean bytes between samples (default 512k, the preload's);
                        1 records every allocation exactly; k/m/g suffixes (binary)
   --depth N            frames kept per stack, 1..256 (default 64)
@@ -50,7 +52,9 @@ terminal already sends them to the command, which shares heaptap's process group
 heaptap exits with the command's exit code, or 128 + the signal number if a signal
 killed it, after writing the profiles. The command's stdin, stdout and stderr are its
 own; heaptap writes to stderr only: on a terminal a live line (elapsed time, in use now,
-peak, allocation rate), and the summary at the end.
+peak, allocation rate) on the terminal's last row, which the command's output scrolls
+above, and the summary at the end. A setuid, setgid or file-capability command cannot be
+profiled by another user (the dynamic loader ignores LD_PRELOAD for it): heaptap says so.
 
 Environment:
   HEAPTAP_DIR is set, for the command, to a fresh private directory (removed at the end
@@ -87,7 +91,8 @@ what is in use), symbolized, for go tool pprof, Pyroscope or Parca.
 ${TARGET_HELP}
 
 Options:
-  -o, --output FILE    where to write it (default heaptap.<pid>.<view>.pb.gz; - for stdout)
+  -o, --output FILE    where to write it (default heaptap.<pid>.<view>.pb.gz; - for stdout;
+                       an existing directory: that name, in it)
   --view heap|allocs   heap (default): consumers show inuse_space first;
                        allocs: the same data with alloc_space as the default sample type
 ${DIR_HELP}

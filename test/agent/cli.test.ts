@@ -1,21 +1,22 @@
 // `heaptap agent` and `heaptap ctl` from the command line: settings, the exit code 2 for
 // bad values, and ctl's round trip through a running process's control area.
-import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import test from 'ava';
 
 import { ConfigError, OPTIONS, parseAgentArgs, parseDuration, parseListen } from '../../src/agent/config.ts';
 import { constants, listRegions, readRegion } from '../../src/region.ts';
-import { cli, node, startTicker, tempDir, until } from './helpers.ts';
+import { bound, killGroup, spawnGroup, within } from '../helpers/procs.ts';
+import { cli, get, inProcessAgent, node, spawnAgent, startTicker, tempDir, until } from './helpers.ts';
 
 function run(args: string[], env: Record<string, string> = {}, ms = 20_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const p = spawn(node, [cli, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawnGroup(null, node, [cli, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     p.stdout!.on('data', (d) => (stdout += d));
     p.stderr!.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => p.kill('SIGKILL'), ms);
+    const timer = setTimeout(() => killGroup(p), bound(ms));
     p.on('exit', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
@@ -102,12 +103,15 @@ test('the README documents every agent option, its variable and its default, and
 test('heaptap agent listens where told, logs JSON lines, and exits 0 on SIGTERM', async (t) => {
   const { dir, cleanup } = await tempDir();
   t.teardown(cleanup);
-  const p = spawn(node, [cli, 'agent', '--dir', dir, '--listen', '127.0.0.1:0', '--log-format', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Killed when the test ends, however it ends: a test that failed here once left the agent
+  // running and the suite waiting for it.
+  const p = spawnGroup(t, node, [cli, 'agent', '--dir', dir, '--listen', '127.0.0.1:0', '--log-format', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   p.stderr!.on('data', (d) => (stderr += d));
+  const exited = new Promise((r) => p.on('exit', r));
   await until(() => stderr.includes('"msg":"listening"'), 15_000, 'listening');
   p.kill('SIGTERM');
-  const code = await new Promise((r) => p.on('exit', r));
+  const code = await within(exited, 15_000, 'the agent to exit after SIGTERM');
   t.is(code, 0);
   const lines = stderr.trim().split('\n');
   const parsed = lines.map((l) => JSON.parse(l) as { time: string; level: string; msg: string });
@@ -117,11 +121,8 @@ test('heaptap agent listens where told, logs JSON lines, and exits 0 on SIGTERM'
 
 test('heaptap ctl pauses, resumes and sets the rate of a running process without an agent', async (t) => {
   const { dir, cleanup } = await tempDir();
-  const fx = await startTicker(dir, { keepKib: 4, periodUs: 1000 });
-  t.teardown(async () => {
-    fx.kill();
-    await cleanup();
-  });
+  t.teardown(cleanup);
+  const fx = await startTicker(dir, { keepKib: 4, periodUs: 1000, t });
   const [path] = await listRegions(dir);
   const header = () => readRegion(path!, 0xffffffff).header;
   const ctl = (...a: string[]) => run(['ctl', String(fx.pid), ...a, '--dir', dir]);
@@ -149,4 +150,55 @@ test('heaptap ctl pauses, resumes and sets the rate of a running process without
   const ended = await ctl('pause');
   t.is(ended.code, 1);
   t.regex(ended.stderr, /no running region/);
+});
+
+test('heaptap agent --dir that does not exist warns, is not ready, and says when the directory appears', async (t) => {
+  // It used to log nothing and report ready while watching nothing (a mistyped --dir).
+  const { dir, cleanup } = await tempDir();
+  t.teardown(cleanup);
+  const missing = join(dir, 'later');
+  const agent = await spawnAgent(missing, ['--poll', '200ms'], {}, t);
+  const warned = await agent.waitLog((l) => l.level === 'warn' && /region directory does not exist/.test(String(l.msg)));
+  t.is(warned.dir, missing);
+  const notReady = await get(`${agent.url}/readyz`);
+  t.is(notReady.status, 503);
+  t.is(notReady.text, `not ready: the region directory ${missing} does not exist\n`);
+  t.is((await get(`${agent.url}/healthz`)).status, 200, 'alive all the same');
+  // The first profiled process makes it (here: by hand); the agent says so and is ready.
+  mkdirSync(missing);
+  await agent.waitLog((l) => l.msg === 'the region directory appeared' && l.dir === missing);
+  await until(async () => (await get(`${agent.url}/readyz`)).status === 200, 10_000, 'ready');
+  t.is(agent.logs.filter((l) => /does not exist/.test(String(l.msg))).length, 1, 'warned once, not every poll');
+  t.is(await agent.stop(), 0);
+  // A --dir that exists but is not a directory is a usage error.
+  const file = join(dir, 'a-file');
+  writeFileSync(file, '');
+  const r = await run(['agent', '--dir', file, '--listen', '127.0.0.1:0']);
+  t.is(r.code, 2);
+  t.is(r.stderr, `heaptap: agent: --dir ${file}: not a directory\n`);
+});
+
+test('agent --help offers ?seconds=N on heap and allocs, which take it, and not on delta_heap, which refuses it', async (t) => {
+  const help = (await run(['agent', '--help'])).stdout;
+  const endpoints = help.slice(help.indexOf('Endpoints:'));
+  const block = (name: string) => {
+    const lines = endpoints.split('\n');
+    const i = lines.findIndex((l) => l.includes(`/debug/pprof/${name} `));
+    const out = [lines[i]!];
+    for (let j = i + 1; j < lines.length && /^ {7}\S/.test(lines[j]!) && !lines[j]!.includes('all three'); j++) out.push(lines[j]!);
+    return out.join('\n');
+  };
+  t.notRegex(block('delta_heap'), /seconds/, block('delta_heap'));
+  t.regex(block('allocs'), /\?seconds=N .*heap and allocs/);
+  // What the text says, the server does.
+  const { dir, cleanup } = await tempDir();
+  t.teardown(cleanup);
+  await startTicker(dir, { keepKib: 4, periodUs: 1000, t });
+  const agent = await inProcessAgent(dir);
+  t.teardown(() => agent.stop());
+  await until(() => agent.source.processes().length === 1, 10_000, 'the ticker');
+  for (const name of ['heap', 'allocs']) t.is((await get(`${agent.url}/debug/pprof/${name}?seconds=1`)).status, 200, name);
+  const delta = await get(`${agent.url}/debug/pprof/delta_heap?seconds=1`);
+  t.is(delta.status, 400);
+  t.regex(delta.text, /delta_heap takes no seconds/);
 });

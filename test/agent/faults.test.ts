@@ -7,6 +7,7 @@ import test from 'ava';
 
 import { decodeProfile, str } from '../../src/profile.ts';
 import type { HeapProcess } from '../../src/agent/types.ts';
+import { bound, within } from '../helpers/procs.ts';
 import { get, spawnAgent, startTicker, tempDir, until } from './helpers.ts';
 
 async function processes(url: string): Promise<HeapProcess[]> {
@@ -17,18 +18,14 @@ async function processes(url: string): Promise<HeapProcess[]> {
 
 test('an agent restarted while the fixture runs loses nothing: totals after >= before', async (t) => {
   const { dir, cleanup } = await tempDir();
-  const fx = await startTicker(dir, { keepKib: 16, periodUs: 1000 });
-  t.teardown(async () => {
-    fx.kill();
-    await cleanup();
-  });
-  const first = await spawnAgent(dir, ['--poll', '200ms']);
+  t.teardown(cleanup);
+  const fx = await startTicker(dir, { keepKib: 16, periodUs: 1000, t });
+  const first = await spawnAgent(dir, ['--poll', '200ms'], {}, t);
   const before = await until(async () => (await processes(first.url)).find((p) => p.pid === fx.pid && p.samples > 0), 10_000, 'the ticker');
   // Killed hard: no shutdown path at all.
   first.child.kill('SIGKILL');
   await first.stop();
-  const second = await spawnAgent(dir, ['--poll', '200ms']);
-  t.teardown(() => second.stop().then(() => undefined));
+  const second = await spawnAgent(dir, ['--poll', '200ms'], {}, t);
   const after = await until(async () => (await processes(second.url)).find((p) => p.pid === fx.pid), 10_000, 'the ticker again');
   t.true(after.alive);
   t.true(after.allocatedBytes >= before.allocatedBytes, `allocated ${after.allocatedBytes} >= ${before.allocatedBytes}`);
@@ -43,12 +40,9 @@ test('an agent restarted while the fixture runs loses nothing: totals after >= b
 
 test('a fixture killed with -9 is still served with its final profile, then removed after --retention', async (t) => {
   const { dir, cleanup } = await tempDir();
-  const fx = await startTicker(dir, { keepKib: 48, periodUs: 1000 });
-  const agent = await spawnAgent(dir, ['--poll', '200ms', '--retention', '3s']);
-  t.teardown(async () => {
-    await agent.stop();
-    await cleanup();
-  });
+  t.teardown(cleanup);
+  const fx = await startTicker(dir, { keepKib: 48, periodUs: 1000, t });
+  const agent = await spawnAgent(dir, ['--poll', '200ms', '--retention', '3s'], {}, t);
   const live = await until(async () => (await processes(agent.url)).find((p) => p.pid === fx.pid), 10_000, 'the ticker');
   fx.kill('SIGKILL');
   await fx.exited;
@@ -83,18 +77,16 @@ test('exporter endpoints that accept and never answer stall neither /healthz nor
   await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
   const hangUrl = `http://127.0.0.1:${(hang.address() as { port: number }).port}`;
   const { dir, cleanup } = await tempDir();
-  const fx = await startTicker(dir, { keepKib: 8, periodUs: 1000 });
-  const agent = await spawnAgent(dir, ['--poll', '200ms', '--pyroscope-url', hangUrl, '--otlp-profiles-url', hangUrl, '--push-interval', '1s'], {
-    OTEL_EXPORTER_OTLP_ENDPOINT: hangUrl,
-    OTEL_METRIC_EXPORT_INTERVAL: '1000',
-  });
   t.teardown(async () => {
-    fx.kill();
-    await agent.stop();
     for (const s of sockets) s.destroy();
     hang.close();
     await cleanup();
   });
+  const fx = await startTicker(dir, { keepKib: 8, periodUs: 1000, t });
+  const agent = await spawnAgent(dir, ['--poll', '200ms', '--pyroscope-url', hangUrl, '--otlp-profiles-url', hangUrl, '--push-interval', '1s'], {
+    OTEL_EXPORTER_OTLP_ENDPOINT: hangUrl,
+    OTEL_METRIC_EXPORT_INTERVAL: '1000',
+  }, t);
   await until(async () => (await processes(agent.url)).length === 1, 10_000, 'the ticker');
   for (const name of ['pyroscope', 'otlp-profiles', 'otel-metrics']) {
     await agent.waitLog((l) => l.msg === 'exporter started' && l.exporter === name, 5000);
@@ -116,11 +108,14 @@ test('exporter endpoints that accept and never answer stall neither /healthz nor
   t.log(`max latency with hanging exporters: /healthz ${max(latencies.healthz).toFixed(1)} ms, /metrics ${max(latencies.metrics).toFixed(1)} ms (${latencies.healthz.length} rounds, ${connections} exporter connections)`);
   // A stall would last as long as the exporters' request timeout (10 s) or the push
   // interval's pile-up; the bounds are far below that and far above what a busy CI
-  // machine adds to a scrape (this is not a speed test: bench/ measures speed).
-  t.true(max(latencies.healthz) < 2000, `/healthz max ${max(latencies.healthz)} ms`);
-  t.true(max(latencies.metrics) < 3000, `/metrics max ${max(latencies.metrics)} ms`);
+  // machine adds to a scrape (this is not a speed test: bench/ measures speed). On a
+  // loaded machine they stretch with it, but stay below the 10 s a stall would take.
+  const healthzMs = Math.min(bound(2000), 8000);
+  const metricsMs = Math.min(bound(3000), 8000);
+  t.true(max(latencies.healthz) < healthzMs, `/healthz max ${max(latencies.healthz)} ms (bound ${healthzMs})`);
+  t.true(max(latencies.metrics) < metricsMs, `/metrics max ${max(latencies.metrics)} ms (bound ${metricsMs})`);
   // Stopping is bounded too: the exporters give up on the dead endpoint.
   const t0 = Date.now();
-  t.is(await agent.stop(), 0);
-  t.true(Date.now() - t0 < 15_000, `stopped in ${Date.now() - t0} ms`);
+  t.is(await within(agent.stop(), 15_000, 'the agent to stop'), 0);
+  t.log(`stopped in ${Date.now() - t0} ms`);
 });

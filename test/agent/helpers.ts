@@ -1,19 +1,21 @@
 // Shared by the agent's tests: fixtures under the preload, the agent in this process or as
 // `heaptap agent` in a child, HTTP fetches, and the real peers (go, prometheus).
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { promisify } from 'node:util';
 
 import { startAgent, type AgentHandle } from '../../src/agent/agent.ts';
 import { parseAgentArgs } from '../../src/agent/config.ts';
 import { createLogger, type Logger } from '../../src/agent/log.ts';
 import type { Exporter } from '../../src/agent/types.ts';
 import { Symbolizer } from '../../src/symbolize.ts';
+import { bound, execGroup, killGroup, spawnGroup, within, type Teardown } from '../helpers/procs.ts';
 
-export const exec = promisify(execFile);
+export { until } from '../helpers/procs.ts';
+/** execFile's promise form, in a process group that a timeout (default 5 min) kills */
+export const exec = execGroup;
 export const root = resolve(import.meta.dirname, '../..');
 export const preload = join(root, 'preload/build/libheaptap.so');
 export const fixtures = join(root, 'test/fixtures/build');
@@ -55,10 +57,12 @@ export interface Fixture {
   kill(sig?: NodeJS.Signals): void;
 }
 
-/** Starts a program under the preload with HEAPTAP_DIR=dir and waits for its "ready" line. */
-export async function startFixture(cmd: string[], dir: string, env: Record<string, string> = {}): Promise<Fixture> {
+/** Starts a program under the preload with HEAPTAP_DIR=dir and waits for its "ready" line.
+ * Its process group is killed when t ends (or, without t, when the test file is done), and
+ * at once if it is not ready in time. */
+export async function startFixture(cmd: string[], dir: string, env: Record<string, string> = {}, t: Teardown | null = null): Promise<Fixture> {
   const [bin, ...args] = cmd;
-  const child = spawn(bin!, args, {
+  const child = spawnGroup(t, bin!, args, {
     env: { PATH: process.env.PATH, HEAPTAP_DIR: dir, LD_PRELOAD: preload, ...env },
     stdio: ['pipe', 'pipe', 'inherit'],
   });
@@ -73,9 +77,13 @@ export async function startFixture(cmd: string[], dir: string, env: Record<strin
       if (l.startsWith('ready')) res();
     });
     child.on('exit', (code, signal) => rej(new Error(`${bin} exited (${code ?? signal}) before it was ready`)));
-    setTimeout(() => rej(new Error(`${bin} not ready after 30 s`)), 30_000).unref();
+    const limit = bound(30_000);
+    setTimeout(() => rej(new Error(`${bin} not ready after ${limit} ms`)), limit).unref();
   });
-  await ready;
+  await ready.catch((e) => {
+    killGroup(child);
+    throw e;
+  });
   return {
     child,
     pid: child.pid!,
@@ -86,17 +94,18 @@ export async function startFixture(cmd: string[], dir: string, env: Record<strin
       await exited;
     },
     kill(sig: NodeJS.Signals = 'SIGKILL') {
-      child.kill(sig);
+      killGroup(child, sig);
     },
   };
 }
 
-export async function startTicker(dir: string, opts: { keepKib?: number; periodUs?: number; burst?: number; env?: Record<string, string> } = {}): Promise<Fixture> {
+export async function startTicker(dir: string, opts: { keepKib?: number; periodUs?: number; burst?: number; env?: Record<string, string>; t?: Teardown } = {}): Promise<Fixture> {
   const bin = await tickerPath();
   return startFixture(
     [bin, '--keep-kib', String(opts.keepKib ?? 64), '--period-us', String(opts.periodUs ?? 2000), '--burst', String(opts.burst ?? 1)],
     dir,
     { HEAPTAP_SAMPLE_RATE: '1', ...opts.env },
+    opts.t ?? null,
   );
 }
 
@@ -124,9 +133,11 @@ export interface ChildAgent {
   waitLog(pred: (l: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>;
 }
 
-/** `heaptap agent` as a child process (node src/cli.ts agent), JSON logs, free port. */
-export async function spawnAgent(dir: string, args: string[] = [], env: Record<string, string> = {}): Promise<ChildAgent> {
-  const child = spawn(node, [cli, 'agent', '--dir', dir, '--listen', '127.0.0.1:0', '--log-format', 'json', ...args], {
+/** `heaptap agent` as a child process (node src/cli.ts agent), JSON logs, free port. Killed
+ * when t ends (or, without t, when the test file is done), and at once if it does not
+ * start listening. */
+export async function spawnAgent(dir: string, args: string[] = [], env: Record<string, string> = {}, t: Teardown | null = null): Promise<ChildAgent> {
+  const child = spawnGroup(t, node, [cli, 'agent', '--dir', dir, '--listen', '127.0.0.1:0', '--log-format', 'json', ...args], {
     env: { PATH: process.env.PATH, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -150,28 +161,34 @@ export async function spawnAgent(dir: string, args: string[] = [], env: Record<s
     }
   });
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  // A test worker that ends abruptly must not leave its agents running.
-  const reap = () => child.kill('SIGKILL');
-  process.once('exit', reap);
-  void exited.then(() => process.off('exit', reap));
+  /** waits for a log line; ms is the limit on an idle machine, scaled by bound() */
   const waitLog = (pred: (l: Record<string, unknown>) => boolean, ms = 20_000) => {
     const hit = logs.find(pred);
     if (hit) return Promise.resolve(hit);
+    const limit = bound(ms);
     return new Promise<Record<string, unknown>>((res, rej) => {
-      const t = setTimeout(() => rej(new Error(`agent log line not seen in ${ms} ms; stderr:\n${stderr}`)), ms);
-      waiters.push({ pred, res: (l) => (clearTimeout(t), res(l)) });
+      const timer = setTimeout(() => rej(new Error(`agent log line not seen in ${limit} ms; stderr:\n${stderr}`)), limit);
+      waiters.push({ pred, res: (l) => (clearTimeout(timer), res(l)) });
       void exited.then((code) => rej(new Error(`agent exited (${code}); stderr:\n${stderr}`)));
     });
   };
-  const listening = await waitLog((l) => l.msg === 'listening');
+  const listening = await waitLog((l) => l.msg === 'listening').catch((e) => {
+    killGroup(child);
+    throw e;
+  });
   return {
     child,
     url: String(listening.url),
     logs,
     waitLog,
+    /** SIGTERM and its exit code; an agent that has not exited within bound(20 s) is
+     * killed and the wait fails */
     async stop() {
       if (child.exitCode === null) child.kill('SIGTERM');
-      return exited;
+      return within(exited, 20_000, 'the agent to exit after SIGTERM').catch((e) => {
+        killGroup(child);
+        throw e;
+      });
     },
   };
 }
@@ -189,22 +206,6 @@ export async function get(url: string, init: RequestInit = {}): Promise<Got> {
   const res = await fetch(url, init);
   const body = Buffer.from(await res.arrayBuffer());
   return { status: res.status, headers: res.headers, body, text: body.toString('utf8'), ms: performance.now() - t0 };
-}
-
-/** Polls fn until it returns a truthy value (or throws after ms). */
-export async function until<T>(fn: () => Promise<T | undefined | null | false> | T | undefined | null | false, ms = 15_000, what = 'condition'): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /** go on PATH or /usr/local/go/bin/go; a missing go is a failure, not a skip. */

@@ -26,8 +26,8 @@ function functionNames(p: Profile): Set<string> {
 
 test('serves heap, allocs and delta_heap as Go does, by pid and merged by default', async (t) => {
   const { dir, cleanup } = await tempDir();
-  const a = await startTicker(dir, { keepKib: 32 });
-  const b = await startTicker(dir, { keepKib: 16 });
+  const a = await startTicker(dir, { keepKib: 32, t });
+  const b = await startTicker(dir, { keepKib: 16, t });
   const agent = await inProcessAgent(dir);
   t.teardown(async () => {
     await agent.stop();
@@ -72,7 +72,11 @@ test('serves heap, allocs and delta_heap as Go does, by pid and merged by defaul
     return p.sample.filter((x) => x.locationId.some((id) => locIds.has(Number(id)))).reduce((sum, x) => sum + Number(x.value[1]), 0);
   };
   const d1 = await decodeProfile((await get(`${agent.url}/debug/pprof/delta_heap?pid=${a.pid}&consumer=t1`)).body);
-  await new Promise((r) => setTimeout(r, 600));
+  // Until the agent has read new samples of the ticker (a fixed sleep is too short on a busy
+  // machine).
+  const samplesOfA = () => agent.source.processes().find((p) => p.pid === a.pid)?.samples ?? 0;
+  const seen = samplesOfA();
+  await until(() => samplesOfA() > seen, 5000, 'new samples of the ticker');
   const d2 = await decodeProfile((await get(`${agent.url}/debug/pprof/delta_heap?pid=${a.pid}&consumer=t1`)).body);
   const alloc = (p: Profile) => p.sample.reduce((s, x) => s + Number(x.value[1]), 0);
   const inuse = (p: Profile) => p.sample.reduce((s, x) => s + Number(x.value[3]), 0);
@@ -87,7 +91,7 @@ test('serves heap, allocs and delta_heap as Go does, by pid and merged by defaul
 
 test('seconds=N returns p1 - p0 over the interval and rejects bad values with 400', async (t) => {
   const { dir, cleanup } = await tempDir();
-  const a = await startTicker(dir, { keepKib: 8, periodUs: 1000 });
+  const a = await startTicker(dir, { keepKib: 8, periodUs: 1000, t });
   const agent = await inProcessAgent(dir);
   t.teardown(async () => {
     await agent.stop();
@@ -124,7 +128,7 @@ test('seconds=N returns p1 - p0 over the interval and rejects bad values with 40
 
 test('debug=1 gives a text table with totals; errors are text/plain with X-Go-Pprof', async (t) => {
   const { dir, cleanup } = await tempDir();
-  const a = await startTicker(dir, { keepKib: 40 });
+  const a = await startTicker(dir, { keepKib: 40, t });
   const agent = await inProcessAgent(dir);
   t.teardown(async () => {
     await agent.stop();
@@ -186,7 +190,7 @@ test('with a token every endpoint but the health checks wants the bearer token',
 
 test('control: pause stops the samples, resume starts them again, rate changes the interval', async (t) => {
   const { dir, cleanup } = await tempDir();
-  const a = await startTicker(dir, { keepKib: 4, periodUs: 1000 });
+  const a = await startTicker(dir, { keepKib: 4, periodUs: 1000, t });
   const agent = await inProcessAgent(dir);
   t.teardown(async () => {
     await agent.stop();

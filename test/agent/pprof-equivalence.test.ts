@@ -62,9 +62,9 @@ test('the agent encoder and buildProfile agree on real fixture regions: heap, al
   t.teardown(cleanup);
   // Two processes: churn with DWARF (inlined frames, lines) and the C++ fixture (demangled
   // names, operator new), both exact so every stack is present.
-  const a = await startFixture([`${fixtures}/churn`, '--threads', '2', '--mib', '2', '--leak-mib', '1', '--hold'], dir, { HEAPTAP_SAMPLE_RATE: '1' });
+  const a = await startFixture([`${fixtures}/churn`, '--threads', '2', '--mib', '2', '--leak-mib', '1', '--hold'], dir, { HEAPTAP_SAMPLE_RATE: '1' }, t);
   await a.finish();
-  const b = await startFixture([`${fixtures}/churn-stripped`, '--threads', '1', '--mib', '1', '--leak-mib', '1', '--hold'], dir, { HEAPTAP_SAMPLE_RATE: '4096' });
+  const b = await startFixture([`${fixtures}/churn-stripped`, '--threads', '1', '--mib', '1', '--leak-mib', '1', '--hold'], dir, { HEAPTAP_SAMPLE_RATE: '4096' }, t);
   await b.finish();
   const [pa, pb] = (await listRegions(dir)).sort((x, y) => (x.includes(`${a.pid}-`) ? -1 : y.includes(`${a.pid}-`) ? 1 : 0));
   const sa = readRegion(pa!);

@@ -34,7 +34,7 @@ function warnings(stderr: string): string[] {
 test('go tool pprof reads heap, allocs, seconds=2 and delta_heap from the live agent', async (t) => {
   const { dir, cleanup } = await tempDir();
   const home = await mkdtemp(join(tmpdir(), 'heaptap-pprof-'));
-  const fx = await startTicker(dir, { keepKib: 64, periodUs: 1000, burst: 4 });
+  const fx = await startTicker(dir, { keepKib: 64, periodUs: 1000, burst: 4, t });
   const agent = await inProcessAgent(dir);
   t.teardown(async () => {
     await agent.stop();

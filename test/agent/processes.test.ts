@@ -2,7 +2,6 @@
 // identity is the region file rather than the pid. Synthetic regions (the reader's test
 // builder) stand for processes; a region is "alive" while something holds a shared flock
 // on it, as the preload does (flock(1) stands in for the writer).
-import { spawn } from 'node:child_process';
 import { existsSync, utimesSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -15,6 +14,7 @@ import type { HeapProcess } from '../../src/agent/types.ts';
 import type { RegionModule } from '../../src/region.ts';
 import { Symbolizer } from '../../src/symbolize.ts';
 import { buildRegion, OBJ_ONE, SLAB_ACTIVE, STATE_EXITED, STATE_RUNNING, writeRegion } from '../helpers/regionBuilder.ts';
+import { bound, killGroup, spawnGroup, within } from '../helpers/procs.ts';
 import { startTicker, tempDir, until } from './helpers.ts';
 
 const NS = 1_000_000n;
@@ -38,17 +38,17 @@ function region(dir: string, name: string, opts: { pid: number; state: number; e
 /** Holds a shared flock on path (the preload's liveness signal) until released. */
 async function holdLock(path: string): Promise<() => void> {
   // Its own process group, so that release() ends flock and the sleep holding the lock.
-  const child = spawn('flock', ['-s', path, 'sh', '-c', 'echo locked; exec sleep 600'], { stdio: ['ignore', 'pipe', 'inherit'], detached: true });
-  await new Promise<void>((res, rej) => {
+  // Tracked: killed when the test file is done if no teardown released it.
+  const child = spawnGroup(null, 'flock', ['-s', path, 'sh', '-c', 'echo locked; exec sleep 600'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const release = () => killGroup(child);
+  await within(new Promise<void>((res, rej) => {
     child.stdout!.once('data', () => res());
     child.once('exit', (c) => rej(new Error(`flock exited ${c}`)));
+  }), 10_000, 'flock to hold the lock').catch((e) => {
+    release();
+    throw e;
   });
-  let released = false;
-  return () => {
-    if (released) return;
-    released = true;
-    process.kill(-child.pid!, 'SIGKILL');
-  };
+  return release;
 }
 
 function watcher(dir: string, retentionMs: number, lines: string[] = []) {
@@ -145,7 +145,7 @@ test('a file that is not a region is logged once and left alone; a new region is
   t.teardown(release);
   const t0 = Date.now();
   await until(() => w.all().some((p) => p.info?.pid === 401), 1500, 'the new region');
-  t.true(Date.now() - t0 < 1500);
+  t.true(Date.now() - t0 < bound(1500));
   await new Promise((r) => setTimeout(r, 1200));
   const warnings = lines.map((l) => JSON.parse(l)).filter((l) => l.msg === 'cannot read region');
   t.is(warnings.length, 1, 'logged once, not every poll');
@@ -155,7 +155,7 @@ test('a file that is not a region is logged once and left alone; a new region is
 test('a process killed with -9 gets a final snapshot with its last counts', async (t) => {
   const { dir, cleanup } = await tempDir();
   t.teardown(cleanup);
-  const fx = await startTicker(dir, { keepKib: 24, periodUs: 1000 });
+  const fx = await startTicker(dir, { keepKib: 24, periodUs: 1000, t });
   const w = watcher(dir, 60_000);
   const source = new AgentSource(w, { log: createLogger({ write: () => {} }) });
   const ended: HeapProcess[] = [];
@@ -179,7 +179,7 @@ test('a process killed with -9 gets a final snapshot with its last counts', asyn
 
 test('symbol tables are built as stacks arrive, so a profile request finds them ready', async (t) => {
   const { dir, cleanup } = await tempDir();
-  const fx = await startTicker(dir, { keepKib: 4, periodUs: 1000 });
+  const fx = await startTicker(dir, { keepKib: 4, periodUs: 1000, t });
   const symbolizer = new Symbolizer();
   const calls: number[] = [];
   const counting = {

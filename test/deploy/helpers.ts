@@ -2,16 +2,17 @@
 // promtool, the OpenTelemetry Collector; scripts/peers/*.sh build them once into
 // ~/.cache/heaptap), YAML loading, a TypeScript typecheck of generated files, and the
 // metric names the agent exposes.
-import { execFile } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
 
 import ts from 'typescript';
 import { parseAllDocuments } from 'yaml';
 
-export const exec = promisify(execFile);
+import { execGroup } from '../helpers/procs.ts';
+
+/** execFile's promise form, in a process group that a timeout (default 5 min) kills */
+export const exec = execGroup;
 export const root = resolve(import.meta.dirname, '../..');
 export const deployDir = join(root, 'deploy');
 

@@ -2,7 +2,7 @@
 // them as Pyroscope's /ingest does, a free port, a dead port, polling, and the real
 // OpenTelemetry Collector (built by scripts/peers/otelcol.sh, started on loopback with file
 // exporters).
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -11,6 +11,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { gunzipSync } from 'node:zlib';
+
+import { bound, killGroup, spawnGroup } from '../helpers/procs.ts';
 
 import { Profile } from 'pprof-format';
 
@@ -99,7 +101,9 @@ export async function deadPort(): Promise<number> {
 
 export const freePort = deadPort;
 
-export async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 10_000, stepMs = 50): Promise<T> {
+/** timeoutMs is the limit on an idle machine, scaled by how busy it is (bound()). */
+export async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, idleMs = 10_000, stepMs = 50): Promise<T> {
+  const timeoutMs = bound(idleMs);
   const end = Date.now() + timeoutMs;
   for (;;) {
     const v = await fn();
@@ -298,7 +302,7 @@ service:
 `;
   const configFile = join(dir, 'config.yaml');
   await writeFile(configFile, config);
-  const child: ChildProcess = spawn(bin, ['--config', configFile, '--feature-gates=+service.profilesSupport'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child: ChildProcess = spawnGroup(null, bin, ['--config', configFile, '--feature-gates=+service.profilesSupport'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (c: Buffer) => { out += c.toString(); });
   child.stderr!.on('data', (c: Buffer) => { out += c.toString(); });
@@ -307,7 +311,10 @@ service:
   await until('the collector to be ready', () => {
     if (exited) throw new Error(`the collector exited:\n${out}`);
     return out.includes('Everything is ready');
-  }, 30_000);
+  }, 30_000).catch((e) => {
+    killGroup(child);
+    throw e;
+  });
   const read = async (file: string): Promise<unknown[]> => {
     let text = '';
     try {

@@ -1,10 +1,12 @@
 // Running the heaptap command line (src/cli.ts, as ./heaptap does) and `go tool pprof`
 // from tests, and reading the truth the fixtures print.
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
+
+import { bound, killGroup, spawnGroup } from './procs.ts';
 
 export const root = resolve(import.meta.dirname, '../..');
 export const cliPath = join(root, 'src/cli.ts');
@@ -20,6 +22,7 @@ export interface Result {
 export interface RunOpts {
   env?: Record<string, string | undefined>;
   cwd?: string;
+  /** limit on an idle machine (default 2 min), scaled by bound() */
   timeoutMs?: number;
   /** called with the heaptap process once it runs (to send it signals) */
   onSpawn?: (child: import('node:child_process').ChildProcess) => void;
@@ -30,7 +33,7 @@ export function heaptap(args: string[], opts: RunOpts = {}): Promise<Result> {
   return new Promise((res, rej) => {
     // Its own process group: on a timeout the command and anything it started go too (a
     // leftover would hold the output pipes open, or keep making regions).
-    const child = spawn(process.execPath, [cliPath, ...args], {
+    const child = spawnGroup(null, process.execPath, [cliPath, ...args], {
       cwd: opts.cwd ?? root,
       env: { ...process.env, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -38,13 +41,9 @@ export function heaptap(args: string[], opts: RunOpts = {}): Promise<Result> {
     });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => {
-      try {
-        process.kill(-child.pid!, 'SIGKILL');
-      } catch { /* gone */ }
-    }, opts.timeoutMs ?? 120_000);
+    child.stdout!.on('data', (d) => (stdout += d));
+    child.stderr!.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => killGroup(child), bound(opts.timeoutMs ?? 120_000));
     child.on('error', rej);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
@@ -74,7 +73,7 @@ export async function profilesIn(dir: string): Promise<{ heap: string; peak: str
 let goPath: string | undefined;
 
 /** The go command: on PATH, else /usr/local/go/bin/go. Missing Go is a test failure
- * (scripts/setup.sh installs it), never a skip. */
+ * (scripts/setup-tests.sh installs it), never a skip. */
 export function findGo(): string {
   if (goPath) return goPath;
   const candidates = [...(process.env.PATH ?? '').split(delimiter).filter(Boolean).map((d) => join(d, 'go')), '/usr/local/go/bin/go'];
@@ -84,7 +83,7 @@ export function findGo(): string {
       return (goPath = c);
     } catch { /* next */ }
   }
-  throw new Error('go is not installed (looked on PATH and at /usr/local/go/bin/go): run scripts/setup.sh, ' +
+  throw new Error('go is not installed (looked on PATH and at /usr/local/go/bin/go): run scripts/setup-tests.sh, ' +
     'which installs Debian\'s golang-go; these tests read profiles with `go tool pprof` and cannot run without it');
 }
 

@@ -1,7 +1,7 @@
 // Running fixture programs under the preload and attributing what their regions hold to
 // the fixtures' known allocation sites. Sites are found with `nm` (function name, address,
 // size) per module: enough to check the preload without the sidecar's symbolizer.
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 
 import { readRegion, stackFrames, type RegionSnapshot } from '../../src/region.ts';
 import { fixtures, root } from '../helpers/heaptap.ts';
+import { bound, killGroup, spawnGroup } from '../helpers/procs.ts';
 
 // The paths and the fixtures' printed truth are the CLI helpers' (one definition).
 export { fixtures, root, truths, type Truth } from '../helpers/heaptap.ts';
@@ -38,22 +39,22 @@ export async function runUnder(
   return { ...r, dir };
 }
 
-/** Runs a program with exactly env, in its own process group, so a timeout kills forked
- * grandchildren too (a hung one would otherwise hold the pipes open and the test would
- * wait forever). */
+/** Runs a program with exactly env, in its own process group, so a timeout (stretched by
+ * how busy the machine is) kills forked grandchildren too (a hung one would otherwise hold
+ * the pipes open and the test would wait forever). */
 export async function runBounded(
   argv: string[],
   env: NodeJS.ProcessEnv,
   timeoutMs = 120_000,
 ): Promise<Omit<Run, 'dir'>> {
   const [bin, ...args] = argv;
-  const child = spawn(bin!, args, { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const child = spawnGroup(null, bin!, args, { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let stdout = '';
   let stderr = '';
-  child.stdout.on('data', (d) => (stdout += d));
-  child.stderr.on('data', (d) => (stderr += d));
+  child.stdout!.on('data', (d) => (stdout += d));
+  child.stderr!.on('data', (d) => (stderr += d));
   child.on('error', (e) => (stderr += `spawn ${bin}: ${e.message}\n`));
-  const timer = setTimeout(() => child.pid && process.kill(-child.pid, 'SIGKILL'), timeoutMs);
+  const timer = setTimeout(() => killGroup(child), bound(timeoutMs));
   const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((res) =>
     child.on('close', (c, s) => res([c, s])),
   );
