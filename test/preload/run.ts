@@ -79,7 +79,8 @@ export interface Interactive {
 export async function startUnder(cmd: string[], env: Record<string, string> = {}, opts: { timeoutMs?: number } = {}): Promise<Interactive> {
   const dir = await mkdtemp(join(tmpdir(), 'heaptap-e2e-'));
   const [bin, ...args] = cmd;
-  const child = spawn(bin!.includes('/') ? bin! : join(fixtures, bin!), args, {
+  // Its own process group, tracked: killed at the latest when the test file is done.
+  const child = spawnGroup(null, bin!.includes('/') ? bin! : join(fixtures, bin!), args, {
     env: { PATH: process.env.PATH, HEAPTAP_DIR: dir, LD_PRELOAD: preload, ...env },
     stdio: ['pipe', 'pipe', 'pipe'],
     detached: true,
@@ -87,20 +88,16 @@ export async function startUnder(cmd: string[], env: Record<string, string> = {}
   let stdout = '';
   let stderr = '';
   const waiters = new Set<() => void>();
-  child.stdout.on('data', (d) => {
+  child.stdout!.on('data', (d: Buffer) => {
     stdout += d;
     for (const w of waiters) w();
   });
-  child.stderr.on('data', (d) => (stderr += d));
-  const kill = () => {
-    try {
-      process.kill(-child.pid!, 'SIGKILL');
-    } catch { /* gone */ }
-  };
-  const timer = setTimeout(kill, opts.timeoutMs ?? 120_000);
+  child.stderr!.on('data', (d: Buffer) => (stderr += d));
+  const kill = () => killGroup(child);
+  const timer = setTimeout(kill, bound(opts.timeoutMs ?? 120_000));
   let exited = false;
   const done = new Promise<Run>((res) =>
-    child.on('close', (code, signal) => {
+    child.on('close', (code: number | null, signal: NodeJS.Signals | null) => {
       exited = true;
       clearTimeout(timer);
       for (const w of waiters) w();
@@ -112,7 +109,7 @@ export async function startUnder(cmd: string[], env: Record<string, string> = {}
     dir,
     done,
     kill,
-    send: (text) => child.stdin.write(`${text}\n`),
+    send: (text) => child.stdin!.write(`${text}\n`),
     line: (re, ms = 60_000) => new Promise<string>((res, rej) => {
       const check = () => {
         const hit = stdout.split('\n').find((l) => re.test(l));
