@@ -389,6 +389,7 @@ HT_HIDDEN void ht_core_fork_child(void)
 	ht_core_fork_parent();
 	ht_alt_fork_child();
 	ht_region_forget_pending();
+	ht_live_fork_child();
 	/* The parent's region is the parent's: never write it again. Its live samples are
 	 * left in the table under the old epoch, and their frees here are not counted. */
 	ht_g.epoch++;

@@ -140,6 +140,22 @@ HT_HIDDEN int ht_live_remove(const void *ptr, struct ht_live_entry *out)
 	return 0;
 }
 
+HT_HIDDEN void ht_live_fork_child(void)
+{
+	/* The parent's live samples are never counted here (their epoch is the parent's), so
+	 * the child starts with empty tables: dropping the pages makes the next writes land on
+	 * fresh zero pages instead of copying the parent's (each a copy-on-write fault, the
+	 * largest cost of a short fork child at rate 1). The filter keeps its counts: the
+	 * bootstrap blocks' marks must stay, and a parent pointer it still flags only sends
+	 * its free down the slow path to find nothing. */
+	uint32_t n = ld_relaxed(&ngens);
+	for (uint32_t i = 0; i < n; i++) {
+		madvise(gens[i].slots, (gens[i].mask + 1) * sizeof(struct ht_live_entry), MADV_DONTNEED);
+		gens[i].used = 0;
+		gens[i].live = 0;
+	}
+}
+
 HT_HIDDEN uint64_t ht_live_count(void)
 {
 	uint64_t t = 0;

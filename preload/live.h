@@ -58,4 +58,6 @@ HT_HIDDEN int ht_live_remove(const void *p, struct ht_live_entry *out);
 HT_HIDDEN uint64_t ht_live_count(void);
 /* For fork: the lock that guards growth. */
 HT_HIDDEN ht_spin_t *ht_live_grow_lock(void);
+/* In a fork child: forget the parent's live samples (see live.c). */
+HT_HIDDEN void ht_live_fork_child(void);
 #endif
