@@ -1,3 +1,4 @@
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -146,6 +147,81 @@ static int apply_control(struct ht_region *r)
 	return paused;
 }
 
+/* Resident memory of the process (/proc/self/statm's second field, in pages), or 0. A few
+ * system calls, no lock: at most once per timeline point. */
+static uint64_t rss_bytes(void)
+{
+	int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	char buf[128];
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	const char *q = buf;
+	while (*q && *q != ' ')
+		q++;
+	uint64_t pages = 0;
+	while (*++q >= '0' && *q <= '9')
+		pages = pages * 10 + (uint64_t)(*q - '0');
+	return pages * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static uint64_t last_point_ns;
+
+/* A timeline point, if HT_TIMELINE_GAP_NS has passed since the last one (or force): one
+ * thread claims the moment with a CAS, the others go on. */
+static void timeline_point(struct ht_region *r, uint64_t now, int force)
+{
+	struct ht_header *h = r->hdr;
+	uint64_t last = ld_relaxed(&last_point_ns);
+	if (!force && now - last < HT_TIMELINE_GAP_NS)
+		return;
+	if (!__atomic_compare_exchange_n(&last_point_ns, &last, now, 0, __ATOMIC_RELAXED,
+					 __ATOMIC_RELAXED) && !force)
+		return;
+	uint64_t n = add_relaxed(&h->timeline_next, 1);
+	uint64_t i = n % h->timeline.capacity;
+	if (ht_region_reserve_timeline(r, i + 1) != 0) {
+		ht_drop(r, HT_DROP_RESERVE_FAILED);
+		return;
+	}
+	struct ht_timeline_point *pt = &r->timeline[i];
+	/* ns = 0 while the other fields change; a reader skips it or sees them whole. */
+	st_relaxed(&pt->ns, 0);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	st_relaxed(&pt->inuse_bytes, ld_relaxed(&h->inuse_bytes));
+	st_relaxed(&pt->alloc_bytes, ld_relaxed(&h->alloc_bytes));
+	st_relaxed(&pt->rss_bytes, rss_bytes());
+	st_release(&pt->ns, now);
+}
+
+/* The process-wide estimate moved by delta bytes at a sampled event (allocated: bytes
+ * newly allocated, for the allocation total). A new high-water mark records its time and
+ * bumps peak_gen, after the event's own row was updated (struct ht_peak). */
+static void heap_moved(struct ht_region *r, int64_t delta, uint64_t allocated)
+{
+	struct ht_header *h = r->hdr;
+	int64_t now = __atomic_add_fetch(&h->inuse_bytes, delta, __ATOMIC_RELAXED);
+	if (allocated)
+		add_relaxed(&h->alloc_bytes, allocated);
+	uint64_t ns = ht_now_ns();
+	if (delta > 0 && now > 0) {
+		uint64_t pk = ld_relaxed(&h->peak_bytes);
+		while ((uint64_t)now > pk) {
+			if (__atomic_compare_exchange_n(&h->peak_bytes, &pk, (uint64_t)now, 1,
+							__ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+				st_relaxed(&h->peak_ns, ns);
+				__atomic_fetch_add(&h->peak_gen, 1, __ATOMIC_RELEASE);
+				break;
+			}
+		}
+	}
+	timeline_point(r, ns, 0);
+}
+
 static void record(struct ht_thread *t, void *p, size_t size, uint64_t rate,
 		   const uint64_t *pcs, uint32_t depth, int truncated, uint32_t *out_id)
 {
@@ -164,6 +240,7 @@ static void record(struct ht_thread *t, void *p, size_t size, uint64_t rate,
 	}
 	struct ht_weight w = ht_weight_of(size, rate);
 	ht_count_alloc(r, &t->slab, id, w.objects, w.bytes);
+	heap_moved(r, (int64_t)w.bytes, w.bytes);
 	if (p && ht_live_insert(p, id, ht_g.epoch, w.objects, w.bytes) < 0)
 		ht_drop(r, HT_DROP_LIVE_FULL);
 	if ((++t->samples & 63) == 1)
@@ -329,6 +406,7 @@ HT_HIDDEN void ht_core_count_free(const struct ht_live_entry *e)
 		thread_init(t);
 		thread_slab(t);
 		ht_count_free(&ht_g.region, &t->slab, e->stack_id, e->objects, e->bytes);
+		heap_moved(&ht_g.region, -(int64_t)e->bytes, 0);
 	}
 	t->busy--;
 }
@@ -407,6 +485,8 @@ HT_HIDDEN void ht_core_fork_child(void)
 
 HT_HIDDEN void ht_core_exit(void)
 {
-	if (ht_g.region.hdr)
+	if (ht_g.region.hdr) {
+		timeline_point(&ht_g.region, ht_now_ns(), 1);   /* the last moment */
 		ht_region_mark_exited(&ht_g.region);
+	}
 }

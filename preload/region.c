@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include "region.h"
+#include "slab.h"
 
 #define ALIGN_UP(x, a) (((x) + (uint64_t)(a) - 1) & ~((uint64_t)(a) - 1))
 /* Growing sections are reserved a page at first, then doubling: a process that exits after
@@ -236,8 +237,7 @@ HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 	 * sparse and space is reserved as frames are written, so capacity costs nothing until
 	 * used; 2^22 stacks x 64 frames keeps the file under the reader's 4 GiB limit. */
 	uint32_t frames_cap = c->max_stacks * (c->max_depth < 64u ? c->max_depth : 64u);
-	uint32_t slab_bytes = (uint32_t)ALIGN_UP(sizeof(struct ht_slab_header) +
-		(uint64_t)c->slab_entries * sizeof(struct ht_slab_entry), HT_SECTION_ALIGN);
+	uint32_t slab_bytes = (uint32_t)ALIGN_UP(ht_slab_bytes(c->slab_entries), HT_SECTION_ALIGN);
 	set_section(&tmp.modules, &off, c->max_modules, sizeof(struct ht_module));
 	set_section(&tmp.paths, &off, c->max_modules * 256u, 1);
 	/* The stack index is written at hashed, scattered places, so backing it in the file
@@ -250,6 +250,8 @@ HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 	set_section(&tmp.frames, &off, frames_cap, sizeof(uint64_t));
 	set_section(&tmp.shared, &off, c->max_stacks, sizeof(struct ht_counters));
 	set_section(&tmp.slabs, &off, c->max_threads, slab_bytes);
+	set_section(&tmp.timeline, &off, HT_TIMELINE_POINTS, sizeof(struct ht_timeline_point));
+	set_section(&tmp.shared_peak, &off, c->max_stacks, sizeof(struct ht_peak));
 	uint64_t file_bytes = off;
 
 	if (ht_region_check_dir(c, err, errlen) < 0)
@@ -339,6 +341,7 @@ HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 	h->seed = c->seed;
 	h->unwinder = c->unwinder;
 	h->stacks_used = HT_STACK_FIRST;
+	h->features = HT_FEATURE_PEAK | HT_FEATURE_TIMELINE;
 
 	r->ctl = (struct ht_control *)(r->base + HT_CONTROL_OFFSET);
 	r->modules = (struct ht_module *)(r->base + h->modules.offset);
@@ -346,6 +349,8 @@ HT_HIDDEN int ht_region_create(struct ht_region *r, const struct ht_config *c,
 	r->stacks = (struct ht_stack *)(r->base + h->stacks.offset);
 	r->frames = (uint64_t *)(r->base + h->frames.offset);
 	r->shared = (struct ht_counters *)(r->base + h->shared.offset);
+	r->shared_peak = (struct ht_peak *)(r->base + h->shared_peak.offset);
+	r->timeline = (struct ht_timeline_point *)(r->base + h->timeline.offset);
 	r->slabs = r->base + h->slabs.offset;
 	r->slab_bytes = slab_bytes;
 	r->hdr = h;
@@ -453,8 +458,19 @@ HT_HIDDEN int ht_region_reserve_ids(struct ht_region *r, uint64_t upto)
 			      sizeof(struct ht_stack), h->stacks.capacity);
 	if (rc)
 		return rc;
-	return reserve_grow(r, &r->reserved_shared, upto, h->shared.offset,
-			    sizeof(struct ht_counters), h->shared.capacity);
+	rc = reserve_grow(r, &r->reserved_shared, upto, h->shared.offset,
+			  sizeof(struct ht_counters), h->shared.capacity);
+	if (rc)
+		return rc;
+	return reserve_grow(r, &r->reserved_shared_peak, upto, h->shared_peak.offset,
+			    sizeof(struct ht_peak), h->shared_peak.capacity);
+}
+
+HT_HIDDEN int ht_region_reserve_timeline(struct ht_region *r, uint64_t upto)
+{
+	const struct ht_header *h = r->hdr;
+	return reserve_grow(r, &r->reserved_timeline, upto, h->timeline.offset,
+			    sizeof(struct ht_timeline_point), h->timeline.capacity);
 }
 
 HT_HIDDEN int ht_region_reserve_modules(struct ht_region *r, uint64_t upto)

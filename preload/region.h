@@ -19,12 +19,14 @@ struct ht_region {
 	struct ht_stack *stacks;
 	uint64_t *frames;
 	struct ht_counters *shared;
+	struct ht_peak *shared_peak;       /* by stack id, beside shared */
+	struct ht_timeline_point *timeline;
 	uint8_t *slabs;
 	uint32_t slab_bytes;
 	/* Backing store reserved so far, in entries from the section start, per growing
 	 * section. Read relaxed; grown under reserve_lock. */
 	uint64_t reserved_stacks, reserved_shared, reserved_frames, reserved_slabs;
-	uint64_t reserved_modules, reserved_paths;
+	uint64_t reserved_modules, reserved_paths, reserved_shared_peak, reserved_timeline;
 	int reserve_enabled;       /* 0 once fallocate reports EOPNOTSUPP (nothing to gain) */
 	ht_spin_t reserve_lock;
 	char path[320];
@@ -52,6 +54,10 @@ HT_HIDDEN int ht_region_reserve_frames(struct ht_region *r, uint64_t upto);
 HT_HIDDEN int ht_region_reserve_slabs(struct ht_region *r, uint64_t upto);
 HT_HIDDEN int ht_region_reserve_modules(struct ht_region *r, uint64_t upto);
 HT_HIDDEN int ht_region_reserve_paths(struct ht_region *r, uint64_t upto);
+HT_HIDDEN int ht_region_reserve_timeline(struct ht_region *r, uint64_t upto);
+/* Timeline points: the ring's capacity, and the least time between two points. */
+#define HT_TIMELINE_POINTS 4096u
+#define HT_TIMELINE_GAP_NS 10000000ull
 /* Forgets pending drops (a fork child: they were the parent's). */
 HT_HIDDEN void ht_region_forget_pending(void);
 

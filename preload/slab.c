@@ -12,17 +12,59 @@ static void bind(struct ht_region *r, struct ht_slab_ref *ref, struct ht_slab_he
 	uint32_t n = r->hdr->slab_entries;
 	ref->slab = s;
 	ref->entries = (struct ht_slab_entry *)(s + 1);
+	ref->peaks = (struct ht_peak *)(ref->entries + n);
 	ref->mask = n - 1;
 	ref->used = 0;
 	ref->limit = n - n / 4;
 }
 
+HT_HIDDEN uint64_t ht_slab_bytes(uint32_t slab_entries)
+{
+	return sizeof(struct ht_slab_header) +
+	       (uint64_t)slab_entries * (sizeof(struct ht_slab_entry) + sizeof(struct ht_peak));
+}
+
+/* The peak bookkeeping (struct ht_peak in proto/heaptap_region.h): before an event changes
+ * a row, a row last brought up to date before the latest peak records what it held then,
+ * which is what it holds now. One compare when the peak has not moved. */
+static inline void peak_touch(struct ht_peak *pk, uint64_t gen, const struct ht_counters *c)
+{
+	if (HT_LIKELY(ld_relaxed(&pk->gen) == gen))
+		return;
+	st_relaxed(&pk->bytes, (int64_t)(ld_relaxed(&c->alloc_bytes) - ld_relaxed(&c->free_bytes)));
+	st_relaxed(&pk->objects,
+		   (int64_t)(ld_relaxed(&c->alloc_objects) - ld_relaxed(&c->free_objects)));
+	/* release: a reader that sees gen sees bytes and objects. */
+	st_release(&pk->gen, gen);
+}
+
+/* The same for a shared-table row, which any thread may change: whoever moves gen first
+ * takes the row's value. Under concurrent events on one row at the moment of a peak the
+ * value may include one side's event or not (see the header). */
+static inline void shared_peak_touch(struct ht_region *r, uint32_t id, uint64_t gen)
+{
+	struct ht_peak *pk = &r->shared_peak[id];
+	uint64_t g = ld_acquire(&pk->gen);
+	if (HT_LIKELY(g == gen))
+		return;
+	const struct ht_counters *c = &r->shared[id];
+	int64_t b = (int64_t)(ld_relaxed(&c->alloc_bytes) - ld_relaxed(&c->free_bytes));
+	int64_t o = (int64_t)(ld_relaxed(&c->alloc_objects) - ld_relaxed(&c->free_objects));
+	st_relaxed(&pk->bytes, b);
+	st_relaxed(&pk->objects, o);
+	__atomic_compare_exchange_n(&pk->gen, &g, gen, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+}
+
 static void clear_entries(struct ht_region *r, struct ht_slab_header *s)
 {
 	struct ht_slab_entry *e = (struct ht_slab_entry *)(s + 1);
+	struct ht_peak *pk = (struct ht_peak *)(e + r->hdr->slab_entries);
 	for (uint32_t i = 0; i < r->hdr->slab_entries; i++) {
 		if (!e[i].stack_id)
 			continue;
+		st_relaxed(&pk[i].gen, 0);
+		st_relaxed(&pk[i].bytes, 0);
+		st_relaxed(&pk[i].objects, 0);
 		st_relaxed(&e[i].stack_id, 0);
 		st_relaxed(&e[i].c.alloc_objects, 0);
 		st_relaxed(&e[i].c.alloc_bytes, 0);
@@ -35,6 +77,7 @@ static void clear_entries(struct ht_region *r, struct ht_slab_header *s)
 
 static void shared_add(struct ht_region *r, uint32_t id, const struct ht_counters *c)
 {
+	shared_peak_touch(r, id, ld_relaxed(&r->hdr->peak_gen));
 	struct ht_counters *d = &r->shared[id];
 	if (c->alloc_objects) add_relaxed(&d->alloc_objects, c->alloc_objects);
 	if (c->alloc_bytes)   add_relaxed(&d->alloc_bytes, c->alloc_bytes);
@@ -53,10 +96,24 @@ static void fold(struct ht_region *r, struct ht_slab_header *s)
 	st_relaxed(&h->seq, seq + 1);
 	__atomic_thread_fence(__ATOMIC_RELEASE);
 	struct ht_slab_entry *e = (struct ht_slab_entry *)(s + 1);
+	struct ht_peak *pk = (struct ht_peak *)(e + h->slab_entries);
+	uint64_t gen = ld_relaxed(&h->peak_gen);
 	for (uint32_t i = 0; i < h->slab_entries; i++) {
 		uint32_t id = ld_relaxed(&e[i].stack_id);
-		if (id && id < h->stacks.capacity)
-			shared_add(r, id, &e[i].c);
+		if (!id || id >= h->stacks.capacity)
+			continue;
+		/* What the entry held at the latest peak moves with its counts. */
+		int64_t pb, po;
+		if (pk[i].gen == gen) {
+			pb = pk[i].bytes;
+			po = pk[i].objects;
+		} else {
+			pb = (int64_t)(e[i].c.alloc_bytes - e[i].c.free_bytes);
+			po = (int64_t)(e[i].c.alloc_objects - e[i].c.free_objects);
+		}
+		shared_add(r, id, &e[i].c);   /* brings the shared row's peak up to gen first */
+		add_relaxed(&r->shared_peak[id].bytes, pb);
+		add_relaxed(&r->shared_peak[id].objects, po);
 	}
 	clear_entries(r, s);
 	/* ...and even again after the last: a reader whose reads overlapped sees it changed. */
@@ -154,6 +211,7 @@ static void count(struct ht_region *r, struct ht_slab_ref *ref, uint32_t id,
 		shared_add(r, id, c);
 		return;
 	}
+	peak_touch(&ref->peaks[e - ref->entries], ld_relaxed(&r->hdr->peak_gen), &e->c);
 	/* Single writer: plain load, relaxed store of each aligned 64-bit counter. */
 	st_relaxed(&e->c.alloc_objects, e->c.alloc_objects + c->alloc_objects);
 	st_relaxed(&e->c.alloc_bytes, e->c.alloc_bytes + c->alloc_bytes);

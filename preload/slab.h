@@ -14,6 +14,7 @@
 struct ht_slab_ref {
 	struct ht_slab_header *slab;   /* NULL: none (use the shared table) */
 	struct ht_slab_entry *entries;
+	struct ht_peak *peaks;         /* entries[i]'s row at the latest peak: peaks[i] */
 	uint32_t mask;
 	uint32_t used;
 	uint32_t limit;                /* entries before the slab counts as full (3/4) */
@@ -31,4 +32,6 @@ HT_HIDDEN void ht_count_alloc(struct ht_region *r, struct ht_slab_ref *ref, uint
 			      uint64_t objects, uint64_t bytes);
 HT_HIDDEN void ht_count_free(struct ht_region *r, struct ht_slab_ref *ref, uint32_t id,
 			     uint64_t objects, uint64_t bytes);
+/* Bytes of one slab: header, entries, then their struct ht_peak rows (HT_FEATURE_PEAK). */
+HT_HIDDEN uint64_t ht_slab_bytes(uint32_t slab_entries);
 #endif

@@ -18,6 +18,8 @@
  *   [ frame pool:    uint64_t[n]            ]  hdr.frames
  *   [ shared table:  ht_counters[n]         ]  hdr.shared       (indexed by stack id)
  *   [ slabs:         n x slab_bytes         ]  hdr.slabs        (one per live thread)
+ *   [ timeline:      ht_timeline_point[n]   ]  hdr.timeline     (HT_FEATURE_TIMELINE)
+ *   [ shared peaks:  ht_peak[n]             ]  hdr.shared_peak  (HT_FEATURE_PEAK)
  *
  * The file is sparse: the preload reserves backing store (fallocate) for a part before it
  * first writes it, so a full tmpfs turns into a drop counter, never into SIGBUS.
@@ -187,8 +189,53 @@ struct ht_header {
 	uint64_t slab_folds;         /* retired slabs folded into the shared table for reuse */
 	uint64_t drops[HT_DROP_SLOTS];  /* HT_DROP_*: events, not bytes (see above) */
 	uint32_t slabs_used;         /* slabs [0, slabs_used) have ever been taken; others unbacked */
-	uint32_t reserved2;
-	uint64_t reserved1[15];
+	uint32_t features;           /* HT_FEATURE_*: what this writer keeps beyond layout 1.0;
+				      * 0 in regions of writers from before features existed */
+	/* The heap over time, kept by the writer at sampled events (HT_FEATURE_PEAK): the only
+	 * events that change the sampled heap, so the peak is the real high-water mark of the
+	 * estimate (exact at rate 1), not the largest of a reader's polls. */
+	int64_t  inuse_bytes;        /* estimated bytes in use now (sampled allocs - frees) */
+	uint64_t alloc_bytes;        /* estimated bytes allocated, cumulative */
+	uint64_t peak_bytes;         /* highest inuse_bytes reached */
+	uint64_t peak_ns;            /* CLOCK_REALTIME when it was reached */
+	uint64_t peak_gen;           /* bumped at every new peak; see struct ht_peak */
+	struct ht_section timeline;  /* struct ht_timeline_point ring (HT_FEATURE_TIMELINE) */
+	uint64_t timeline_next;      /* points written so far; point n is at n % capacity */
+	struct ht_section shared_peak; /* struct ht_peak by stack id, for the shared table */
+	uint64_t reserved1[3];
+};
+
+/* hdr.features. A reader checks a bit before it reads what the bit covers; a region from a
+ * writer without it has zeros there. Growing the layout: new fields go into reserved space
+ * (or new sections past the known ones) behind a new bit, so older readers still read what
+ * they know; a change older readers would misread bumps HT_LAYOUT_VERSION instead. */
+#define HT_FEATURE_PEAK      (1u << 0) /* inuse/alloc/peak fields; each slab's entries are
+					* followed by a struct ht_peak per entry (slab entry_bytes
+					* grows by that), and hdr.shared_peak holds the shared
+					* table's */
+#define HT_FEATURE_TIMELINE  (1u << 1) /* hdr.timeline ring */
+
+/* The per-stack in-use at the moment of the peak, kept lazily (memray's method): a counter
+ * row's in-use at the latest peak is, if its gen equals hdr.peak_gen, (bytes, objects)
+ * here; otherwise the row has not changed since that peak and its in-use now is its in-use
+ * then. The writer brings a row up to date at the row's next event, before applying it:
+ * bytes and objects first, then gen (release). So each sampled event costs a compare, and
+ * no table is ever copied. Summed over rows this is exact for a single-threaded program;
+ * events of other threads at the very moment of a new peak may fall on either side. */
+struct ht_peak {
+	uint64_t gen;            /* hdr.peak_gen when bytes/objects were taken; store_release */
+	int64_t  bytes;          /* the row's alloc_bytes - free_bytes at that peak */
+	int64_t  objects;        /* the same in fixed-point objects */
+};
+
+/* A point of the timeline, written at most every few milliseconds at a sampled event (and
+ * at exit). A reader takes a point whose ns is non-zero and reads the same before and
+ * after its other fields (the writer stores ns = 0 first, ns last with release). */
+struct ht_timeline_point {
+	uint64_t ns;             /* CLOCK_REALTIME */
+	int64_t  inuse_bytes;    /* hdr.inuse_bytes then */
+	uint64_t alloc_bytes;    /* hdr.alloc_bytes then */
+	uint64_t rss_bytes;      /* resident memory of the process (/proc/self/statm) then */
 };
 
 /* A loaded object: one entry per executable PT_LOAD segment, as /proc/<pid>/maps shows it. */
@@ -285,5 +332,7 @@ HT_STATIC_ASSERT(sizeof(struct ht_stack) == 24, "stack size");
 HT_STATIC_ASSERT(sizeof(struct ht_counters) == 40, "counters size");
 HT_STATIC_ASSERT(sizeof(struct ht_slab_header) == 64, "slab header size");
 HT_STATIC_ASSERT(sizeof(struct ht_slab_entry) == 48, "slab entry size");
+HT_STATIC_ASSERT(sizeof(struct ht_peak) == 24, "peak size");
+HT_STATIC_ASSERT(sizeof(struct ht_timeline_point) == 32, "timeline point size");
 
 #endif /* HEAPTAP_REGION_H */
