@@ -177,7 +177,9 @@ function reap(): void {
   live.clear();
 }
 process.once('exit', reap);
-try {
-  // Only inside an AVA worker (bench/ imports test helpers too).
+// Only inside an AVA worker: bench/ and the fuzz children (plain node processes that tests
+// spawn) import these helpers too, and importing 'ava' anywhere else exits the process
+// ("Test files must be run with the AVA CLI"), which no try/catch stops.
+if (/[\\/]ava[\\/]lib[\\/]worker[\\/]base\.js$/.test(process.argv[1] ?? '')) {
   (await import('ava')).registerCompletionHandler(reap);
-} catch { /* not under AVA */ }
+}

@@ -229,10 +229,10 @@ test('a region stays readable after its process is killed with -9', async (t) =>
 });
 
 test('a full tmpfs becomes drop counters, never a crash', async (t) => {
-  // A private mount namespace with a 1.5 MiB tmpfs: room for the region's fixed part
-  // (header, module table, stack index) but not for the stack table and slabs to grow.
+  // A private mount namespace with a 64 KiB tmpfs: room for the region's first pages
+  // (header, a page of each table) but not for a thread's slab (72 KiB) or much growth.
   const out = await mkdtemp(join(tmpdir(), 'heaptap-e2e-'));
-  const script = `set -e; mount -t tmpfs -o size=1536k tmpfs "$D"
+  const script = `set -e; mount -t tmpfs -o size=64k tmpfs "$D"
     HEAPTAP_DIR="$D" HEAPTAP_SAMPLE_RATE=1 LD_PRELOAD="$P" "$F/threads" --threads 400 --batch 64 > "$O/stdout"
     cp "$D"/*.heaptap "$O"/`;
   const { stderr } = await exec('unshare', ['-m', 'sh', '-c', script], {
@@ -255,7 +255,33 @@ test('a full tmpfs becomes drop counters, never a crash', async (t) => {
   });
   const want = BigInt(truth!.sites.thread_site!.alloc_bytes);
   t.true(total >= want && total < want + (1n << 20n), `total ${total} vs thread_site ${want}`);
-  t.true(overflow > 0n);
+  // No thread got a slab: every count went to the shared table, exactly.
+  t.true(snap.header.drops[drop('no_slab')]! > 0n, 'counted in the shared table');
+  await cleanup(out);
+});
+
+test('a full tmpfs stops the stack table growing: the rest is counted under the overflow stack', async (t) => {
+  // 3000 distinct 43-frame stacks need about 1 MiB of frame pool; the tmpfs holds 64 KiB.
+  const out = await mkdtemp(join(tmpdir(), 'heaptap-e2e-'));
+  const script = `set -e; mount -t tmpfs -o size=64k tmpfs "$D"
+    HEAPTAP_DIR="$D" HEAPTAP_SAMPLE_RATE=1 LD_PRELOAD="$P" "$F/deepstacks" --stacks 3000 --depth 40 > "$O/stdout"
+    cp "$D"/*.heaptap "$O"/`;
+  const { stderr } = await exec('unshare', ['-m', 'sh', '-c', script], {
+    env: { ...process.env, D: await mkdtemp(join(tmpdir(), 'heaptap-tiny-')), P: preload, F: fixtures, O: out },
+  });
+  t.false(stderr.includes('Bus error'), stderr);
+  const names = (await readdir(out)).filter((n) => n.endsWith('.heaptap'));
+  t.is(names.length, 1);
+  const snap = readRegion(join(out, names[0]!));
+  t.true(snap.header.drops[drop('reserve_failed')]! > 0n, 'reservation failures counted');
+  let overflow = 0n;
+  let total = 0n;
+  snap.counters.ids.forEach((id, i) => {
+    total += snap.counters.allocBytes[i]!;
+    if (id === constants.STACK_OVERFLOW) overflow += snap.counters.allocBytes[i]!;
+  });
+  t.true(overflow > 0n, 'stacks that found no room are under the overflow stack');
+  t.true(total >= 3000n * 64n, `nothing lost: ${total} bytes counted`);
   await cleanup(out);
 });
 
