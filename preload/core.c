@@ -201,25 +201,32 @@ static void timeline_point(struct ht_region *r, uint64_t now, int force)
 /* The process-wide estimate moved by delta bytes at a sampled event (allocated: bytes
  * newly allocated, for the allocation total). A new high-water mark records its time and
  * bumps peak_gen, after the event's own row was updated (struct ht_peak). */
+static HT_TLS uint32_t heap_events;
+
 static void heap_moved(struct ht_region *r, int64_t delta, uint64_t allocated)
 {
 	struct ht_header *h = r->hdr;
 	int64_t now = __atomic_add_fetch(&h->inuse_bytes, delta, __ATOMIC_RELAXED);
 	if (allocated)
 		add_relaxed(&h->alloc_bytes, allocated);
-	uint64_t ns = ht_now_ns();
+	uint64_t ns = 0;
 	if (delta > 0 && now > 0) {
 		uint64_t pk = ld_relaxed(&h->peak_bytes);
 		while ((uint64_t)now > pk) {
 			if (__atomic_compare_exchange_n(&h->peak_bytes, &pk, (uint64_t)now, 1,
 							__ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+				ns = ht_now_ns();
 				st_relaxed(&h->peak_ns, ns);
 				__atomic_fetch_add(&h->peak_gen, 1, __ATOMIC_RELEASE);
 				break;
 			}
 		}
 	}
-	timeline_point(r, ns, 0);
+	/* The clock for the timeline: at every event at sampling rates (events are rare), at
+	 * every 32nd of a thread's at rate 1 (where every allocation is one). */
+	if (!ns && ld_relaxed(&ht_g.rate) == 1 && (++heap_events & 31))
+		return;
+	timeline_point(r, ns ? ns : ht_now_ns(), 0);
 }
 
 static void record(struct ht_thread *t, void *p, size_t size, uint64_t rate,
