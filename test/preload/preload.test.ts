@@ -228,21 +228,26 @@ test('a region stays readable after its process is killed with -9', async (t) =>
   await cleanup(dir);
 });
 
-test('a full tmpfs becomes drop counters, never a crash', async (t) => {
-  // A private mount namespace with a 64 KiB tmpfs: room for the region's first pages
-  // (header, a page of each table) but not for a thread's slab (72 KiB) or much growth.
+/** Runs a fixture at rate 1 with HEAPTAP_DIR on a 64 KiB tmpfs of its own (a private mount
+ * namespace): room for a region's first pages, not for a thread's slab or much growth.
+ * Returns the copied-out region (when exactly one was made), and stdout in out/stdout. */
+async function onTinyTmpfs(cmd: string) {
   const out = await mkdtemp(join(tmpdir(), 'heaptap-e2e-'));
   const script = `set -e; mount -t tmpfs -o size=64k tmpfs "$D"
-    HEAPTAP_DIR="$D" HEAPTAP_SAMPLE_RATE=1 LD_PRELOAD="$P" "$F/threads" --threads 400 --batch 64 > "$O/stdout"
+    HEAPTAP_DIR="$D" HEAPTAP_SAMPLE_RATE=1 LD_PRELOAD="$P" "$F"/${cmd} > "$O/stdout"
     cp "$D"/*.heaptap "$O"/`;
   const { stderr } = await exec('unshare', ['-m', 'sh', '-c', script], {
     env: { ...process.env, D: await mkdtemp(join(tmpdir(), 'heaptap-tiny-')), P: preload, F: fixtures, O: out },
   });
+  const names = (await readdir(out)).filter((n) => n.endsWith('.heaptap'));
+  return { out, stderr, snap: names.length === 1 ? readRegion(join(out, names[0]!)) : undefined! };
+}
+
+test('a full tmpfs becomes drop counters, never a crash', async (t) => {
+  const { out, snap, stderr } = await onTinyTmpfs('threads --threads 400 --batch 64');
   t.false(stderr.includes('Bus error'), stderr);
   const [truth] = truths(await readFile(join(out, 'stdout'), 'utf8'));
-  const names = (await readdir(out)).filter((n) => n.endsWith('.heaptap'));
-  t.is(names.length, 1);
-  const snap = readRegion(join(out, names[0]!));
+  t.truthy(snap, 'one region');
   t.true(snap.header.drops[drop('reserve_failed')]! > 0n, 'reservation failures counted');
   t.true(snap.header.stacksUsed < 64, `ids are not burnt by failed reservations (${snap.header.stacksUsed})`);
   // Nothing is lost: what could not get a stack of its own is under the overflow stack.
@@ -261,18 +266,10 @@ test('a full tmpfs becomes drop counters, never a crash', async (t) => {
 });
 
 test('a full tmpfs stops the stack table growing: the rest is counted under the overflow stack', async (t) => {
-  // 3000 distinct 43-frame stacks need about 1 MiB of frame pool; the tmpfs holds 64 KiB.
-  const out = await mkdtemp(join(tmpdir(), 'heaptap-e2e-'));
-  const script = `set -e; mount -t tmpfs -o size=64k tmpfs "$D"
-    HEAPTAP_DIR="$D" HEAPTAP_SAMPLE_RATE=1 LD_PRELOAD="$P" "$F/deepstacks" --stacks 3000 --depth 40 > "$O/stdout"
-    cp "$D"/*.heaptap "$O"/`;
-  const { stderr } = await exec('unshare', ['-m', 'sh', '-c', script], {
-    env: { ...process.env, D: await mkdtemp(join(tmpdir(), 'heaptap-tiny-')), P: preload, F: fixtures, O: out },
-  });
+  // 3000 distinct 43-frame stacks need about 1 MiB of frame pool.
+  const { out, snap, stderr } = await onTinyTmpfs('deepstacks --stacks 3000 --depth 40');
   t.false(stderr.includes('Bus error'), stderr);
-  const names = (await readdir(out)).filter((n) => n.endsWith('.heaptap'));
-  t.is(names.length, 1);
-  const snap = readRegion(join(out, names[0]!));
+  t.truthy(snap, 'one region');
   t.true(snap.header.drops[drop('reserve_failed')]! > 0n, 'reservation failures counted');
   let overflow = 0n;
   let total = 0n;
