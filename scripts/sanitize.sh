@@ -14,7 +14,7 @@ trap 'rm -rf "$dir"' EXIT
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 fail=0; pass=0
 for cmd in "churn --mib 4 --leak-mib 1" "cxx_new --count 20000" "threads --threads 300" "forker" \
-           "dlopener --count 2000" "dlopener --stress 2"; do
+           "dlopener --count 2000" "dlopener --stress 2" "getattr_thread" "lowstack --left 4096"; do
   for rate in 1 4096; do
     if HEAPTAP_DIR=$dir HEAPTAP_SAMPLE_RATE=$rate LD_PRELOAD=$so timeout 120 test/fixtures/build/$cmd >/dev/null 2>"$dir/err" \
        && ! grep -q 'runtime error' "$dir/err"; then
