@@ -17,7 +17,9 @@ function run(args: string[], env: Record<string, string> = {}, ms = 20_000): Pro
     p.stdout!.on('data', (d) => (stdout += d));
     p.stderr!.on('data', (d) => (stderr += d));
     const timer = setTimeout(() => killGroup(p), bound(ms));
-    p.on('exit', (code) => {
+    // 'close', not 'exit': under load the last of stderr arrives after the exit (a busy
+    // machine showed exit code 2 with stderr still empty).
+    p.on('close', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
     });
@@ -108,7 +110,7 @@ test('heaptap agent listens where told, logs JSON lines, and exits 0 on SIGTERM'
   const p = spawnGroup(t, node, [cli, 'agent', '--dir', dir, '--listen', '127.0.0.1:0', '--log-format', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   p.stderr!.on('data', (d) => (stderr += d));
-  const exited = new Promise((r) => p.on('exit', r));
+  const exited = new Promise((r) => p.on('close', r)); // after the last of stderr
   await until(() => stderr.includes('"msg":"listening"'), 15_000, 'listening');
   p.kill('SIGTERM');
   const code = await within(exited, 15_000, 'the agent to exit after SIGTERM');

@@ -160,7 +160,8 @@ export async function spawnAgent(dir: string, args: string[] = [], env: Record<s
       }
     }
   });
-  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  // 'close': after the exit and the last log line (under load they arrive later).
+  const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
   /** waits for a log line; ms is the limit on an idle machine, scaled by bound() */
   const waitLog = (pred: (l: Record<string, unknown>) => boolean, ms = 20_000) => {
     const hit = logs.find(pred);

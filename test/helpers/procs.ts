@@ -13,6 +13,7 @@
 // - within(): a promise with such a limit; until(): polling with one.
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { availableParallelism, loadavg } from 'node:os';
+import { isMainThread } from 'node:worker_threads';
 
 /** How much slower the work of a test runs than on an idle machine: the larger of the
  * 1-minute load average per core now (it counts this suite's own workers too) and, measured
@@ -177,9 +178,9 @@ function reap(): void {
   live.clear();
 }
 process.once('exit', reap);
-// Only inside an AVA worker: bench/ and the fuzz children (plain node processes that tests
-// spawn) import these helpers too, and importing 'ava' anywhere else exits the process
-// ("Test files must be run with the AVA CLI"), which no try/catch stops.
-if (/[\\/]ava[\\/]lib[\\/]worker[\\/]base\.js$/.test(process.argv[1] ?? '')) {
+// Only inside an AVA worker (a child process with an IPC channel, or a worker thread):
+// elsewhere (bench/, or a test's own child such as test/helpers/hostileCorpus.ts) importing
+// 'ava' ends the process.
+if (typeof process.send === 'function' || !isMainThread) {
   (await import('ava')).registerCompletionHandler(reap);
 }
