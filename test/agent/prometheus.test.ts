@@ -1,7 +1,6 @@
 // A real Prometheus server (Debian's package, installed by scripts/peers/prometheus.sh)
 // scrapes the agent every second; the test asks Prometheus's query API for the fixture's
 // heap in use. promtool checks the exposition. A missing Prometheus fails the test.
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -9,6 +8,7 @@ import { join } from 'node:path';
 import test from 'ava';
 
 import { exec, fixtures, get, inProcessAgent, root, startFixture, tempDir, until } from './helpers.ts';
+import { killGroup, spawnGroup, within as withinBound } from '../helpers/procs.ts';
 
 async function freePort(): Promise<number> {
   const srv = createServer();
@@ -58,7 +58,7 @@ scrape_configs:
       - targets: ['127.0.0.1:${agent.address.port}']
 `;
   await writeFile(join(work, 'prometheus.yml'), config);
-  const prom = spawn(prometheus, [
+  const prom = spawnGroup(t, prometheus, [
     `--config.file=${join(work, 'prometheus.yml')}`,
     `--storage.tsdb.path=${join(work, 'data')}`,
     `--web.listen-address=127.0.0.1:${port}`,
@@ -68,8 +68,10 @@ scrape_configs:
   prom.stderr!.on('data', (d) => (promLog += d));
   const promExit = new Promise((r) => prom.on('exit', r));
   t.teardown(async () => {
-    prom.kill('SIGTERM');
-    await promExit;
+    // SIGTERM lets it close its TSDB; a Prometheus that does not stop within the bound is
+    // killed with its group (spawnGroup does that when the test ends, too).
+    killGroup(prom, 'SIGTERM');
+    await withinBound(promExit, 20_000, 'Prometheus to stop').catch(() => killGroup(prom));
     await agent.stop();
     await fx.finish();
     await cleanup();
@@ -124,11 +126,12 @@ scrape_configs:
   const metrics = await get(`${agent.url}/metrics`);
   t.regex(metrics.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
   const check = await new Promise<{ code: number | null; out: string }>((resolve) => {
-    const p = spawn(promtool, ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const p = spawnGroup(t, promtool, ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
     p.stdout!.on('data', (d) => (out += d));
     p.stderr!.on('data', (d) => (out += d));
-    p.on('exit', (code) => resolve({ code, out }));
+    // 'close', not 'exit': the output may still be in the pipes when it exits.
+    p.on('close', (code) => resolve({ code, out }));
     p.stdin!.end(metrics.body);
   });
   t.is(check.out.trim(), '', 'promtool has no complaints');

@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 
 import { constants, readRegion, stackFrames, type RegionSnapshot } from '../../src/region.ts';
 import { cleanup, fixtures, frameNames, perSite, preload, regionsIn, runUnder, truths } from './run.ts';
+import { spawnGroup, within } from '../helpers/procs.ts';
 
 const exec = promisify(execFile);
 const SITES = /^(site_\w+|cxx_site_\w+|thread_site|parent_site|child_site|exec_site|dl_site)$/;
@@ -210,16 +211,18 @@ test('works with jemalloc behind it', async (t) => {
 
 test('a region stays readable after its process is killed with -9', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'heaptap-e2e-'));
-  const child = spawn(join(fixtures, 'churn'), ['--threads', '2', '--mib', '2', '--leak-mib', '4', '--hold'], {
+  const child = spawnGroup(t, join(fixtures, 'churn'), ['--threads', '2', '--mib', '2', '--leak-mib', '4', '--hold'], {
     env: { PATH: process.env.PATH, HEAPTAP_DIR: dir, LD_PRELOAD: preload, HEAPTAP_SAMPLE_RATE: '1' },
     stdio: ['pipe', 'pipe', 'inherit'],
   });
-  await new Promise<void>((res) => child.stdout.on('data', (d) => String(d).includes('ready') && res()));
+  await within(new Promise<void>((res) => child.stdout!.on('data', (d) => String(d).includes('ready') && res())),
+    60_000, 'churn to say ready');
   const [live] = await regionsIn(dir);
   t.true(live!.alive);
   t.is(live!.header.state, 1);
+  const closed = new Promise((res) => child.on('close', res));
   child.kill('SIGKILL');
-  await new Promise((res) => child.on('close', res));
+  await within(closed, 30_000, 'churn to end after SIGKILL');
   const [dead] = await regionsIn(dir);
   t.false(dead!.alive, 'the writer is gone');
   t.is(dead!.header.state, 1, 'never marked exited');
