@@ -13,18 +13,19 @@
 // scripts/peers/battery.sh. The table of results (program, rate, result, unprofiled and
 // profiled seconds, slowdown) is logged, and written to $HEAPTAP_BATTERY_REPORT if set.
 import test, { type ExecutionContext } from 'ava';
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { promisify } from 'node:util';
 
 import { stackFrames } from '../../src/region.ts';
 import { fixtures, frameNames, preload, regionsIn, root } from '../preload/run.ts';
+import { execGroup } from '../helpers/procs.ts';
 
-const exec = promisify(execFile);
+// Bounded, and a timeout kills the command's whole process group (test/helpers/procs.ts).
+const exec = execGroup;
 const programs = join(root, 'test/compat/programs');
 const node = join(root, 'node_modules/.bin/node');
 

@@ -2,17 +2,16 @@
 // them as Pyroscope's /ingest does, a free port, a dead port, polling, and the real
 // OpenTelemetry Collector (built by scripts/peers/otelcol.sh, started on loopback with file
 // exporters).
-import { execFile, type ChildProcess } from 'node:child_process';
+import { type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
 import { gunzipSync } from 'node:zlib';
 
-import { bound, killGroup, spawnGroup } from '../helpers/procs.ts';
+import { bound, execGroup, killGroup, spawnGroup } from '../helpers/procs.ts';
 
 import { Profile } from 'pprof-format';
 
@@ -240,7 +239,8 @@ export function otlpSummary(d: Decoded, rp = 0): Map<string, Map<string, number>
 // ---------------------------------------------------------------------------------------
 // The real OpenTelemetry Collector.
 
-const exec = promisify(execFile);
+// Bounded, and a timeout kills the command's whole process group (test/helpers/procs.ts).
+const exec = execGroup;
 
 let built: Promise<string> | undefined;
 

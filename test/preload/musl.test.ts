@@ -4,16 +4,16 @@
 // never skips, without musl-gcc (scripts/setup.sh installs musl-tools). No C++ fixture:
 // Debian has no C++ library for musl.
 import test from 'ava';
-import { execFile } from 'node:child_process';
 import { access, mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 
 import { root, runBounded } from './run.ts';
 import { churnExact, dlopenerExact, forkerExact, threadsExact, type World } from './worlds.ts';
+import { execGroup } from '../helpers/procs.ts';
 
-const exec = promisify(execFile);
+// Bounded, and a timeout kills the command's whole process group (test/helpers/procs.ts).
+const exec = execGroup;
 const lib = join(root, 'preload/build/libheaptap-musl.so');
 const bin = join(root, 'test/fixtures/build-musl');
 

@@ -7,15 +7,15 @@
 // in a directory inside the root and are read from here with the sidecar's reader. Needs
 // root; fails, never skips, when the root cannot be made.
 import test from 'ava';
-import { execFile } from 'node:child_process';
 import { copyFile, cp, mkdir, mkdtemp, readdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { promisify } from 'node:util';
 
 import { cleanup, preload, root, runBounded } from './run.ts';
 import { churnExact, cxxNewExact, dlopenerExact, forkerExact, threadsExact, type World } from './worlds.ts';
+import { execGroup } from '../helpers/procs.ts';
 
-const exec = promisify(execFile);
+// Bounded, and a timeout kills the command's whole process group (test/helpers/procs.ts).
+const exec = execGroup;
 // Inside the root: the sources and fixtures under /heaptap, the library in /heaptap/lib.
 const IN = '/heaptap';
 let R = '';

@@ -1,17 +1,16 @@
 // libheaptap.so end to end: fixture programs with known allocation sites run under the
 // preload; their regions are read back through the addon and attributed to sites.
 import test from 'ava';
-import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 
 import { constants, readRegion, stackFrames, type RegionSnapshot } from '../../src/region.ts';
 import { cleanup, fixtures, frameNames, perSite, preload, regionsIn, runUnder, truths } from './run.ts';
-import { spawnGroup, within } from '../helpers/procs.ts';
+import { execGroup, spawnGroup, within } from '../helpers/procs.ts';
 
-const exec = promisify(execFile);
+// Bounded, and a timeout kills the command's whole process group (test/helpers/procs.ts).
+const exec = execGroup;
 const SITES = /^(site_\w+|cxx_site_\w+|thread_site|parent_site|child_site|exec_site|dl_site)$/;
 const drop = (name: string) => constants.dropReasons.indexOf(name as never);
 

@@ -1,20 +1,19 @@
 // Running fixture programs under the preload and attributing what their regions hold to
 // the fixtures' known allocation sites. Sites are found with `nm` (function name, address,
 // size) per module: enough to check the preload without the sidecar's symbolizer.
-import { execFile } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 
 import { readRegion, stackFrames, type RegionSnapshot } from '../../src/region.ts';
 import { fixtures, root } from '../helpers/heaptap.ts';
-import { bound, killGroup, spawnGroup } from '../helpers/procs.ts';
+import { bound, execGroup, killGroup, spawnGroup } from '../helpers/procs.ts';
 
 // The paths and the fixtures' printed truth are the CLI helpers' (one definition).
 export { fixtures, root, truths, type Truth } from '../helpers/heaptap.ts';
 
-const exec = promisify(execFile);
+// Bounded, and a timeout kills the command's whole process group (test/helpers/procs.ts).
+const exec = execGroup;
 export const preload = join(root, 'preload/build/libheaptap.so');
 
 export interface Run {

@@ -4,13 +4,13 @@
 // (pids aside) and stderr, and reads the regions back from outside with the sidecar's
 // reader, attributing them to the fixture's known sites at HEAPTAP_SAMPLE_RATE=1 (exact).
 import type { ExecutionContext } from 'ava';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 
 import { constants, stackFrames, type RegionSnapshot } from '../../src/region.ts';
 import { cleanup, frameNames, perSite, regionsIn, truths, type Run } from './run.ts';
+import { execGroup } from '../helpers/procs.ts';
 
-const exec = promisify(execFile);
+// Bounded, and a timeout kills the command's whole process group (test/helpers/procs.ts).
+const exec = execGroup;
 export const SITES = /^(site_\w+|cxx_site_\w+|thread_site|parent_site|child_site|exec_site|dl_site)$/;
 const drop = (name: string) => constants.dropReasons.indexOf(name as never);
 
