@@ -24,6 +24,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 limit=${HEAPTAP_MUTANT_TIMEOUT:-300}
 
 # name | file | perl substitution (perl -0pe: the whole file is one string) | tests
+# Issue 14 (safe in every process) adds: a per-thread setup that asks pthread_getattr_np,
+# a sample recorded on the thread's own stack, a region made before a sample is taken, a
+# half-made region left behind, a glibc symbol no longer pinned to GLIBC_2.2.5.
 # Tests, separated by ';':  c:PROGRAM (preload/tests/PROGRAM.c)  sh:SCRIPT  ava:FILE[@MATCH]
 MUTANTS=$(cat <<'EOF'
 new-thread-first-allocation-always-sampled|preload/core.c|s/if \(rate > 1 && size < t->countdown\) \{/if (0 \&\& rate > 1 \&\& size < t->countdown) {/|c:test_sampler;ava:test/preload/sampling.test.ts
@@ -35,6 +38,11 @@ prometheus-freed-reports-allocated|src/agent/metrics.ts|s/\(p\) => p\.freedBytes
 otel-rename-freed|src/exporters/otel-metrics.ts|s/freed: 'heaptap\.heap\.freed'/freed: 'heaptap.heap.freed_bytes'/|ava:test/exporters/otel-metrics.test.ts
 profile-time-in-microseconds|src/agent/pprof.ts|s/opts\.timeNanos \?\? BigInt\(Date\.now\(\)\) \* 1_000_000n/opts.timeNanos ?? BigInt(Date.now()) * 1_000n/|ava:test/exporters/real-regions.test.ts
 max-depth-cut-not-flagged-truncated|preload/core.c|s/(depth = max;)\n\t+truncated = 1;/$1/|ava:test/preload/preload.test.ts@*HEAPTAP_MAX_DEPTH*
+stack-bounds-from-pthread_getattr_np|preload/unwind.c|s/\A/#include <pthread.h>\n/; s/(\tif \(!hi\) \{\n\t\tuintptr_t tp = ht_thread_pointer\(\);)/\tif (!hi) { pthread_attr_t a_; if (pthread_getattr_np(pthread_self(), &a_) == 0) pthread_attr_destroy(&a_); }\n$1/|sh:preload/tests/test_safety.sh
+sample-on-the-threads-own-stack|preload/core.c|s/\t\tht_call_on_stack\(top, sample, &job\);/\t\tsample(\&job);/|sh:preload/tests/test_safety.sh
+region-made-before-a-sample|preload/core.c|s/(\tthread_init\(t\);\n\tuint64_t rate = decide\(t, j->size\);)/\tensure_region();\n$1/|sh:preload/tests/test_safety.sh
+half-made-region-left-on-failure|preload/region.c|s/\tint e = errno;\n\tunlink\(tmpname\);/\tint e = errno;/|sh:preload/tests/test_safety.sh
+dlsym-pinned-no-more|preload/glibc-pins.h|s/HT_PIN\(dlsym\);\n//|sh:preload/tests/test_library.sh
 bad-configuration-changes-exit-code|preload/interpose.c|s/\A/#include <stdio.h>\n/; s/(static void heaptap_fini\(void\)\n\{\n)/$1\tif (ld_relaxed(&ht_g.state) == HT_G_DISABLED) { fflush(NULL); _exit(3); }\n/|sh:preload/tests/test_library.sh
 EOF
 )
