@@ -34,6 +34,7 @@ import {
 } from './common.ts';
 import { RUN_USAGE } from './usage.ts';
 import { siteTable, formatValue, type SiteTable } from './top.ts';
+import { PointLog, bucketMax, concurrentPeak, renderChart, seriesOf, type Series } from '../timeline.ts';
 
 
 /** preload/build/libheaptap.so of this package. */
@@ -61,6 +62,8 @@ interface RunOptions {
   depth?: number;
   intervalMs: number;
   keepRegions: boolean;
+  /** draw the in-use chart in the summary (default: when stderr is a terminal) */
+  chart: boolean;
   command: string[];
 }
 
@@ -72,6 +75,8 @@ function parseRun(args: string[]): RunOptions | 'help' {
     depth: { type: 'string' },
     interval: { type: 'string' },
     'keep-regions': { type: 'boolean' },
+    chart: { type: 'boolean' },
+    'no-chart': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   }, false);
   if (values.help) return 'help';
@@ -82,6 +87,7 @@ function parseRun(args: string[]): RunOptions | 'help' {
     depth: values.depth !== undefined ? parseInteger('run: --depth', values.depth, 1, 256) : undefined,
     intervalMs: values.interval !== undefined ? parseMillis('run: --interval', values.interval, 1, 60_000) : 100,
     keepRegions: values['keep-regions'] ?? false,
+    chart: values['no-chart'] ? false : values.chart ?? process.stderr.isTTY === true,
     command,
   };
 }
@@ -89,66 +95,75 @@ function parseRun(args: string[]): RunOptions | 'help' {
 // ---------------------------------------------------------------------------------------
 // Following the regions while the command runs.
 
+/** A process image's counters at one poll (stacks and timeline left out: kept elsewhere). */
+interface Frame {
+  ms: number;
+  snap: RegionSnapshot;
+}
+
+const MAX_FRAMES = 64;
+
 interface Tracked {
   path: string;
   /** stack records read so far (each poll reads only the new ones) */
   chunks: RegionStacks[];
   next: number;
   latest?: RegionSnapshot;
-  /** the poll that first saw the process image gone has counted its last in-use bytes */
-  endCounted: boolean;
+  /** its timeline (each poll reads only the new points) */
+  log: PointLog;
+  /** its counters at polls, thinned to MAX_FRAMES (every other dropped, the last kept):
+   * what it held when another process made the run's peak */
+  frames: Frame[];
   error?: string;
 }
 
-interface Totals {
-  inuse: bigint;
-  allocBytes: bigint;
-  allocObjects: number;
-}
-
-function totalsOf(s: RegionSnapshot): Totals {
+function totalsOf(s: RegionSnapshot): { allocBytes: bigint; allocObjects: number } {
   const c = s.counters;
-  let ab = 0n, fb = 0n, ao = 0n;
+  let ab = 0n, ao = 0n;
   for (let i = 0; i < c.ids.length; i++) {
     ab += c.allocBytes[i]!;
-    fb += c.freeBytes[i]!;
     ao += c.allocObjects[i]!;
   }
-  return { inuse: ab > fb ? ab - fb : 0n, allocBytes: ab, allocObjects: objectsToNumber(ao) };
+  return { allocBytes: ab, allocObjects: objectsToNumber(ao) };
 }
+
+const NO_STACKS: RegionStacks = {
+  ids: new Uint32Array(0), depths: new Uint32Array(0), flags: new Uint32Array(0),
+  frameStart: new Uint32Array(0), frames: new BigUint64Array(0), next: 0,
+};
 
 class Follower {
   readonly regions = new Map<string, Tracked>();
-  peak = { bytes: -1n, atMs: 0, snapshots: new Map<string, RegionSnapshot>() };
+  /** in use now (live images), allocated so far, and the highest the live line has seen */
   inuseNow = 0n;
   allocNow = 0n;
+  peakSeen = 0n;
   private readonly dir: string;
-  private readonly start: number;
   private readonly removeEnded: boolean;
 
   /** removeEnded: delete a region once it has been read after its process image ended
    * (everything the profiles need is then in memory), so that a command that starts
    * thousands of processes does not fill /dev/shm with their regions. */
-  constructor(dir: string, start: number, removeEnded: boolean) {
+  constructor(dir: string, removeEnded: boolean) {
     this.dir = dir;
-    this.start = start;
     this.removeEnded = removeEnded;
   }
 
-  /** Reads every region once. In use now is the sum over live process images, plus, once,
-   * the last figures of an image that ended since the previous poll (what it held when it
-   * exited or exec'd, which may have been the peak). */
+  /** Reads every region once: new stack records, new timeline points, counters. */
   async poll(): Promise<void> {
     const paths = await listRegions(this.dir);
     await Promise.all(paths.map(async (path) => {
       let t = this.regions.get(path);
-      if (!t) this.regions.set(path, (t = { path, chunks: [], next: 0, endCounted: false }));
+      if (!t) this.regions.set(path, (t = { path, chunks: [], next: 0, log: new PointLog(), frames: [] }));
       if (t.latest && !t.latest.alive) return; // ended: its region no longer changes
       try {
-        const snap = await readRegionAsync(path, t.next);
+        const snap = await readRegionAsync(path, t.next, t.log.next);
         if (snap.stacks.ids.length) t.chunks.push(snap.stacks);
         t.next = snap.stacks.next;
+        t.log.add(snap.timeline);
         t.latest = snap;
+        t.frames.push({ ms: Date.now(), snap: { ...snap, stacks: NO_STACKS } });
+        if (t.frames.length > MAX_FRAMES) t.frames = t.frames.filter((_, i, a) => i % 2 === 1 || i === a.length - 1);
         t.error = undefined;
         if (!snap.alive && this.removeEnded) await unlink(path).catch(() => {});
       } catch (e) {
@@ -156,26 +171,44 @@ class Follower {
         if (!(isRegionError(e) && (e.code === 'ERR_HEAPTAP_NOT_READY' || e.code === 'ERR_HEAPTAP_BUSY'))) t.error = (e as Error).message;
       }
     }));
-    let inuse = 0n;
-    let alloc = 0n;
-    const counted = new Map<string, RegionSnapshot>();
+    let inuse = 0n, alloc = 0n, ownPeak = 0n;
     for (const t of this.regions.values()) {
       const s = t.latest;
       if (!s) continue;
-      const tot = totalsOf(s);
-      alloc += tot.allocBytes;
-      if (s.alive || !t.endCounted) {
-        inuse += tot.inuse;
-        counted.set(t.path, s);
-        if (!s.alive) t.endCounted = true;
-      }
+      alloc += totalsOf(s).allocBytes;
+      if (s.alive) inuse += s.inuseBytes;
+      if (s.peak && s.peak.bytes > ownPeak) ownPeak = s.peak.bytes;
     }
     this.inuseNow = inuse;
     this.allocNow = alloc;
-    if (inuse > this.peak.bytes && counted.size) {
-      this.peak = { bytes: inuse, atMs: Date.now() - this.start, snapshots: counted };
-    }
+    // the live line's peak: at least any process's own, and any total seen at a poll
+    for (const v of [inuse, ownPeak]) if (v > this.peakSeen) this.peakSeen = v;
   }
+
+  /** Each image's series for the sweep (src/timeline.ts). An image without a timeline (a
+   * writer without the feature) is represented by its polls. */
+  series(): Array<{ t: Tracked; s: Series }> {
+    const out: Array<{ t: Tracked; s: Series }> = [];
+    for (const t of this.regions.values()) {
+      if (!t.latest) continue;
+      const points = t.latest.header.features & constants.FEATURE_TIMELINE ? t.log.points
+        : t.frames.map((f) => ({ ms: f.ms, inuseBytes: Number(f.snap.inuseBytes), allocBytes: 0, rssBytes: 0 }));
+      out.push({ t, s: seriesOf(t.path, t.latest, points) });
+    }
+    return out;
+  }
+}
+
+/** Counters whose in use is each stack's in use at the process's own peak. */
+function atPeak(s: RegionSnapshot): RegionSnapshot {
+  return { ...s, counters: { ...s.counters, inuseBytes: s.counters.peakBytes, inuseObjects: s.counters.peakObjects } };
+}
+
+/** The snapshot of t taken at the last poll at or before ms (else its first). */
+function frameAt(t: Tracked, ms: number): RegionSnapshot | undefined {
+  let best = t.frames[0];
+  for (const f of t.frames) if (f.ms <= ms) best = f;
+  return best?.snap;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -237,7 +270,7 @@ export async function runCommand(args: string[]): Promise<number> {
   }
   const rootPid = child.pid!;
 
-  const follower = new Follower(dir, start, !o.keepRegions);
+  const follower = new Follower(dir, !o.keepRegions);
   let stopped = false;
   let wake = () => {};
   const loop = (async () => {
@@ -300,7 +333,19 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
         'no process made a region (a statically linked program, or one that never called malloc?)\n'));
     return;
   }
-  const peakInputs = f.peak.snapshots.size ? ordered(f, rootPid, (t) => f.peak.snapshots.get(t.path)) : heapInputs;
+  // The run's peak: the highest total of the images that ran together, from their
+  // timelines and own peaks (src/timeline.ts); the peak profile is, for the image whose
+  // own peak made that moment, its stacks at that peak (kept by the library), and for the
+  // others their stacks at the last poll before it.
+  const all = f.series();
+  const cp = concurrentPeak(all.map((x) => x.s));
+  const peakSnap = (t: Tracked): RegionSnapshot | undefined => {
+    if (!cp.byKey.has(t.path)) return undefined;
+    if (t.path === cp.peakOf && t.latest) return atPeak(t.latest);
+    return frameAt(t, cp.ms);
+  };
+  const peakInputs = cp.byKey.size ? ordered(f, rootPid, peakSnap) : [];
+  const peakAtMs = Number.isFinite(cp.ms) ? cp.ms - start : 0;
 
   const symbolizer = new Symbolizer();
   const warnings = new Set<string>();
@@ -308,8 +353,8 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   const now = BigInt(Date.now()) * 1_000_000n;
   const heap = await buildProfileAsync(heapInputs, { view: 'heap', symbolizer, timeNanos: now, onWarning });
   const peak = await buildProfileAsync(peakInputs, {
-    view: 'heap', symbolizer, onWarning,
-    timeNanos: BigInt(start + f.peak.atMs) * 1_000_000n,
+    view: 'heap', symbolizer, onWarning, exeLabel: heapInputs.length > 1,
+    timeNanos: BigInt(Math.round(Number.isFinite(cp.ms) ? cp.ms : start)) * 1_000_000n,
   });
   symbolizer.close();
   const heapPath = join(o.outDir, `heaptap.${rootPid}.heap.pb.gz`);
@@ -323,7 +368,7 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
     const t = totalsOf(snapshot);
     allocBytes += t.allocBytes;
     allocObjects += t.allocObjects;
-    inuseExit += t.inuse;
+    inuseExit += snapshot.inuseBytes;
     for (const [reason, n] of Object.entries(dropsByReason(snapshot.header))) {
       if (n > 0n && DROP_NOTES[reason]) drops.set(reason, (drops.get(reason) ?? 0n) + n);
     }
@@ -333,10 +378,13 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   const lines: string[] = [];
   lines.push(`heaptap: ${name} ${how} after ${formatSeconds(elapsedMs)} (${procs} process${procs > 1 ? 'es' : ''}, ${heapInputs.length} image${heapInputs.length > 1 ? 's' : ''}; ` +
     (rate === 1n ? 'every allocation recorded' : `sampled every ${formatBytes(rate)} on average: figures are estimates`) + ')');
-  lines.push(`  peak in use     ${formatBytes(f.peak.bytes > 0n ? f.peak.bytes : 0n)} at ${formatSeconds(f.peak.atMs)}`);
+  lines.push(`  peak in use     ${formatBytes(Math.round(cp.bytes))} (${formatCount(Math.round(cp.bytes))} bytes) at ${formatSeconds(Math.max(0, peakAtMs))}` +
+    (heapInputs.length > 1 ? ' (the most the processes held together)' : ''));
   lines.push(`  allocated       ${formatBytes(allocBytes)} in ${formatCount(allocObjects)} objects`);
   lines.push(`  in use at exit  ${formatBytes(inuseExit)}`);
   for (const [reason, n] of drops) lines.push(`  note            ${formatCount(n)} ${DROP_NOTES[reason]} (${reason})`);
+  if (heapInputs.length > 1) lines.push('', ...processBlock(all, cp.bytes, start));
+  if (o.chart) lines.push('', ...chartBlock(all.map((x) => x.s), start, start + elapsedMs));
   lines.push('', ...sitesBlock('top sites by bytes allocated', siteTable(heap, 'alloc_space')));
   lines.push('', ...sitesBlock(`top sites by bytes in use at the peak`, siteTable(peak, 'inuse_space')));
   lines.push('');
@@ -345,6 +393,31 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   lines.push(`  explore:  go tool pprof -http=: ${displayPath(heapPath)}`);
   for (const w of warnings) lines.push(`  warning: ${w}`);
   err(lines.join('\n') + '\n');
+}
+
+/** Each large image's own peak: those that reached 1% of the run's peak, largest first. */
+function processBlock(all: Array<{ t: Tracked; s: Series }>, runPeak: number, start: number): string[] {
+  const rows = all
+    .filter((x) => x.s.peak && x.t.latest)
+    .sort((a, b) => b.s.peak!.bytes - a.s.peak!.bytes);
+  const big = rows.filter((x) => x.s.peak!.bytes >= runPeak / 100).slice(0, 8);
+  const out = ['  own peak of each process (largest first):'];
+  for (const { t, s } of big) {
+    const h = t.latest!.header;
+    const exe = basename(h.exe) || `pid ${h.pid}`;
+    out.push(`    ${formatBytes(s.peak!.bytes).padStart(10)} at ${formatSeconds(Math.max(0, s.peak!.ms - start)).padEnd(8)} pid ${String(h.pid).padEnd(7)} ${exe}`);
+  }
+  if (rows.length > big.length) out.push(`    (and ${rows.length - big.length} smaller)`);
+  return out;
+}
+
+/** In use and RSS over the run, every process summed, as a small chart. */
+function chartBlock(series: Series[], fromMs: number, toMs: number): string[] {
+  const cols = Math.max(20, Math.min(64, (process.stderr.columns || 80) - 16));
+  const b = bucketMax(series, fromMs, toMs, cols);
+  const chart = renderChart(b, 6, (v) => formatBytes(Math.round(v)), (ms) => formatSeconds(ms));
+  if (!chart.length) return ['  in use over time: nothing recorded'];
+  return ['  in use (█) and resident (░) over time, all processes:', ...chart.map((l) => `  ${l}`)];
 }
 
 /** What a drop counter means for the figures, for the ones that change what users see
@@ -499,7 +572,7 @@ export class LiveLine {
       this.lastAlloc = f.allocNow;
       this.lastMs = now;
     }
-    const peak = f.peak.bytes > 0n ? f.peak.bytes : 0n;
+    const peak = f.peakSeen;
     const procs = new Set([...f.regions.values()].map((t) => t.latest?.header.pid)).size;
     const text = `heaptap: ${formatSeconds(now - this.start)}  in use ${formatBytes(f.inuseNow)}  peak ${formatBytes(peak)}  ` +
       `allocating ${formatBytes(Math.max(0, this.rate))}/s${procs > 1 ? `  (${procs} processes)` : ''}`;
