@@ -317,8 +317,10 @@ export function gzipBuffer(data: Uint8Array, level = 1): Promise<Buffer> {
 /** What encodeSamples reads: one process's counters (and a delta's base), its stacks'
  * location lists, and the profile's string and location indices it needs. */
 export interface EncodeSamplesArgs {
-  counters: Pick<RegionSnapshot['counters'], 'ids' | 'allocObjects' | 'allocBytes' | 'freeObjects' | 'freeBytes'>;
-  base?: Pick<RegionSnapshot['counters'], 'ids' | 'allocObjects' | 'allocBytes' | 'freeObjects' | 'freeBytes'>;
+  /** in use is taken from inuseObjects / inuseBytes (the reader's rule, or each stack's
+   * in use at the peak for a peak profile) */
+  counters: Pick<RegionSnapshot['counters'], 'ids' | 'allocObjects' | 'allocBytes' | 'freeObjects' | 'freeBytes' | 'inuseObjects' | 'inuseBytes'>;
+  base?: Pick<RegionSnapshot['counters'], 'ids' | 'allocObjects' | 'allocBytes' | 'freeObjects' | 'freeBytes' | 'inuseObjects' | 'inuseBytes'>;
   /** in-use values become snapshot - base too (Go's ?seconds=N) */
   fullDelta: boolean;
   /** per stack id: its location ids as packed varints, packed[packedStart .. +packedLen);

@@ -554,6 +554,8 @@ test('encodeSamples: out-of-range stack arrays make a row unknown, never a bad r
     allocBytes: BigUint64Array.from([8n, 8n, 8n]),
     freeObjects: new BigUint64Array(3),
     freeBytes: new BigUint64Array(3),
+    inuseObjects: BigUint64Array.from([65536n, 65536n, 65536n]),
+    inuseBytes: BigUint64Array.from([8n, 8n, 8n]),
   };
   const args = {
     counters, fullDelta: false,
@@ -574,6 +576,10 @@ test('encodeSamples: out-of-range stack arrays make a row unknown, never a bad r
   t.true(open.length > 0);
   t.throws(() => native.encodeSamples({ ...args, packed: new Int8Array(1) as unknown as Uint8Array }), { instanceOf: TypeError });
   t.throws(() => native.encodeSamples({ ...args, counters: { ...counters, freeBytes: new BigUint64Array(2) } }), { instanceOf: RangeError });
+  t.throws(() => native.encodeSamples({ ...args, counters: { ...counters, inuseBytes: new BigUint64Array(2) } }), { instanceOf: RangeError });
+  // in use is the inuse columns as given (a peak profile passes the values at the peak)
+  const { inuseBytes: _drop, ...noInuse } = counters;
+  t.throws(() => native.encodeSamples({ ...args, counters: noInuse as typeof counters }), { instanceOf: TypeError });
   t.throws(() => native.encodeSamples({ ...args, packedLen: new Uint32Array(2) }), { instanceOf: RangeError });
   t.throws(() => native.encodeSamples({ ...args, pid: -1 }), { instanceOf: RangeError });
 });

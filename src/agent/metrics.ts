@@ -25,6 +25,7 @@ export const METRIC = {
   allocatedObjects: 'heaptap_heap_allocated_objects_total',
   freedBytes: 'heaptap_heap_freed_bytes_total',
   peakInuseBytes: 'heaptap_heap_peak_inuse_bytes',
+  peakBytes: 'heaptap_heap_peak_bytes',
   resident: 'heaptap_process_resident_memory_bytes',
   unattributed: 'heaptap_unattributed_resident_bytes',
   samples: 'heaptap_samples_total',
@@ -110,7 +111,8 @@ export function createMetrics(opts: MetricsOptions): Registry {
   perProcessTotal(METRIC.allocatedBytes, 'Estimated heap bytes allocated since the process started.', (p) => p.allocatedBytes);
   perProcessTotal(METRIC.allocatedObjects, 'Estimated heap objects allocated since the process started.', (p) => p.allocatedObjects);
   perProcessTotal(METRIC.freedBytes, 'Estimated heap bytes freed since the process started.', (p) => p.freedBytes);
-  perProcess(METRIC.peakInuseBytes, 'Highest heaptap_heap_inuse_bytes the agent has seen for the process.', (p) => p.peakInuseBytes);
+  perProcess(METRIC.peakBytes, 'Highest estimated heap bytes in use the process reached, kept by the heaptap library at every sampled allocation and free (exact at rate 1, however short).', (p) => p.peakBytes);
+  perProcess(METRIC.peakInuseBytes, 'heaptap_heap_peak_bytes where the process\'s library keeps it, else the highest heaptap_heap_inuse_bytes the agent has seen.', (p) => p.peakInuseBytes);
   perProcess(METRIC.resident, 'Resident set size of the process (VmRSS from /proc), when the agent can see it.', (p) => p.residentBytes);
   perProcess(METRIC.unattributed, 'Resident bytes not explained by the estimated heap in use (resident minus in use, at least 0).',
     (p) => (p.residentBytes === null ? null : Math.max(0, p.residentBytes - p.inuseBytes)));

@@ -21,6 +21,7 @@ import { basename, join } from 'node:path';
 import type { HeapProcess } from './types.ts';
 import type { Logger } from './log.ts';
 import { StackStore } from './stackStore.ts';
+import { PointLog, nsToMs } from '../timeline.ts';
 import {
   constants,
   dropsByReason,
@@ -31,7 +32,7 @@ import {
   type RegionSnapshot,
 } from '../region.ts';
 
-export type ReadRegion = (path: string, sinceStack: number) => Promise<RegionSnapshot>;
+export type ReadRegion = (path: string, sinceStack: number, sincePoint?: bigint) => Promise<RegionSnapshot>;
 
 export interface WatcherOptions {
   dir: string;
@@ -67,6 +68,9 @@ export class Tracked {
   info: HeapProcess | null = null;
   residentBytes: number | null = null;
   peakInuseBytes = 0;
+  /** its timeline (HT_FEATURE_TIMELINE), accumulated over reads: 8192 points at most,
+   * thinned keeping the higher of each pair */
+  readonly timeline = new PointLog(8192);
   /** reads of this region are serialized through this chain */
   private chain: Promise<unknown> = Promise.resolve();
 
@@ -91,23 +95,29 @@ const NO_STACKS: RegionSnapshot['stacks'] = {
   next: 0,
 };
 
-/** Sums of one snapshot's counters, as numbers (bytes exact below 2^53). */
+const NO_POINTS: RegionSnapshot['timeline'] = {
+  index: new BigUint64Array(0), ns: new BigUint64Array(0), inuseBytes: new BigInt64Array(0),
+  allocBytes: new BigUint64Array(0), rssBytes: new BigUint64Array(0), next: 0n,
+};
+
+/** Sums of one snapshot's counters, as numbers (bytes exact below 2^53). In use is the
+ * reader's (RegionSnapshot.inuseBytes: per stack alloc - free clamped at 0, summed), the
+ * same figure a profile of the process totals. */
 export function totals(snap: RegionSnapshot): {
   inuseBytes: number; inuseObjects: number; allocatedBytes: number; allocatedObjects: number;
   freedBytes: number; samples: number;
 } {
   const c = snap.counters;
-  let ab = 0n, fb = 0n, ao = 0n, fo = 0n, sm = 0n;
+  let ab = 0n, fb = 0n, ao = 0n, sm = 0n;
   for (let i = 0; i < c.ids.length; i++) {
     ab += c.allocBytes[i]!;
     fb += c.freeBytes[i]!;
     ao += c.allocObjects[i]!;
-    fo += c.freeObjects[i]!;
     sm += c.samples[i]!;
   }
   return {
-    inuseBytes: Number(ab > fb ? ab - fb : 0n),
-    inuseObjects: objectsToNumber(ao > fo ? ao - fo : 0n),
+    inuseBytes: Number(snap.inuseBytes),
+    inuseObjects: objectsToNumber(snap.inuseObjects),
     allocatedBytes: Number(ab),
     allocatedObjects: objectsToNumber(ao),
     freedBytes: Number(fb),
@@ -147,7 +157,7 @@ export class Watcher {
   constructor(opts: WatcherOptions) {
     this.opts = {
       readConcurrency: 2,
-      readRegion: (p, s) => readRegionAsync(p, s),
+      readRegion: (p, s, pt) => readRegionAsync(p, s, pt),
       procRoot: '/proc',
       now: () => Date.now(),
       ...opts,
@@ -305,7 +315,7 @@ export class Watcher {
       const first = p.snapshot === null;
       let snap: RegionSnapshot;
       try {
-        snap = await this.opts.readRegion(p.path, p.stacks.next);
+        snap = await this.opts.readRegion(p.path, p.stacks.next, p.timeline.next);
       } catch (e) {
         await this.readFailed(p, e);
         return;
@@ -316,7 +326,7 @@ export class Watcher {
         // The writer is gone. This read may have taken the counters just before it died;
         // one more, now that nothing writes, is complete.
         try {
-          this.apply(p, await this.opts.readRegion(p.path, p.stacks.next));
+          this.apply(p, await this.opts.readRegion(p.path, p.stacks.next, p.timeline.next));
         } catch {
           // keep what the first read got
         }
@@ -328,14 +338,20 @@ export class Watcher {
   private apply(p: Tracked, snap: RegionSnapshot): void {
     p.stacks.append(snap.stacks);
     const fresh = snap.stacks.ids.length > 0;
-    // The records now live in p.stacks: the snapshot keeps counters, header and modules,
-    // so that neither it nor the delta baselines taken from it hold a second copy.
-    p.snapshot = fresh ? { ...snap, stacks: { ...NO_STACKS, next: snap.stacks.next } } : snap;
+    if (snap.timeline) p.timeline.add(snap.timeline);
+    // The records now live in p.stacks and the points in p.timeline: the snapshot keeps
+    // counters, header and modules, so that neither it nor the delta baselines taken from
+    // it hold a second copy.
+    p.snapshot = { ...snap, stacks: fresh ? { ...NO_STACKS, next: snap.stacks.next } : snap.stacks, timeline: NO_POINTS };
     if (fresh) for (const fn of this.stackListeners) fn(p);
     p.version++;
     const h = snap.header;
     const t = totals(snap);
+    // The library's high-water mark (HT_FEATURE_PEAK: every sampled event, however
+    // short); without it, the highest in use the agent's reads saw.
+    const lib = snap.peak && snap.peak.ns > 0n ? snap.peak : null;
     if (t.inuseBytes > p.peakInuseBytes) p.peakInuseBytes = t.inuseBytes;
+    if (lib && Number(lib.bytes) > p.peakInuseBytes) p.peakInuseBytes = Number(lib.bytes);
     const drops: Record<string, number> = {};
     for (const [k, v] of Object.entries(dropsByReason(h))) drops[k] = Number(v);
     const exe = exeName(h.exe, h.pid);
@@ -353,6 +369,8 @@ export class Watcher {
       paused: h.pausedNow !== 0,
       ...t,
       peakInuseBytes: p.peakInuseBytes,
+      peakBytes: lib ? Number(lib.bytes) : null,
+      peakMs: lib ? nsToMs(lib.ns) : null,
       residentBytes: snap.alive ? p.residentBytes : null,
       drops,
     };
