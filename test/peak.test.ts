@@ -7,6 +7,7 @@ import { join } from 'node:path';
 
 import { decodeProfile, str } from '../src/profile.ts';
 import { fixtures, heaptap, profilesIn, removeDir, tempDir } from './helpers/heaptap.ts';
+import { memoryCgroup } from './helpers/cgroup.ts';
 
 const spike = join(fixtures, 'spike');
 
@@ -98,7 +99,7 @@ test('three children one after another, each peaking at 100 MiB: the run\'s peak
   t.true(got >= child && got <= child + 4096, `run's peak ${got}, a child's ${child}`);
   t.regex(r.stderr, /\(the most the processes held together\)/);
   // each child's own peak is listed
-  const own = [...r.stderr.matchAll(/^ {4,}100 MiB at [\d.]+ s +pid (\d+) +spike$/gm)].map((m) => Number(m[1]));
+  const own = [...r.stderr.matchAll(/^ {4,}100 MiB at [\d.]+ s +pid (\d+) +spike  \(exited\)$/gm)].map((m) => Number(m[1]));
   t.deepEqual(own.sort(), truths.map((x) => x.pid).sort());
   // the peak profile: one child's spike, on its function, with that child's pid
   const { peak } = await profilesIn(dir);
@@ -110,4 +111,33 @@ test('three children one after another, each peaking at 100 MiB: the run\'s peak
   const topRow = chart![1]!.split('\n')[0]!;
   t.regex(topRow, /100 MiB ┤/);
   t.is(topRow.split('┤')[1]!.match(/█+/g)?.length, 3, topRow);
+});
+
+test('a command the OOM killer ends (a real memory limit where the machine allows one, else SIGKILL): its peak, and how it ended', async (t) => {
+  const dir = await tempDir();
+  const cg = await memoryCgroup(64 << 20);
+  t.teardown(async () => {
+    if (typeof cg !== 'string') await cg.remove().catch(() => {});
+    await removeDir(dir);
+  });
+  // The command moves itself into the limited cgroup (heaptap stays out of it), then
+  // writes 256 MiB in 1 MiB blocks: the OOM killer ends it past 64 MiB. Without a cgroup
+  // here it kills itself with SIGKILL halfway, which is all a kill looks like from outside.
+  const script = typeof cg === 'string'
+    ? `exec ${spike} --mib 32 --touch --hold-us 10000000 & sleep 1; kill -9 $!; wait $!; kill -9 $$`
+    : `echo $$ > ${cg.procs}; exec ${spike} --mib 256 --touch --hold-us 1000`;
+  t.log(typeof cg === 'string' ? `no real memory limit (${cg}): SIGKILL instead` : `real memory limit: ${cg.kind} = 64 MiB`);
+  const r = await heaptap(['run', '--rate', '1', '-o', dir, '--', 'sh', '-c', script]);
+  t.is(r.code, 128 + 9, r.stderr);
+  if (typeof cg === 'string') {
+    t.regex(r.stderr, /^heaptap: sh .* was killed by SIGKILL after/m);
+  } else {
+    t.regex(r.stderr, /^heaptap: sh .* was killed by the OOM killer \(SIGKILL; its memory cgroup counted the kill\) after/m);
+    t.regex(r.stderr, /^ +\d+(\.\d+)? MiB at [\d.]+ s +pid \d+ +spike  \(killed by the OOM killer\)$/m);
+  }
+  // what it held when it was killed is its peak, in the library's region
+  const got = reportedPeak(r.stderr);
+  t.true(got > 16 << 20, `peak ${got}`);
+  const { peak } = await profilesIn(dir);
+  t.true((await inuseByFunction(peak)).get('spike_alloc')! > 16 << 20);
 });

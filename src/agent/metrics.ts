@@ -16,6 +16,7 @@ import {
 } from 'prom-client';
 
 import { constants } from '../region.ts';
+import { END_REASONS } from '../ends.ts';
 import type { HeapProcess, HeapSite, HeapSource } from './types.ts';
 
 export const METRIC = {
@@ -40,6 +41,7 @@ export const METRIC = {
   agentScans: 'heaptap_agent_scans_total',
   agentScanSeconds: 'heaptap_agent_scan_duration_seconds',
   agentReadErrors: 'heaptap_agent_region_read_errors_total',
+  processEnds: 'heaptap_process_ends_total',
 } as const;
 
 const PROC_LABELS = ['pid', 'exe', 'service'] as const;
@@ -49,6 +51,8 @@ export interface AgentStats {
   scans: number;
   lastScanMs: number;
   readErrors: number;
+  /** processes that ended, by reason (src/ends.ts END_REASONS) */
+  ends?: Record<string, number>;
 }
 
 export interface MetricsOptions {
@@ -162,6 +166,11 @@ export function createMetrics(opts: MetricsOptions): Registry {
     counter(METRIC.agentScans, 'Scans of the region directory.', [], (c) => c.inc(stats().scans));
     gauge(METRIC.agentScanSeconds, 'Duration of the last scan (list the directory, read every live region).', [], (g) => g.set(stats().lastScanMs / 1000));
     counter(METRIC.agentReadErrors, 'Region reads that failed (the region was kept at its last snapshot or skipped).', [], (c) => c.inc(stats().readErrors));
+    counter(METRIC.processEnds, 'Profiled processes that ended, by how: exited (exit()), exec, oom_kill (its memory cgroup\'s OOM-kill count rose), signal (the exit status named one), no_exit (a signal or _exit(): not told apart), removed (its region file was deleted).',
+      ['reason'], (c) => {
+        const ends = stats().ends ?? {};
+        for (const reason of END_REASONS) c.inc({ reason }, ends[reason] ?? 0);
+      });
   }
   if (opts.defaultMetrics ?? true) {
     collectDefaultMetrics({ register: registry });

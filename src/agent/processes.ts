@@ -22,6 +22,7 @@ import type { HeapProcess } from './types.ts';
 import type { Logger } from './log.ts';
 import { StackStore } from './stackStore.ts';
 import { PointLog, nsToMs } from '../timeline.ts';
+import { describeEnd, endOf, oomCounterOf, oomKills, type EndReason, type OomCounter, type ProcessEnd } from '../ends.ts';
 import {
   constants,
   dropsByReason,
@@ -45,6 +46,8 @@ export interface WatcherOptions {
   readRegion?: ReadRegion;
   /** tests: /proc root */
   procRoot?: string;
+  /** tests: the cgroup file system's root (/sys/fs/cgroup) */
+  cgroupRoot?: string;
   now?: () => number;
 }
 
@@ -71,6 +74,12 @@ export class Tracked {
   /** its timeline (HT_FEATURE_TIMELINE), accumulated over reads: 8192 points at most,
    * thinned keeping the higher of each pair */
   readonly timeline = new PointLog(8192);
+  /** its memory cgroup's OOM-kill counter (undefined: not looked up yet) and its value at
+   * the last poll that found the process running */
+  oom: OomCounter | null | undefined = undefined;
+  oomCount: number | null = null;
+  /** how it ended, once it has */
+  end: ProcessEnd | null = null;
   /** reads of this region are serialized through this chain */
   private chain: Promise<unknown> = Promise.resolve();
 
@@ -130,8 +139,8 @@ export function exeName(exe: string, pid: number): string {
 }
 
 export class Watcher {
-  private readonly opts: Required<Omit<WatcherOptions, 'readRegion' | 'procRoot' | 'now'>> & {
-    readRegion: ReadRegion; procRoot: string; now: () => number;
+  private readonly opts: Required<Omit<WatcherOptions, 'readRegion' | 'procRoot' | 'cgroupRoot' | 'now'>> & {
+    readRegion: ReadRegion; procRoot: string; cgroupRoot: string; now: () => number;
   };
   private readonly tracked = new Map<string, Tracked>();
   /** files that failed to read for good, by name: the (mtime, size) they had */
@@ -153,12 +162,15 @@ export class Watcher {
   scans = 0;
   lastScanMs = 0;
   readErrors = 0;
+  /** processes that ended, by how (src/ends.ts) */
+  readonly ends: Record<EndReason, number> = { exited: 0, exec: 0, oom_kill: 0, signal: 0, no_exit: 0, removed: 0 };
 
   constructor(opts: WatcherOptions) {
     this.opts = {
       readConcurrency: 2,
       readRegion: (p, s, pt) => readRegionAsync(p, s, pt),
       procRoot: '/proc',
+      cgroupRoot: '/sys/fs/cgroup',
       now: () => Date.now(),
       ...opts,
     };
@@ -267,7 +279,7 @@ export class Watcher {
     // Files that went away under us (removed by hand, or by another agent).
     for (const p of this.tracked.values()) {
       if (names.has(p.key)) continue;
-      if (p.phase === 'live') this.end(p, this.opts.now(), 'region file removed');
+      if (p.phase === 'live') this.end(p, this.opts.now(), { reason: 'removed' });
       this.forget(p, 'file gone');
     }
     for (const name of [...this.bad.keys()]) if (!names.has(name)) this.bad.delete(name);
@@ -330,7 +342,7 @@ export class Watcher {
         } catch {
           // keep what the first read got
         }
-        this.end(p, first ? await this.exitTime(p) : this.opts.now(), snap.header.state === EXITED ? 'exited' : 'no writer (killed)');
+        this.end(p, first ? await this.exitTime(p) : this.opts.now(), await this.howEnded(p, snap.header.state === EXITED));
       }
     });
   }
@@ -372,6 +384,7 @@ export class Watcher {
       peakBytes: lib ? Number(lib.bytes) : null,
       peakMs: lib ? nsToMs(lib.ns) : null,
       residentBytes: snap.alive ? p.residentBytes : null,
+      end: p.info?.end ?? null,
       drops,
     };
     if (snap.malformed > 0) {
@@ -392,7 +405,7 @@ export class Watcher {
     this.readErrors++;
     const code = isRegionError(e) ? e.code : 'ERR';
     if (code === 'ENOENT') {
-      if (p.phase === 'live' && p.snapshot) this.end(p, this.opts.now(), 'region file removed');
+      if (p.phase === 'live' && p.snapshot) this.end(p, this.opts.now(), { reason: 'removed' });
       this.forget(p, 'file gone');
       return;
     }
@@ -404,7 +417,7 @@ export class Watcher {
       // It read before: keep serving the last good snapshot. A writer that died in the
       // middle of a fold leaves the region unreadable for good, so that is the final one.
       if (alive === false) {
-        this.end(p, this.opts.now(), `no writer (${code})`);
+        this.end(p, this.opts.now(), await this.howEnded(p, p.snapshot.header.state === EXITED));
         return;
       }
       log.once(`read:${p.key}:${code}`, 'warn', 'cannot read region (keeping the last snapshot)', {
@@ -435,15 +448,28 @@ export class Watcher {
     return Math.max(Number(h.heartbeatNs / 1_000_000n), mtime) || this.opts.now();
   }
 
-  private end(p: Tracked, atMs: number, why: string): void {
+  /** How p ended (src/ends.ts): the region, /proc and its memory cgroup. */
+  private howEnded(p: Tracked, exited: boolean): Promise<ProcessEnd> {
+    const h = p.snapshot!.header;
+    return endOf({
+      exited, pid: h.pid, startTicks: h.procStartTicks, oom: p.oom ?? null, oomBefore: p.oomCount, procRoot: this.opts.procRoot,
+    });
+  }
+
+  private end(p: Tracked, atMs: number, e: ProcessEnd): void {
     if (p.phase === 'ended') return;
     p.phase = 'ended';
     p.endedAtMs = atMs;
     p.residentBytes = null;
-    if (p.info) p.info = { ...p.info, alive: false, residentBytes: null };
+    p.end = e;
+    this.ends[e.reason]++;
+    const how = describeEnd(e);
+    if (p.info) p.info = { ...p.info, alive: false, residentBytes: null, end: { ...e, text: how } };
     const i = p.info;
-    this.opts.log.info('process ended', {
-      pid: i?.pid, exe: i?.exeName, region: p.key, why, inuse_bytes: i?.inuseBytes,
+    const log = e.reason === 'oom_kill' || e.reason === 'signal' ? this.opts.log.warn.bind(this.opts.log) : this.opts.log.info.bind(this.opts.log);
+    log('process ended', {
+      pid: i?.pid, exe: i?.exeName, region: p.key, why: how, reason: e.reason, code: e.code, signal: e.signal,
+      inuse_bytes: i?.inuseBytes, peak_bytes: i?.peakBytes ?? undefined,
       remove_in_s: Math.max(0, Math.round((atMs + this.opts.retentionMs - this.opts.now()) / 1000)),
     });
     if (!p.info) return;
@@ -503,6 +529,12 @@ export class Watcher {
     }
     p.residentBytes = rss;
     if (p.phase === 'live') p.info = { ...p.info, residentBytes: rss };
+    // The memory cgroup's OOM-kill count while it runs: if it has gone up when the process
+    // is found gone without exiting, the OOM killer ended it.
+    if (rss !== null) {
+      if (p.oom === undefined) p.oom = await oomCounterOf(h.pid, root, this.opts.cgroupRoot);
+      if (p.oom) p.oomCount = await oomKills(p.oom);
+    }
   }
 
   private ensureFsWatch(): void {

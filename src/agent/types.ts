@@ -35,6 +35,9 @@ export interface HeapProcess {
    * (ms since the epoch); null for a region from a writer without it. */
   peakBytes: number | null;
   peakMs: number | null;
+  /** How it ended (null while it runs): src/ends.ts's reason (exited, exec, oom_kill,
+   * signal, no_exit, removed), the exit code or signal when seen, and a phrase. */
+  end: { reason: string; code?: number; signal?: string; text: string } | null;
   /** VmRSS from /proc/<pid>/status; null when unreadable or the process is gone. */
   residentBytes: number | null;
   /** Raw sample count. */

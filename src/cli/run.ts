@@ -35,6 +35,7 @@ import {
 import { RUN_USAGE } from './usage.ts';
 import { siteTable, formatValue, type SiteTable } from './top.ts';
 import { PointLog, bucketMax, concurrentPeak, renderChart, seriesOf, type Series } from '../timeline.ts';
+import { describeEnd, endOf, oomCounterOf, oomKills, type OomCounter, type ProcessEnd } from '../ends.ts';
 
 
 /** preload/build/libheaptap.so of this package. */
@@ -102,6 +103,7 @@ interface Frame {
 }
 
 const MAX_FRAMES = 64;
+const EXITED = constants.stateNames.indexOf('exited');
 
 interface Tracked {
   path: string;
@@ -114,6 +116,12 @@ interface Tracked {
   /** its counters at polls, thinned to MAX_FRAMES (every other dropped, the last kept):
    * what it held when another process made the run's peak */
   frames: Frame[];
+  /** its memory cgroup's OOM-kill counter and the count at the last poll that found it
+   * running (undefined: not looked up yet) */
+  oom?: OomCounter | null;
+  oomCount?: number | null;
+  /** how it ended, once it has (src/ends.ts) */
+  end?: ProcessEnd;
   error?: string;
 }
 
@@ -165,6 +173,13 @@ class Follower {
         t.frames.push({ ms: Date.now(), snap: { ...snap, stacks: NO_STACKS } });
         if (t.frames.length > MAX_FRAMES) t.frames = t.frames.filter((_, i, a) => i % 2 === 1 || i === a.length - 1);
         t.error = undefined;
+        const h = snap.header;
+        if (snap.alive) {
+          if (t.oom === undefined) t.oom = await oomCounterOf(h.pid);
+          if (t.oom) t.oomCount = await oomKills(t.oom);
+        } else {
+          t.end = await endOf({ exited: h.state === EXITED, pid: h.pid, startTicks: h.procStartTicks, oom: t.oom ?? null, oomBefore: t.oomCount ?? null });
+        }
         if (!snap.alive && this.removeEnded) await unlink(path).catch(() => {});
       } catch (e) {
         // Not ready yet (being set up) or busy: next time. Anything else is kept to report.
@@ -321,7 +336,11 @@ function ordered(follower: Follower, rootPid: number, pick: (t: Tracked) => Regi
 
 async function report(o: RunOptions, f: Follower, rootPid: number, start: number, elapsedMs: number, code: number | null, signal: NodeJS.Signals | null, secure: string | null): Promise<void> {
   const err = (s: string) => process.stderr.write(s);
-  const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+  // The command's end as waitpid told it; the OOM killer if its cgroup's count rose.
+  const rootEnd = [...f.regions.values()].filter((t) => t.latest?.header.pid === rootPid && t.end)
+    .sort((a, b) => Number(b.latest!.header.startNs - a.latest!.header.startNs))[0]?.end;
+  const how = signal ? (signal === 'SIGKILL' && rootEnd?.reason === 'oom_kill' ? 'was killed by the OOM killer (SIGKILL; its memory cgroup counted the kill)' : `was killed by ${signal}`)
+    : `exited with code ${code}`;
   const heapInputs = ordered(f, rootPid, (t) => t.latest);
   const words = [basename(o.command[0]!), ...o.command.slice(1)].join(' ');
   const name = words.length > 60 ? `${words.slice(0, 59)}…` : words;
@@ -405,7 +424,8 @@ function processBlock(all: Array<{ t: Tracked; s: Series }>, runPeak: number, st
   for (const { t, s } of big) {
     const h = t.latest!.header;
     const exe = basename(h.exe) || `pid ${h.pid}`;
-    out.push(`    ${formatBytes(s.peak!.bytes).padStart(10)} at ${formatSeconds(Math.max(0, s.peak!.ms - start)).padEnd(8)} pid ${String(h.pid).padEnd(7)} ${exe}`);
+    const end = t.end ? `  (${describeEnd(t.end).replace(/ \(a signal.*\)$/, '')})` : t.latest!.alive ? '  (still running)' : '';
+    out.push(`    ${formatBytes(s.peak!.bytes).padStart(10)} at ${formatSeconds(Math.max(0, s.peak!.ms - start)).padEnd(8)} pid ${String(h.pid).padEnd(7)} ${exe}${end}`);
   }
   if (rows.length > big.length) out.push(`    (and ${rows.length - big.length} smaller)`);
   return out;

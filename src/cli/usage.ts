@@ -31,8 +31,10 @@ set), follows every process it starts (fork, exec), and when the command ends wr
 
 (<pid> is the command's pid), then prints a summary: the peak and when it happened,
 the bytes and objects allocated, what was still in use at exit, each large process's
-own peak (when there were several), the top 10 sites by bytes allocated and by bytes in
-use at the peak, and the go tool pprof line to explore.
+own peak and how it ended (when there were several), the top 10 sites by bytes
+allocated and by bytes in use at the peak, and the go tool pprof line to explore. A
+command killed by the OOM killer is said to be (its memory cgroup's OOM-kill count,
+read while it ran, went up).
 
 The peak is kept by the library at every sampled allocation and free (exact at --rate 1,
 however short it was), not by polling. With several processes it is the highest total

@@ -272,6 +272,8 @@ export function buildExportRequest(
         'service.name': serviceOf(process, opts.configuredService),
         // a process's peak (pushed when it ends) beside its deltas
         ...(kind === 'peak' ? { 'heaptap.profile.view': 'peak' } : {}),
+        // a process's last profiles say how it ended (src/ends.ts)
+        ...(process.end ? { 'heaptap.process.end': process.end.reason } : {}),
       }),
     },
     scope_profiles: [{ scope: { name: SCOPE_NAME, version: opts.version ?? '' }, profiles: pprofToOtlp(profile, dict) }],

@@ -187,6 +187,8 @@ export class PyroscopeExporter implements Exporter {
       // pid and exe identify the process; a user label of the same name does not replace them.
       const labels: Record<string, string> = { ...this.#opts.labels, pid: String(p.pid), exe: p.exeName };
       if (kind === 'peak') labels.profile = 'peak';
+      // a process's last profiles say how it ended (exited, oom_kill, no_exit...)
+      if (final && p.end) labels.end = p.end.reason;
       const q = new URLSearchParams({
         name: pyroscopeName(app, labels),
         from: String(from),

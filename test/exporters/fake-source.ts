@@ -126,6 +126,7 @@ export function fakeProcess(over: Partial<HeapProcess> & { pid: number }): HeapP
     peakInuseBytes: 64 << 20,
     peakBytes: 64 << 20,
     peakMs: Date.now() - 30_000,
+    end: null,
     residentBytes: 80 << 20,
     samples: 1800,
     drops: { stacks_full: 0, frames_full: 0, slab_full: 0, no_slab: 0, live_full: 3, recursion: 0 },
@@ -167,7 +168,7 @@ export class FakeHeapSource implements HeapSource {
   end(key: string, exited = true): void {
     const p = this.#procs.get(key);
     if (!p) return;
-    const ended = { ...p, alive: false, exited, residentBytes: null };
+    const ended = { ...p, alive: false, exited, residentBytes: null, end: p.end ?? (exited ? { reason: 'exited', text: 'exited' } : { reason: 'no_exit', text: 'ended without exit()' }) };
     this.#procs.set(key, ended);
     for (const l of this.#listeners) l(ended);
     this.#procs.delete(key);
