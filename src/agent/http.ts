@@ -242,7 +242,7 @@ export function createAgentServer(opts: ServerOptions): Server {
     const link = (name: string, query: string, text = name) => `<a href="${name}${query ? `?${escapeHtml(query)}` : ''}">${text}</a>`;
     const rows = procs.map((p) => {
       const q = `pid=${p.pid}`;
-      const status = p.alive ? 'running' : p.exited ? 'exited' : 'ended';
+      const status = p.alive ? 'running' : p.end ? escapeHtml(p.end.reason) : p.exited ? 'exited' : 'ended';
       return `<tr><td>${p.pid}</td><td>${escapeHtml(p.exeName)}</td><td>${escapeHtml(p.service)}</td><td>${status}</td>` +
         `<td align="right">${p.inuseBytes}</td><td align="right">${p.allocatedBytes}</td>` +
         `<td align="right">${p.peakBytes ?? ''}</td>` +

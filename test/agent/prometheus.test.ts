@@ -178,9 +178,10 @@ test('every metric is served under its documented name and type (names are an in
     heaptap_agent_scans_total: 'counter',
     heaptap_agent_scan_duration_seconds: 'gauge',
     heaptap_agent_region_read_errors_total: 'counter',
+    heaptap_process_ends_total: 'counter',
   };
   for (const [name, type] of Object.entries({ ...perProcess, ...agentWide })) t.is(types.get(name), type, `# TYPE ${name}`);
-  t.is(Object.keys(perProcess).length + Object.keys(agentWide).length, 21);
+  t.is(Object.keys(perProcess).length + Object.keys(agentWide).length, 22);
   for (const name of Object.keys(perProcess)) {
     t.regex(text, new RegExp(`^${name}\\{pid="${fx.pid}",exe="churn",service="churn"[,}]`, 'm'), `${name} has the fixture's series`);
   }

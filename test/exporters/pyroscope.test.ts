@@ -146,6 +146,9 @@ test('a process that ends gets its peak pushed too, labelled profile=peak at the
   t.truthy(final, 'and the final delta');
   t.is(peak.labels.pid, '4102');
   t.is(byLeaf(peak.profile, 'inuse_space').get('spike'), 1 << 30);
+  // both say how the process ended
+  t.is(peak.labels.end, 'exited');
+  t.is(final.labels.end, 'exited');
   t.is(peak.from, Math.floor(peakMs / 1000));
   t.is(peak.until, Math.floor(peakMs / 1000) + 1);
   // a process whose library keeps no peak gets none
