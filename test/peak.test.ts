@@ -99,7 +99,7 @@ test('three children one after another, each peaking at 100 MiB: the run\'s peak
   t.true(got >= child && got <= child + 4096, `run's peak ${got}, a child's ${child}`);
   t.regex(r.stderr, /\(the most the processes held together\)/);
   // each child's own peak is listed
-  const own = [...r.stderr.matchAll(/^ {4,}100 MiB at [\d.]+ s +pid (\d+) +spike  \(exited\)$/gm)].map((m) => Number(m[1]));
+  const own = [...r.stderr.matchAll(/^ {4,}100 MiB at [\d.]+ s +pid (\d+) +spike  \(exited( with code 0)?\)$/gm)].map((m) => Number(m[1]));
   t.deepEqual(own.sort(), truths.map((x) => x.pid).sort());
   // the peak profile: one child's spike, on its function, with that child's pid
   const { peak } = await profilesIn(dir);
@@ -120,12 +120,13 @@ test('a command the OOM killer ends (a real memory limit where the machine allow
     if (typeof cg !== 'string') await cg.remove().catch(() => {});
     await removeDir(dir);
   });
-  // The command moves itself into the limited cgroup (heaptap stays out of it), then
-  // writes 256 MiB in 1 MiB blocks: the OOM killer ends it past 64 MiB. Without a cgroup
+  // The command moves itself into the limited cgroup (heaptap stays out of it), lets a
+  // poll see it run (its cgroup's OOM-kill count is read then), then writes 256 MiB in
+  // 1 MiB blocks: the OOM killer ends it past 64 MiB. Without a cgroup
   // here it kills itself with SIGKILL halfway, which is all a kill looks like from outside.
   const script = typeof cg === 'string'
     ? `exec ${spike} --mib 32 --touch --hold-us 10000000 & sleep 1; kill -9 $!; wait $!; kill -9 $$`
-    : `echo $$ > ${cg.procs}; exec ${spike} --mib 256 --touch --hold-us 1000`;
+    : `echo $$ > ${cg.procs}; exec ${spike} --mib 256 --touch --hold-us 1000 --delay-us 500000`;
   t.log(typeof cg === 'string' ? `no real memory limit (${cg}): SIGKILL instead` : `real memory limit: ${cg.kind} = 64 MiB`);
   const r = await heaptap(['run', '--rate', '1', '-o', dir, '--', 'sh', '-c', script]);
   t.is(r.code, 128 + 9, r.stderr);

@@ -48,6 +48,10 @@ export interface WatcherOptions {
   procRoot?: string;
   /** tests: the cgroup file system's root (/sys/fs/cgroup) */
   cgroupRoot?: string;
+  /** delete a region file as soon as its process has ended and been read for the last
+   * time, and keep the process (heaptap run: thousands of short processes must not fill
+   * /dev/shm, and the report at the end needs them all; with retentionMs Infinity) */
+  unlinkEnded?: boolean;
   now?: () => number;
 }
 
@@ -139,8 +143,8 @@ export function exeName(exe: string, pid: number): string {
 }
 
 export class Watcher {
-  private readonly opts: Required<Omit<WatcherOptions, 'readRegion' | 'procRoot' | 'cgroupRoot' | 'now'>> & {
-    readRegion: ReadRegion; procRoot: string; cgroupRoot: string; now: () => number;
+  private readonly opts: Required<Omit<WatcherOptions, 'readRegion' | 'procRoot' | 'cgroupRoot' | 'now' | 'unlinkEnded'>> & {
+    readRegion: ReadRegion; procRoot: string; cgroupRoot: string; now: () => number; unlinkEnded: boolean;
   };
   private readonly tracked = new Map<string, Tracked>();
   /** files that failed to read for good, by name: the (mtime, size) they had */
@@ -148,6 +152,7 @@ export class Watcher {
   private readonly endListeners = new Set<(p: Tracked) => void>();
   private readonly seenListeners = new Set<(p: Tracked) => void>();
   private readonly stackListeners = new Set<(p: Tracked) => void>();
+  private readonly readListeners = new Set<(p: Tracked, snap: RegionSnapshot) => void>();
   private timer: NodeJS.Timeout | null = null;
   private fsWatcher: FSWatcher | null = null;
   private scanning: Promise<void> | null = null;
@@ -171,6 +176,7 @@ export class Watcher {
       readRegion: (p, s, pt) => readRegionAsync(p, s, pt),
       procRoot: '/proc',
       cgroupRoot: '/sys/fs/cgroup',
+      unlinkEnded: false,
       now: () => Date.now(),
       ...opts,
     };
@@ -218,6 +224,12 @@ export class Watcher {
   onStacks(fn: (p: Tracked) => void): () => void {
     this.stackListeners.add(fn);
     return () => this.stackListeners.delete(fn);
+  }
+
+  /** fn(p, snapshot) after every read of p (the snapshot as read, before it is trimmed). */
+  onRead(fn: (p: Tracked, snap: RegionSnapshot) => void): () => void {
+    this.readListeners.add(fn);
+    return () => this.readListeners.delete(fn);
   }
 
   onSeen(fn: (p: Tracked) => void): () => void {
@@ -279,6 +291,7 @@ export class Watcher {
     // Files that went away under us (removed by hand, or by another agent).
     for (const p of this.tracked.values()) {
       if (names.has(p.key)) continue;
+      if (p.phase === 'ended' && this.opts.unlinkEnded) continue; // we removed it
       if (p.phase === 'live') this.end(p, this.opts.now(), { reason: 'removed' });
       this.forget(p, 'file gone');
     }
@@ -356,6 +369,7 @@ export class Watcher {
     // it hold a second copy.
     p.snapshot = { ...snap, stacks: fresh ? { ...NO_STACKS, next: snap.stacks.next } : snap.stacks, timeline: NO_POINTS };
     if (fresh) for (const fn of this.stackListeners) fn(p);
+    for (const fn of this.readListeners) fn(p, snap);
     p.version++;
     const h = snap.header;
     const t = totals(snap);
@@ -472,6 +486,7 @@ export class Watcher {
       inuse_bytes: i?.inuseBytes, peak_bytes: i?.peakBytes ?? undefined,
       remove_in_s: Math.max(0, Math.round((atMs + this.opts.retentionMs - this.opts.now()) / 1000)),
     });
+    if (this.opts.unlinkEnded && e.reason !== 'removed') void unlink(p.path).catch(() => {});
     if (!p.info) return;
     for (const fn of this.endListeners) {
       try {

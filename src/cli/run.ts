@@ -2,7 +2,7 @@
 // under the preload, follows its heap while it runs, and writes two profiles at the end.
 import { spawn } from 'node:child_process';
 import { accessSync, closeSync, existsSync, openSync, readFileSync, readSync, realpathSync, statSync } from 'node:fs';
-import { access, constants as fsConstants, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
+import { access, constants as fsConstants, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { basename, delimiter, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,10 +13,7 @@ import { Symbolizer } from '../symbolize.ts';
 import {
   constants,
   dropsByReason,
-  isRegionError,
-  listRegions,
   objectsToNumber,
-  readRegionAsync,
   type RegionSnapshot,
   type RegionStacks,
 } from '../region.ts';
@@ -34,8 +31,10 @@ import {
 } from './common.ts';
 import { RUN_USAGE } from './usage.ts';
 import { siteTable, formatValue, type SiteTable } from './top.ts';
-import { PointLog, bucketMax, concurrentPeak, renderChart, seriesOf, type Series } from '../timeline.ts';
-import { describeEnd, endOf, oomCounterOf, oomKills, type OomCounter, type ProcessEnd } from '../ends.ts';
+import { bucketMax, concurrentPeak, renderChart, seriesOf, type PointLog, type Series } from '../timeline.ts';
+import { describeEnd, type ProcessEnd } from '../ends.ts';
+import { Watcher } from '../agent/processes.ts';
+import { createLogger } from '../agent/log.ts';
 
 
 /** preload/build/libheaptap.so of this package. */
@@ -103,26 +102,21 @@ interface Frame {
 }
 
 const MAX_FRAMES = 64;
-const EXITED = constants.stateNames.indexOf('exited');
 
+/** What the report needs of one process image, from the agent's Watcher (one follower of
+ * regions for heaptap run and the agent: src/agent/processes.ts). */
 interface Tracked {
   path: string;
-  /** stack records read so far (each poll reads only the new ones) */
-  chunks: RegionStacks[];
-  next: number;
   latest?: RegionSnapshot;
-  /** its timeline (each poll reads only the new points) */
+  /** its stack records (read incrementally by the Watcher) */
+  chunks: RegionStacks[];
+  /** its timeline */
   log: PointLog;
   /** its counters at polls, thinned to MAX_FRAMES (every other dropped, the last kept):
    * what it held when another process made the run's peak */
   frames: Frame[];
-  /** its memory cgroup's OOM-kill counter and the count at the last poll that found it
-   * running (undefined: not looked up yet) */
-  oom?: OomCounter | null;
-  oomCount?: number | null;
   /** how it ended, once it has (src/ends.ts) */
   end?: ProcessEnd;
-  error?: string;
 }
 
 function totalsOf(s: RegionSnapshot): { allocBytes: bigint; allocObjects: number } {
@@ -140,64 +134,74 @@ const NO_STACKS: RegionStacks = {
   frameStart: new Uint32Array(0), frames: new BigUint64Array(0), next: 0,
 };
 
+/** The regions of the run's directory, followed by the agent's Watcher: every region read
+ * at each poll (new stack records and timeline points only), ended ones read once more,
+ * their end told (exit, exec, the OOM killer...), and all of them kept until the report. */
 class Follower {
-  readonly regions = new Map<string, Tracked>();
+  readonly watcher: Watcher;
   /** in use now (live images), allocated so far, and the highest the live line has seen */
   inuseNow = 0n;
   allocNow = 0n;
   peakSeen = 0n;
-  private readonly dir: string;
-  private readonly removeEnded: boolean;
+  /** regions that could not be read (the first error of each kind) */
+  readonly errors: string[] = [];
+  private readonly frames = new Map<string, Frame[]>();
 
   /** removeEnded: delete a region once it has been read after its process image ended
    * (everything the profiles need is then in memory), so that a command that starts
    * thousands of processes does not fill /dev/shm with their regions. */
-  constructor(dir: string, removeEnded: boolean) {
-    this.dir = dir;
-    this.removeEnded = removeEnded;
+  constructor(dir: string, intervalMs: number, removeEnded: boolean) {
+    const log = createLogger({
+      format: 'json', level: 'warn',
+      write: (line) => {
+        const l = JSON.parse(line) as { msg?: string; error?: string };
+        if (l.msg?.startsWith('cannot read region') && l.error) this.errors.push(l.error);
+      },
+    });
+    this.watcher = new Watcher({ dir, pollMs: intervalMs, retentionMs: Infinity, log, unlinkEnded: removeEnded });
+    this.watcher.onRead((p, snap) => {
+      let f = this.frames.get(p.key);
+      if (!f) this.frames.set(p.key, (f = []));
+      f.push({ ms: Date.now(), snap: { ...snap, stacks: NO_STACKS } });
+      if (f.length > MAX_FRAMES) this.frames.set(p.key, f.filter((_, i, a) => i % 2 === 1 || i === a.length - 1));
+    });
   }
 
-  /** Reads every region once: new stack records, new timeline points, counters. */
+  /** Every image read so far, keyed by its region's path. */
+  get regions(): Map<string, Tracked> {
+    const out = new Map<string, Tracked>();
+    for (const p of this.watcher.all()) {
+      out.set(p.path, {
+        path: p.path,
+        latest: p.snapshot ?? undefined,
+        chunks: [p.stacks.pending()],
+        log: p.timeline,
+        frames: this.frames.get(p.key) ?? [],
+        end: p.end ?? undefined,
+      });
+    }
+    return out;
+  }
+
+  /** Reads every region once. */
   async poll(): Promise<void> {
-    const paths = await listRegions(this.dir);
-    await Promise.all(paths.map(async (path) => {
-      let t = this.regions.get(path);
-      if (!t) this.regions.set(path, (t = { path, chunks: [], next: 0, log: new PointLog(), frames: [] }));
-      if (t.latest && !t.latest.alive) return; // ended: its region no longer changes
-      try {
-        const snap = await readRegionAsync(path, t.next, t.log.next);
-        if (snap.stacks.ids.length) t.chunks.push(snap.stacks);
-        t.next = snap.stacks.next;
-        t.log.add(snap.timeline);
-        t.latest = snap;
-        t.frames.push({ ms: Date.now(), snap: { ...snap, stacks: NO_STACKS } });
-        if (t.frames.length > MAX_FRAMES) t.frames = t.frames.filter((_, i, a) => i % 2 === 1 || i === a.length - 1);
-        t.error = undefined;
-        const h = snap.header;
-        if (snap.alive) {
-          if (t.oom === undefined) t.oom = await oomCounterOf(h.pid);
-          if (t.oom) t.oomCount = await oomKills(t.oom);
-        } else {
-          t.end = await endOf({ exited: h.state === EXITED, pid: h.pid, startTicks: h.procStartTicks, oom: t.oom ?? null, oomBefore: t.oomCount ?? null });
-        }
-        if (!snap.alive && this.removeEnded) await unlink(path).catch(() => {});
-      } catch (e) {
-        // Not ready yet (being set up) or busy: next time. Anything else is kept to report.
-        if (!(isRegionError(e) && (e.code === 'ERR_HEAPTAP_NOT_READY' || e.code === 'ERR_HEAPTAP_BUSY'))) t.error = (e as Error).message;
-      }
-    }));
+    await this.watcher.scan();
     let inuse = 0n, alloc = 0n, ownPeak = 0n;
-    for (const t of this.regions.values()) {
-      const s = t.latest;
+    for (const p of this.watcher.all()) {
+      const s = p.snapshot;
       if (!s) continue;
       alloc += totalsOf(s).allocBytes;
-      if (s.alive) inuse += s.inuseBytes;
+      if (p.phase === 'live' && s.alive) inuse += s.inuseBytes;
       if (s.peak && s.peak.bytes > ownPeak) ownPeak = s.peak.bytes;
     }
     this.inuseNow = inuse;
     this.allocNow = alloc;
     // the live line's peak: at least any process's own, and any total seen at a poll
     for (const v of [inuse, ownPeak]) if (v > this.peakSeen) this.peakSeen = v;
+  }
+
+  stop(): Promise<void> {
+    return this.watcher.stop();
   }
 
   /** Each image's series for the sweep (src/timeline.ts). An image without a timeline (a
@@ -285,7 +289,7 @@ export async function runCommand(args: string[]): Promise<number> {
   }
   const rootPid = child.pid!;
 
-  const follower = new Follower(dir, !o.keepRegions);
+  const follower = new Follower(dir, o.intervalMs, !o.keepRegions);
   let stopped = false;
   let wake = () => {};
   const loop = (async () => {
@@ -303,6 +307,7 @@ export async function runCommand(args: string[]): Promise<number> {
   wake();
   await loop;
   await follower.poll(); // the final figures: every region now holds its exit state
+  await follower.stop();
   live?.clear();
   for (const sig of signals) process.off(sig, forward);
 
@@ -345,7 +350,7 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   const words = [basename(o.command[0]!), ...o.command.slice(1)].join(' ');
   const name = words.length > 60 ? `${words.slice(0, 59)}…` : words;
   if (heapInputs.length === 0) {
-    const why = [...f.regions.values()].find((t) => t.error)?.error;
+    const why = f.errors[0];
     err(`heaptap: ${name} ${how} after ${formatSeconds(elapsedMs)}; no heap data: ` +
       (why ? `its region could not be read: ${why}\n` :
         secure ? `${secure}\n` :
