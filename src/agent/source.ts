@@ -252,8 +252,8 @@ export class AgentSource implements HeapSource {
     const c = snap.counters;
     const bySite = new Map<string, number>();
     for (let i = 0; i < c.ids.length; i++) {
-      const inuse = c.allocBytes[i]! - c.freeBytes[i]!;
-      if (inuse <= 0n) continue;
+      const inuse = c.inuseBytes[i]!; // the reader's rule (RegionCounters)
+      if (inuse === 0n) continue;
       const site = this.siteName(c.ids[i]!, tables);
       bySite.set(site, (bySite.get(site) ?? 0) + Number(inuse));
     }
