@@ -257,6 +257,7 @@ test('fixed-point object counts round to whole objects', (t) => {
   const snap = snapshot(1, [{ id: 2, frames: [0x400110n], alloc: [0, 1000] }]);
   snap.counters.allocObjects[0] = ONE * 3n + ONE / 2n + 1n; // 3.5+ objects
   snap.counters.freeObjects[0] = ONE / 4n;
+  snap.counters.inuseObjects[0] = ONE * 3n + ONE / 4n + 1n; // in use as the reader gives it
   const p = buildProfile([{ snapshot: snap }], { view: 'heap' });
   t.deepEqual(p.sample[0]!.value.map(Number), [4, 1000, 3, 1000]);
 });
