@@ -175,7 +175,8 @@ export interface RegionSnapshot {
   /** null without FEATURE_PEAK */
   peak: RegionPeak | null;
   timeline: RegionTimeline;
-  /** snapshot attempts redone because a slab fold was under way */
+  /** snapshot attempts redone because a slab fold was under way, or the peak moved while
+   * its rows were read (at most constants.PEAK_ATTEMPTS of those) */
   retries: number;
   /** records, rows or entries skipped as inconsistent; 0 for a well-behaved writer */
   malformed: number;

@@ -205,7 +205,8 @@ struct htr_snapshot {
 	uint32_t module_count;
 	struct htr_module *modules;
 	char *strings;                 /* module paths */
-	uint32_t retries;              /* snapshot attempts that had to be redone */
+	uint32_t retries;              /* snapshot attempts that had to be redone (a fold, or
+					* the peak moving: at most HTR_PEAK_ATTEMPTS of those) */
 	uint64_t malformed;            /* records, rows or entries skipped as inconsistent */
 	char first_malformed[160];     /* what the first of them was, "" if none */
 };
