@@ -20,8 +20,9 @@
 //          10 sites by bytes allocated against heaptrack's exact per-site totals (rank
 //          agreement, relative error), with heaptap at rate 1 beside it to tell sampling
 //          error from attribution.
-//   peak   heaptap's peak profile (`heaptap run` writes one) against massif's peak
-//          snapshot (--peak-inaccuracy=0: the exact peak) on churn and python.
+//   peak   heaptap's peak (the library keeps it; `heaptap run` prints it and writes the
+//          stacks at it) against massif's peak snapshot (--peak-inaccuracy=0: the exact
+//          peak) on a 1 ms spike, python, gcc (cc1) and sqlite3, at the default rate and 1.
 //
 // Every profiler's output goes through bench/accuracy-read.ts, which applies one rule to
 // find an allocation's site (the innermost named frame that is not an allocator function).
@@ -70,7 +71,7 @@ const SIZES = MODE === 'full'
       churnTcmalloc: ['--threads', '2', '--mib', '48', '--leak-mib', '16'],
       seeds: 10, jemallocRuns: 10,
       gccModules: 60, pyRounds: 400, redisN: 60000,
-      peakChurn: ['--threads', '1', '--mib', '48', '--leak-mib', '16'], peakPyRounds: 20, peakSeeds: 10,
+      peakSpikeMib: 200, peakPyRounds: 20, peakGccModules: 60, peakSqliteRows: 200000, peakSeeds: 10,
       timeoutMs: 1800_000,
     }
   : {
@@ -78,7 +79,7 @@ const SIZES = MODE === 'full'
       churnTcmalloc: ['--threads', '2', '--mib', '2', '--leak-mib', '1'],
       seeds: 3, jemallocRuns: 3,
       gccModules: 4, pyRounds: 6, redisN: 500,
-      peakChurn: ['--threads', '1', '--mib', '4', '--leak-mib', '2'], peakPyRounds: 2, peakSeeds: 3,
+      peakSpikeMib: 16, peakPyRounds: 2, peakGccModules: 4, peakSqliteRows: 2000, peakSeeds: 3,
       timeoutMs: 300_000,
     };
 
@@ -562,42 +563,99 @@ async function realPart(results: Record<string, unknown>): Promise<string> {
 
 // ---- part 3: peak in use against massif -----------------------------------------------------
 
-async function peakPart(results: Record<string, unknown>): Promise<string> {
-  const progs: Array<{ name: string; title: string; cmd: string[]; env: Record<string, string> }> = [
-    { name: 'churn', title: `churn ${SIZES.peakChurn.join(' ')} --seed 1`, cmd: [CHURN, ...SIZES.peakChurn, '--seed', '1'], env: {} },
-    { name: 'python', title: `python3 bench/pychurn.py ${SIZES.peakPyRounds} (PYTHONMALLOC=malloc)`,
-      cmd: [PYTHON, '-s', join(BENCH, 'pychurn.py'), String(SIZES.peakPyRounds)], env: PY_ENV },
+/** A program of the peak part: its command under a profiler prefix (heaptap run ... --, or
+ * valgrind --tool=massif ...). gcc runs cc1 alone under it, as the real part does. */
+interface PeakProg {
+  name: string;
+  title: string;
+  cmd(prefix: string[], dir: string): Promise<{ cmd: string[]; env: Record<string, string> }>;
+}
+
+function peakProgs(): PeakProg[] {
+  const spike = join(ROOT, 'test/fixtures/build/spike');
+  return [
+    {
+      name: 'spike', title: `spike --mib ${SIZES.peakSpikeMib} (a spike held 1 ms, test/fixtures/spike.c)`,
+      cmd: async (prefix) => ({ cmd: [...prefix, spike, '--mib', String(SIZES.peakSpikeMib), '--hold-us', '1000'], env: {} }),
+    },
+    {
+      name: 'python', title: `python3 bench/pychurn.py ${SIZES.peakPyRounds} (PYTHONMALLOC=malloc)`,
+      cmd: async (prefix) => ({ cmd: [...prefix, PYTHON, '-s', join(BENCH, 'pychurn.py'), String(SIZES.peakPyRounds)], env: PY_ENV }),
+    },
+    {
+      name: 'gcc', title: `gcc -O2 -c on a generated C file (${SIZES.peakGccModules} modules; cc1 only)`,
+      async cmd(prefix, dir) {
+        const src = join(RUNS, `peak-gen-${SIZES.peakGccModules}.c`);
+        if (!existsSync(src)) {
+          const gen = [PYTHON, join(BENCH, 'gen_c.py'), String(SIZES.peakGccModules), src];
+          recordCmd('peak gcc input', gen, {});
+          await run('peak-gen_c', gen);
+        }
+        return {
+          cmd: ['gcc', '-O2', '-c', src, '-o', join(dir, 'out.o'), '-wrapper', join(BENCH, 'accuracy-wrap.sh')],
+          env: { BENCH_CC1_PROFILER: prefix.join(' ') },
+        };
+      },
+    },
+    {
+      name: 'sqlite', title: `sqlite3 :memory: < bench/sqlite-peak.sql (${SIZES.peakSqliteRows} rows, an index, a sort)`,
+      async cmd(prefix, dir) {
+        const sql = join(dir, 'peak.sql');
+        writeFileSync(sql, readFileSync(join(BENCH, 'sqlite-peak.sql'), 'utf8').replaceAll('$ROWS', String(SIZES.peakSqliteRows)));
+        return { cmd: [...prefix, 'sqlite3', ':memory:', '-init', sql, '.quit'], env: {} };
+      },
+    },
   ];
+}
+
+/** The run's peak `heaptap run` printed (its exact byte count) in the run's log. */
+function summaryPeak(name: string): number {
+  const log = readFileSync(join(LOGS, `${name}.log`), 'utf8');
+  const m = /^ {2}peak in use +\S+ \S+ \(([\d,]+) bytes\)/m.exec(log);
+  if (!m) throw new Error(`no peak line in ${join(LOGS, name + '.log')}`);
+  return Number(m[1]!.replaceAll(',', ''));
+}
+
+async function peakPart(results: Record<string, unknown>): Promise<string> {
   const parts: string[] = [
-    '### Peak in use: heaptap\'s peak profile against massif\'s peak snapshot',
+    '### Peak in use: heaptap\'s peak against massif\'s peak snapshot',
     '',
-    '`heaptap run` reads the regions every --interval (100 ms by default) and keeps the profile of ' +
-    'the poll with the highest total in use (the heap.pb.gz beside it is in use at exit). massif ' +
-    'runs the same program under valgrind with --peak-inaccuracy=0, so its peak snapshot is at the ' +
-    'exact peak of requested bytes (mem_heap_B; its allocator overhead, mem_heap_extra_B, is left ' +
-    'out, as heaptap does not see it). Sites are the top 5 at massif\'s peak; errors are against massif.',
+    'The heaptap library keeps the peak where it happens: at every sampled allocation and free it ' +
+    'updates its in-use estimate and, at a new high, the peak, its time and (lazily) each stack\'s ' +
+    'in use at that moment (docs/peak.md). `heaptap run` prints that peak and writes the stacks as ' +
+    'peak.pb.gz; no poll is involved. massif runs the same program under valgrind with ' +
+    '--peak-inaccuracy=0, so its peak snapshot is at the exact peak of requested bytes (mem_heap_B; ' +
+    'its allocator overhead, mem_heap_extra_B, is left out, as heaptap does not see it). The total ' +
+    'is the peak `heaptap run` reports; sites are the top 5 at massif\'s peak, from peak.pb.gz; ' +
+    'errors are against massif.',
   ];
   const out: Record<string, unknown> = {};
-  for (const p of progs) {
+  for (const p of peakProgs()) {
     const got = await attempt(`peak: ${p.name} under massif and heaptap`, async () => {
       const name = `peak-${p.name}-massif`;
       const dir = runDir(name);
       const f = join(dir, 'massif.out');
-      const cmd = ['valgrind', '--tool=massif', '-q', '--threshold=0', '--peak-inaccuracy=0', '--detailed-freq=1000000',
-        `--massif-out-file=${f}`, ...p.cmd];
-      recordCmd(name, cmd, p.env);
-      await run(name, cmd, p.env);
+      const massifPrefix = ['valgrind', '--tool=massif', '-q', '--threshold=0', '--peak-inaccuracy=0', '--detailed-freq=1000000',
+        `--massif-out-file=${f}`];
+      const m = await p.cmd(massifPrefix, dir);
+      recordCmd(name, m.cmd, m.env);
+      await run(name, m.cmd, m.env);
       const massif = readMassifPeak(readFileSync(f, 'utf8'), f);
-      const hp: Record<string, Sites[]> = {};
+      const hp: Record<string, Array<{ total: number; sites: Sites }>> = {};
       const confs: Array<[string, HeaptapOpts]> = [];
       for (let seed = 1; seed <= SIZES.peakSeeds; seed++) confs.push(['heaptap', { seed }]);
-      confs.push(['heaptap-r1', { seed: 1, rate: 1 }], ['heaptap-r1-10ms', { seed: 1, rate: 1, interval: '10ms' }]);
+      confs.push(['heaptap-r1', { seed: 1, rate: 1 }]);
       for (const [c, o] of confs) {
-        const r = await heaptap(`peak-${p.name}-${c}-seed${o.seed}`, p.cmd, o, p.env);
-        (hp[c] ??= []).push(r.peak);
-        // At the default rate a small heap's peak can hold no sample (python's ~2 MiB: about
-        // 4 expected); at rate 1 an empty peak is a fault.
-        if (o.rate === 1 && !totalOf(r.peak, 'inuseBytes')) throw new Error(`${c}: an empty peak profile`);
+        const rname = `peak-${p.name}-${c}-seed${o.seed}`;
+        const rdir = runDir(rname);
+        const h = heaptapCmd(rdir, o);
+        const w = await p.cmd(h.cmd, rdir);
+        const e = { ...w.env, ...h.env };
+        recordCmd(rname, w.cmd, e);
+        await run(rname, w.cmd, e);
+        const peak = await readPprof(onlyFile(rdir, /^heaptap\.\d+\.peak\.pb\.gz$/, 'peak profile'));
+        (hp[c] ??= []).push({ total: summaryPeak(rname), sites: peak });
+        if (o.rate === 1 && !totalOf(peak, 'inuseBytes')) throw new Error(`${c}: an empty peak profile`);
       }
       return { massif, hp };
     });
@@ -608,21 +666,21 @@ async function peakPart(results: Record<string, unknown>): Promise<string> {
     const { massif, hp } = got;
     const top = [...massif.sites].filter(([k]) => k !== NO_SITE).sort((a, b) => b[1] - a[1]).slice(0, 5).map(([k]) => k);
     const cell = (c: string, site?: string) => {
-      const v = hp[c]!.map((s) => (site ? s.get(site)?.inuseBytes ?? 0 : totalOf(s, 'inuseBytes')));
+      const v = hp[c]!.map((r) => (site ? r.sites.get(site)?.inuseBytes ?? 0 : r.total));
       const want = site ? massif.sites.get(site) ?? 0 : massif.heapBytes;
       return [mib(v[0]!), pct(rel(v[0]!, want))].join(' ') + (v.length > 1 ? `; ${SIZES.peakSeeds} seeds ${spread(v.map((x) => rel(x, want)))}` : '');
     };
-    const rows = [['**total in use**', mib(massif.heapBytes), cell('heaptap'), cell('heaptap-r1'), cell('heaptap-r1-10ms')],
-      ...top.map((s) => ['`' + s + '`', mib(massif.sites.get(s)!), cell('heaptap', s), cell('heaptap-r1', s), cell('heaptap-r1-10ms', s)])];
+    const rows = [['**peak in use**', mib(massif.heapBytes), cell('heaptap'), cell('heaptap-r1')],
+      ...top.map((s) => ['`' + s + '`', mib(massif.sites.get(s)!), cell('heaptap', s), cell('heaptap-r1', s)])];
     out[p.name] = {
       massif: { heapBytes: massif.heapBytes, extraBytes: massif.extraBytes, sites: Object.fromEntries(top.map((s) => [s, massif.sites.get(s)])) },
-      heaptap: Object.fromEntries(Object.entries(hp).map(([c, runs]) => [c, runs.map((s) => ({
-        total: totalOf(s, 'inuseBytes'), sites: Object.fromEntries(top.map((k) => [k, s.get(k)?.inuseBytes ?? 0])) }))])),
+      heaptap: Object.fromEntries(Object.entries(hp).map(([c, runs]) => [c, runs.map((r) => ({
+        total: r.total, sites: Object.fromEntries(top.map((k) => [k, r.sites.get(k)?.inuseBytes ?? 0])) }))])),
     };
     parts.push('', `#### ${p.title}`, '',
       `massif's peak: ${mib(massif.heapBytes)} requested (+ ${mib(massif.extraBytes)} allocator overhead).`, '',
-      table(['at the peak', 'massif', 'heaptap, default rate, seed 1 (error); spread', 'heaptap rate 1', 'heaptap rate 1, --interval 10ms'],
-        ['---', '---:', '---:', '---:', '---:'], rows));
+      table(['at the peak', 'massif', 'heaptap, default rate, seed 1 (error); spread', 'heaptap rate 1'],
+        ['---', '---:', '---:', '---:'], rows));
   }
   results.peak = out;
   parts.push(note('accuracy-peak'));

@@ -92,7 +92,7 @@ DEPS=(
 	"/usr/bin/valgrind valgrind" "/usr/bin/callgrind_annotate valgrind"
 	"/usr/bin/heaptrack heaptrack" "/usr/bin/zstd zstd"
 	"/usr/bin/redis-server redis-server" "/usr/bin/redis-benchmark redis-tools"
-	"/usr/bin/redis-cli redis-tools"
+	"/usr/bin/redis-cli redis-tools" "/usr/bin/sqlite3 sqlite3"
 	"$JEMALLOC libjemalloc2" "/usr/include/jemalloc/jemalloc.h libjemalloc-dev"
 	"$TCMALLOC libgoogle-perftools4" "/usr/bin/google-pprof google-perftools"
 	"$LIBDIR/libtcmalloc.so libgoogle-perftools-dev"

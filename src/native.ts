@@ -14,8 +14,8 @@ import type { NativeSymbolizerConstructor } from './symbolize.ts';
 
 /** What addon.cc exports; each method's contract is stated above it there. */
 export interface NativeBinding {
-  readRegion(path: string, sinceStack?: number): RegionSnapshot;
-  readRegionAsync(path: string, sinceStack?: number): Promise<RegionSnapshot>;
+  readRegion(path: string, sinceStack?: number, sincePoint?: number | bigint): RegionSnapshot;
+  readRegionAsync(path: string, sinceStack?: number, sincePoint?: number | bigint): Promise<RegionSnapshot>;
   writeControl(path: string, control: ControlUpdate): void;
   dedupeFrames(frames: BigUint64Array): { unique: BigUint64Array; index: Uint32Array };
   trimMemory(): void;

@@ -6,7 +6,8 @@
 //   heap view     default_sample_type unset (consumers show the last type: inuse_space)
 //   allocs view   default_sample_type = alloc_space
 // Values are the unsampled estimates the preload keeps (the region counters already hold
-// 1/p-weighted objects and bytes); in-use is alloc - free, clamped at 0.
+// 1/p-weighted objects and bytes); in-use is the reader's (src/region.ts RegionCounters:
+// alloc - free per stack, clamped at 0).
 //
 // The builder has no CLI or HTTP concerns: it takes snapshots and a symbolizer and returns
 // a pprof-format Profile; encodeProfile() gzips it. A symbolizer is any object with the
@@ -179,16 +180,16 @@ function planProfile(inputs: readonly ProfileInput[], opts: { view: ProfileView 
       const id = c.ids[i]!;
       const ao = c.allocObjects[i]!;
       const ab = c.allocBytes[i]!;
-      const fo = c.freeObjects[i]!;
-      const fb = c.freeBytes[i]!;
       const b = base?.get(id);
       const dao = b ? sub(ao, b.allocObjects) : ao;
       const dab = b ? sub(ab, b.allocBytes) : ab;
+      // in use by the reader's one rule (counters.inuseBytes: alloc - free per stack,
+      // clamped at 0), so a profile's total is the process's in use everywhere else
       const values: Row['values'] = [
         Math.round(objectsToNumber(dao)),
         num(dab),
-        Math.round(objectsToNumber(sub(ao, fo))),
-        num(sub(ab, fb)),
+        Math.round(objectsToNumber(c.inuseObjects[i]!)),
+        num(c.inuseBytes[i]!),
       ];
       if (values.every((v) => v === 0 || v === 0n)) continue;
       const objs = objectsToNumber(ao);

@@ -58,6 +58,22 @@ export interface RegionHeader {
   slabFolds: bigint;
   /** HT_DROP_SLOTS events counters; index i is constants.dropReasons[i] (for i < DROP_COUNT). */
   drops: BigUint64Array;
+  /** HT_FEATURE_* bits: what the writer keeps beyond layout 1.0 (0: a writer from before
+   * features existed; everything below is then 0 and the sections empty) */
+  features: number;
+  /** FEATURE_PEAK: the writer's process-wide estimate of bytes in use now (signed) */
+  inuseBytes: bigint;
+  /** FEATURE_PEAK: estimated bytes allocated, cumulative */
+  allocBytes: bigint;
+  /** FEATURE_PEAK: the high-water mark of inuseBytes, its time (CLOCK_REALTIME ns) and
+   * generation, read with counters.peakBytes (see RegionSnapshot.peak) */
+  peakBytes: bigint;
+  peakNs: bigint;
+  peakGen: bigint;
+  /** FEATURE_TIMELINE: points claimed so far (point n is in slot n % timeline.capacity) */
+  timelineNext: bigint;
+  timeline: Section;
+  sharedPeak: Section;
 }
 
 /** struct ht_control, as the sidecar last wrote it. */
@@ -96,7 +112,13 @@ export interface RegionStacks {
 }
 
 /** Per-stack totals over slabs and the shared table, only stacks with a non-zero counter,
- * ids ascending. Every id has a READY record with id < header.stacksUsed. */
+ * ids ascending. Every id has a READY record with id < header.stacksUsed.
+ *
+ * In use is computed by the reader, by one rule for every consumer (profiles, metrics,
+ * summaries): a stack's alloc - free summed over its rows, clamped at 0; a process's in
+ * use is the sum over its stacks (RegionSnapshot.inuseBytes), so that a profile's total
+ * and the metric agree. peak* are each stack's in use at the peak (FEATURE_PEAK; zeros
+ * without it). */
 export interface RegionCounters {
   ids: Uint32Array;
   allocObjects: BigUint64Array;
@@ -104,6 +126,39 @@ export interface RegionCounters {
   freeObjects: BigUint64Array;
   freeBytes: BigUint64Array;
   samples: BigUint64Array;
+  inuseObjects: BigUint64Array;
+  inuseBytes: BigUint64Array;
+  peakObjects: BigUint64Array;
+  peakBytes: BigUint64Array;
+}
+
+/** The high-water mark of the writer's in-use estimate (FEATURE_PEAK), read in the same
+ * pass as counters.peakBytes. */
+export interface RegionPeak {
+  bytes: bigint;
+  /** CLOCK_REALTIME ns when it was reached (0n: no peak yet) */
+  ns: bigint;
+  gen: bigint;
+  /** false: the peak kept moving while the snapshot was taken (a heap that grows at every
+   * sample); the per-stack values are then approximate */
+  settled: boolean;
+  /** sum of counters.peakBytes: the peak profile's total (equal to bytes for a single
+   * thread; other threads' events at the moment of a peak may fall on either side) */
+  stackBytes: bigint;
+}
+
+/** Timeline points (FEATURE_TIMELINE) from sincePoint on, in order; each was read whole. */
+export interface RegionTimeline {
+  /** point numbers (n), ascending */
+  index: BigUint64Array;
+  /** CLOCK_REALTIME ns */
+  ns: BigUint64Array;
+  inuseBytes: BigInt64Array;
+  allocBytes: BigUint64Array;
+  /** resident memory of the process then, bytes (0: unknown) */
+  rssBytes: BigUint64Array;
+  /** pass as sincePoint next time (points from it on may come again: dedupe by index) */
+  next: bigint;
 }
 
 export interface RegionSnapshot {
@@ -114,7 +169,14 @@ export interface RegionSnapshot {
   modules: RegionModule[];
   stacks: RegionStacks;
   counters: RegionCounters;
-  /** snapshot attempts redone because a slab fold was under way */
+  /** in use (sum of counters.inuseBytes / inuseObjects, objects in fixed point) */
+  inuseBytes: bigint;
+  inuseObjects: bigint;
+  /** null without FEATURE_PEAK */
+  peak: RegionPeak | null;
+  timeline: RegionTimeline;
+  /** snapshot attempts redone because a slab fold was under way, or the peak moved while
+   * its rows were read (at most constants.PEAK_ATTEMPTS of those) */
   retries: number;
   /** records, rows or entries skipped as inconsistent; 0 for a well-behaved writer */
   malformed: number;
@@ -160,6 +222,9 @@ export interface RegionConstants {
   readonly STACK_SYNTHETIC: number;
   readonly FLAG_EXACT: number;
   readonly FLAG_FORK_CHILD: number;
+  readonly FEATURE_PEAK: number;
+  readonly FEATURE_TIMELINE: number;
+  readonly PEAK_ATTEMPTS: number;
   readonly MODULE_MAIN: number;
   readonly MODULE_VDSO: number;
   readonly MODULE_SELF: number;
@@ -190,6 +255,8 @@ export interface RegionLayout {
     counters: number;
     slabHeader: number;
     slabEntry: number;
+    peak: number;
+    timelinePoint: number;
   };
   header: Record<string, number>;
   module: Record<string, number>;
@@ -214,14 +281,15 @@ export const layout: RegionLayout = native.layout;
 export const OBJ_ONE = constants.OBJ_ONE;
 
 /** Reads one consistent snapshot of the region at path. Stack records are returned from
- * sinceStack on (pass the previous snapshot's stacks.next to read only new ones). */
-export function readRegion(path: string, sinceStack = 0): RegionSnapshot {
-  return native.readRegion(path, sinceStack);
+ * sinceStack on (pass the previous snapshot's stacks.next to read only new ones), timeline
+ * points from sincePoint on (pass timeline.next). */
+export function readRegion(path: string, sinceStack = 0, sincePoint: number | bigint = 0): RegionSnapshot {
+  return native.readRegion(path, sinceStack, sincePoint);
 }
 
 /** readRegion on the libuv thread pool: it may sleep between retries during a slab fold. */
-export function readRegionAsync(path: string, sinceStack = 0): Promise<RegionSnapshot> {
-  return native.readRegionAsync(path, sinceStack);
+export function readRegionAsync(path: string, sinceStack = 0, sincePoint: number | bigint = 0): Promise<RegionSnapshot> {
+  return native.readRegionAsync(path, sinceStack, sincePoint);
 }
 
 /** Writes the control area of the region at path (only the given fields) and bumps its seq. */
@@ -250,8 +318,10 @@ export function gzipBuffer(data: Uint8Array, level = 1): Promise<Buffer> {
 /** What encodeSamples reads: one process's counters (and a delta's base), its stacks'
  * location lists, and the profile's string and location indices it needs. */
 export interface EncodeSamplesArgs {
-  counters: Pick<RegionSnapshot['counters'], 'ids' | 'allocObjects' | 'allocBytes' | 'freeObjects' | 'freeBytes'>;
-  base?: Pick<RegionSnapshot['counters'], 'ids' | 'allocObjects' | 'allocBytes' | 'freeObjects' | 'freeBytes'>;
+  /** in use is taken from inuseObjects / inuseBytes (the reader's rule, or each stack's
+   * in use at the peak for a peak profile) */
+  counters: Pick<RegionSnapshot['counters'], 'ids' | 'allocObjects' | 'allocBytes' | 'freeObjects' | 'freeBytes' | 'inuseObjects' | 'inuseBytes'>;
+  base?: Pick<RegionSnapshot['counters'], 'ids' | 'allocObjects' | 'allocBytes' | 'freeObjects' | 'freeBytes' | 'inuseObjects' | 'inuseBytes'>;
   /** in-use values become snapshot - base too (Go's ?seconds=N) */
   fullDelta: boolean;
   /** per stack id: its location ids as packed varints, packed[packedStart .. +packedLen);

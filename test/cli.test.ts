@@ -60,7 +60,7 @@ test('an unreadable region is a clear message and exit code 2', async (t) => {
 
 test('--help documents every option and environment variable', async (t) => {
   const want: Record<string, string[]> = {
-    run: ['--output', '-o', '--rate', '--depth', '--interval', '--keep-regions', '--help', 'HEAPTAP_DIR', 'HEAPTAP_SAMPLE_RATE', 'HEAPTAP_MAX_DEPTH', 'LD_PRELOAD', 'SIGTERM', '128', 'heaptap.<pid>.heap.pb.gz', 'heaptap.<pid>.peak.pb.gz'],
+    run: ['--output', '-o', '--rate', '--depth', '--interval', '--chart', '--no-chart', '--keep-regions', '--help', 'HEAPTAP_DIR', 'HEAPTAP_SAMPLE_RATE', 'HEAPTAP_MAX_DEPTH', 'LD_PRELOAD', 'SIGTERM', '128', 'heaptap.<pid>.heap.pb.gz', 'heaptap.<pid>.peak.pb.gz'],
     list: ['--dir', '--help', 'HEAPTAP_DIR'],
     snapshot: ['--output', '-o', '--view', 'heap', 'allocs', '--dir', '--help', 'HEAPTAP_DIR'],
     top: ['--sample-index', '--nodes', '-n', '--dir', '--help', 'HEAPTAP_DIR'],
@@ -174,7 +174,7 @@ test('run writes heap and peak profiles that parse, and a summary', async (t) =>
   t.true((atPeak.get('site_ws') ?? 0) > 1 << 20, 'the working set was live at the peak');
   for (const line of [
     /^heaptap: .*churn .* exited with code 0 after [\d.]+ s \(1 process, 1 image; every allocation recorded\)$/m,
-    /^ {2}peak in use {5}[\d.]+ MiB at [\d.]+ s$/m,
+    /^ {2}peak in use {5}[\d.]+ MiB \([\d,]+ bytes\) at [\d.]+ s$/m,
     /^ {2}allocated {7}1\d\d MiB in [\d,]+ objects$/m,
     /^ {2}in use at exit {2}1\.0\d MiB$/m,
     /^ {2}top sites by bytes allocated:\n( {4}.*\n){10}\n/m,

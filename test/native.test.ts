@@ -29,11 +29,14 @@ import {
   STACK_SYNTHETIC,
   STACK_TRUNCATED,
   STATE_EXITED,
+  FEATURE_PEAK,
+  FEATURE_TIMELINE,
   buildRegion,
   sampleSpec,
   tempDir,
   writeRegion,
   type Counters,
+  type RegionSpec,
 } from './helpers/regionBuilder.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -551,6 +554,8 @@ test('encodeSamples: out-of-range stack arrays make a row unknown, never a bad r
     allocBytes: BigUint64Array.from([8n, 8n, 8n]),
     freeObjects: new BigUint64Array(3),
     freeBytes: new BigUint64Array(3),
+    inuseObjects: BigUint64Array.from([65536n, 65536n, 65536n]),
+    inuseBytes: BigUint64Array.from([8n, 8n, 8n]),
   };
   const args = {
     counters, fullDelta: false,
@@ -571,6 +576,206 @@ test('encodeSamples: out-of-range stack arrays make a row unknown, never a bad r
   t.true(open.length > 0);
   t.throws(() => native.encodeSamples({ ...args, packed: new Int8Array(1) as unknown as Uint8Array }), { instanceOf: TypeError });
   t.throws(() => native.encodeSamples({ ...args, counters: { ...counters, freeBytes: new BigUint64Array(2) } }), { instanceOf: RangeError });
+  t.throws(() => native.encodeSamples({ ...args, counters: { ...counters, inuseBytes: new BigUint64Array(2) } }), { instanceOf: RangeError });
+  // in use is the inuse columns as given (a peak profile passes the values at the peak)
+  const { inuseBytes: _drop, ...noInuse } = counters;
+  t.throws(() => native.encodeSamples({ ...args, counters: noInuse as typeof counters }), { instanceOf: TypeError });
   t.throws(() => native.encodeSamples({ ...args, packedLen: new Uint32Array(2) }), { instanceOf: RangeError });
   t.throws(() => native.encodeSamples({ ...args, pid: -1 }), { instanceOf: RangeError });
+});
+
+// ---- the peak and the timeline (HT_FEATURE_PEAK, HT_FEATURE_TIMELINE) -------------------
+
+const G = 5n;
+/** A region of a writer with both features: rows whose ht_peak is of the latest peak (G),
+ * of an older one, negative rows, and a shared row changed since the peak. */
+function peakSpec(): RegionSpec {
+  return {
+    features: FEATURE_PEAK | FEATURE_TIMELINE,
+    stacks: [{ frames: [0x401000n] }, { frames: [0x402000n] }, { frames: [0x403000n] }],
+    peak: { inuseBytes: 3000n, allocBytes: 9000n, peakBytes: 5000n, peakNs: 1_700_000_000_123_000_000n, peakGen: G },
+    slabs: [
+      {
+        state: SLAB_ACTIVE,
+        entries: [
+          // changed since the peak: its ht_peak holds what it had then
+          { stackId: 2, counters: { allocObjects: 40n * OBJ_ONE, allocBytes: 4000n, freeObjects: 10n * OBJ_ONE, freeBytes: 1000n, samples: 40n },
+            peak: { gen: G, bytes: 3500n, objects: 35n * OBJ_ONE } },
+          // not changed since the peak (its ht_peak is of an older one): it holds now what it had then
+          { stackId: 3, counters: { allocObjects: 5n * OBJ_ONE, allocBytes: 500n, samples: 5n },
+            peak: { gen: G - 1n, bytes: 99n, objects: 99n } },
+        ],
+      },
+      {
+        state: SLAB_RETIRED,
+        // freed here what another thread allocated: negative on its own
+        entries: [{ stackId: 2, counters: { allocBytes: 100n, freeBytes: 300n, allocObjects: OBJ_ONE, freeObjects: 3n * OBJ_ONE, samples: 1n },
+          peak: { gen: G, bytes: -100n, objects: -OBJ_ONE } }],
+      },
+      // a FREE slab's rows count for nothing, peak rows included
+      { state: 0, entries: [{ stackId: 4, counters: { allocBytes: 77n, samples: 1n }, peak: { gen: G, bytes: 77n, objects: OBJ_ONE } }] },
+    ],
+    shared: [
+      { stackId: 4, counters: { allocObjects: 20n * OBJ_ONE, allocBytes: 2000n, freeObjects: 20n * OBJ_ONE, freeBytes: 2000n, samples: 20n },
+        peak: { gen: G, bytes: 1100n, objects: 11n * OBJ_ONE } },
+      { stackId: 2, counters: { allocObjects: 10n * OBJ_ONE, allocBytes: 1000n, samples: 10n } },
+    ],
+    timeline: {
+      capacity: 8,
+      points: [0, 1, 2, 3, 4, 5].map((n) => ({
+        n, ns: 1_700_000_000_000_000_000n + BigInt(n) * 10_000_000n, inuseBytes: BigInt(n * 100 - 50),
+        allocBytes: BigInt(n * 1000), rssBytes: BigInt(1 << 20) + BigInt(n),
+      })),
+    },
+  };
+}
+
+function peaksOf(s: RegionSnapshot): Map<number, { bytes: bigint; objects: bigint }> {
+  const m = new Map<number, { bytes: bigint; objects: bigint }>();
+  s.counters.ids.forEach((id, i) => m.set(id, { bytes: s.counters.peakBytes[i]!, objects: s.counters.peakObjects[i]! }));
+  return m;
+}
+
+test('in use at the peak per stack: the row\'s ht_peak when of the latest peak, else the row as it is, summed and clamped', (t) => {
+  const r = fresh(peakSpec());
+  const s = native.readRegion(r.path);
+  t.is(s.malformed, 0, s.firstMalformed);
+  t.deepEqual(peaksOf(s), r.expectedPeak);
+  // stack 2: 3500 (slab 0, of G) - 100 (slab 1, of G) + 1000 (shared, no ht_peak: as it is)
+  t.deepEqual(peaksOf(s).get(2), { bytes: 4400n, objects: 44n * OBJ_ONE });
+  t.deepEqual(peaksOf(s).get(3), { bytes: 500n, objects: 5n * OBJ_ONE }); // older gen: as it is
+  t.deepEqual(peaksOf(s).get(4), { bytes: 1100n, objects: 11n * OBJ_ONE }); // freed since, held 1100 then
+  t.deepEqual(s.peak, { bytes: 5000n, ns: 1_700_000_000_123_000_000n, gen: G, settled: true, stackBytes: 6000n });
+  const h = s.header;
+  t.is(h.features, FEATURE_PEAK | FEATURE_TIMELINE);
+  t.is(h.inuseBytes, 3000n);
+  t.is(h.allocBytes, 9000n);
+  t.is(h.peakBytes, 5000n);
+  t.is(h.timelineNext, 6n);
+  t.is(h.timeline.capacity, 8);
+  t.is(h.sharedPeak.capacity, 64);
+});
+
+test('in use per stack and per process follow one rule: alloc - free per stack clamped at 0, summed', (t) => {
+  const r = fresh(peakSpec());
+  const s = native.readRegion(r.path);
+  const want = new Map([...r.expected].map(([id, c]) => [id, c.allocBytes > c.freeBytes ? c.allocBytes - c.freeBytes : 0n]));
+  t.deepEqual(new Map([...s.counters.ids].map((id, i) => [id, s.counters.inuseBytes[i]!])), want);
+  t.is(s.inuseBytes, [...want.values()].reduce((a, b) => a + b, 0n));
+  // A stack freed more than it allocated (in rows read at different moments) counts 0, not
+  // less: the process total is not sum(alloc) - sum(free).
+  const neg = fresh({
+    stacks: [{ frames: [1n] }, { frames: [2n] }],
+    shared: [{ stackId: 2, counters: { allocBytes: 100n, samples: 1n } }, { stackId: 3, counters: { allocBytes: 10n, freeBytes: 60n, samples: 1n } }],
+  });
+  const n = native.readRegion(neg.path);
+  t.deepEqual([...n.counters.inuseBytes], [100n, 0n]);
+  t.is(n.inuseBytes, 100n);
+});
+
+test('a region from a writer without features reads as before: no peak, no timeline, whatever its reserved words hold', (t) => {
+  const r = fresh(sampleSpec());
+  // Words a newer writer uses, holding garbage in an old region: never read without the bit.
+  r.buf.writeBigUInt64LE(0xdeadn, HDR.peakBytes);
+  r.buf.writeBigUInt64LE(7n, HDR.peakGen);
+  r.buf.writeBigUInt64LE(123n, HDR.timelineNext);
+  r.buf.writeBigUInt64LE(0xffffffffffffn, HDR.sharedPeak); // an offset past the file
+  r.buf.writeBigUInt64LE(3n, HDR.timeline);
+  writeFileSync(r.path, r.buf);
+  const s = native.readRegion(r.path);
+  t.is(s.malformed, 0, s.firstMalformed);
+  t.deepEqual(countersOf(s), r.expected);
+  t.is(s.header.features, 0);
+  t.is(s.peak, null);
+  t.is(s.header.peakBytes, 0n);
+  t.is(s.header.timelineNext, 0n);
+  t.is(s.header.inuseBytes, 0n);
+  t.deepEqual(s.header.timeline, { offset: 0, bytes: 0, capacity: 0, entryBytes: 0 });
+  t.true(s.counters.peakBytes.every((v) => v === 0n));
+  t.is(s.timeline.ns.length, 0);
+  // in use is still given, by the same rule
+  t.is(s.inuseBytes, [...r.expected.values()].reduce((a, c) => a + (c.allocBytes > c.freeBytes ? c.allocBytes - c.freeBytes : 0n), 0n));
+});
+
+test('unknown feature bits are ignored (they cover only what this reader does not read)', (t) => {
+  const spec = peakSpec();
+  spec.features = 0xfffffffc; // every bit but PEAK and TIMELINE
+  const s = native.readRegion(fresh(spec).path);
+  t.is(s.peak, null);
+  t.is(s.timeline.ns.length, 0);
+  t.is(s.header.features, 0xfffffffc);
+});
+
+function timelineOf(s: RegionSnapshot) {
+  const tl = s.timeline;
+  return [...tl.index].map((n, i) => ({ n, ns: tl.ns[i]!, inuse: tl.inuseBytes[i]!, alloc: tl.allocBytes[i]!, rss: tl.rssBytes[i]! }));
+}
+
+test('timeline points come in order from sincePoint on, with next to pass back', (t) => {
+  const r = fresh(peakSpec());
+  const s = native.readRegion(r.path);
+  const pts = timelineOf(s);
+  t.deepEqual(pts.map((p) => p.n), [0n, 1n, 2n, 3n, 4n, 5n]);
+  t.deepEqual(pts[0], { n: 0n, ns: 1_700_000_000_000_000_000n, inuse: -50n, alloc: 0n, rss: 1048576n });
+  t.is(s.timeline.next, 6n);
+  t.deepEqual(timelineOf(native.readRegion(r.path, 0, 4)).map((p) => p.n), [4n, 5n]);
+  t.deepEqual(timelineOf(native.readRegion(r.path, 0, 6n)), []);
+  // a sincePoint beyond what the writer has claimed (another region's): from the start
+  t.is(native.readRegion(r.path, 0, 1000).timeline.index.length, 6);
+  t.throws(() => native.readRegion(r.path, 0, -1), { instanceOf: RangeError });
+  t.throws(() => native.readRegion(r.path, 0, 'x' as unknown as number), { instanceOf: TypeError });
+});
+
+test('a wrapped timeline gives the last capacity points; a slot being written or not yet cleared is a gap that next points at', (t) => {
+  const base = 1_700_000_000_000_000_000n;
+  const pt = (n: number, ns = base + BigInt(n) * 1000n) => ({ n, ns, inuseBytes: BigInt(n), allocBytes: BigInt(n), rssBytes: 0n });
+  const spec = peakSpec();
+  spec.timeline = { capacity: 4, points: [6, 7, 8, 9].map((n) => pt(n)) };
+  const wrapped = native.readRegion(fresh(spec).path);
+  t.deepEqual(timelineOf(wrapped).map((p) => p.n), [6n, 7n, 8n, 9n]);
+  t.is(wrapped.timeline.next, 10n);
+
+  // slot of point 8 being written (ns 0): skipped; 9 still comes; next is 8
+  spec.timeline = { capacity: 4, points: [pt(6), pt(7), pt(8, 0n), pt(9)] };
+  const torn = native.readRegion(fresh(spec).path);
+  t.deepEqual(timelineOf(torn).map((p) => p.n), [6n, 7n, 9n]);
+  t.is(torn.timeline.next, 8n);
+
+  // point 9 claimed but its slot still holds point 5 (one lap older): not taken
+  spec.timeline = { capacity: 4, next: 10n, points: [pt(5), pt(6), pt(7), pt(8)] };
+  const claimed = native.readRegion(fresh(spec).path);
+  t.deepEqual(timelineOf(claimed).map((p) => p.n), [6n, 7n, 8n]);
+  t.is(claimed.timeline.next, 9n);
+});
+
+test('reading a sparse region does not touch the shared peak or timeline pages the writer never reserved', (t) => {
+  const spec = peakSpec();
+  spec.capacities = { shared: 2048, stacks: 2048 }; // shared peak rows over 12 pages, most never written
+  spec.timeline = { capacity: 1024, next: 3000n, points: [2990, 2991].map((n) => ({ n, ns: 1n + BigInt(n), inuseBytes: 1n, allocBytes: 1n, rssBytes: 1n })) };
+  const built = buildRegion(spec);
+  const path = join(dir, 'sparse-peak.heaptap');
+  const fd = openSync(path, 'w+');
+  ftruncateSync(fd, built.buf.length);
+  const holes = [built.sections.sharedPeak, built.sections.timeline];
+  for (let at = 0; at < built.buf.length; at += 4096) {
+    const page = built.buf.subarray(at, at + 4096);
+    const inHoles = holes.some((h) => at >= h.offset && at < h.offset + h.bytes);
+    if (!inHoles || page.some((b) => b !== 0)) writeSync(fd, page, 0, page.length, at);
+  }
+  closeSync(fd);
+  const before = statSync(path).blocks;
+  // stacks_used past the written shared rows, and counts in a row whose ht_peak lies on a
+  // hole, as a hostile writer might leave them
+  const w = openSync(path, 'r+');
+  const word = Buffer.alloc(8);
+  word.writeUInt32LE(2048);
+  writeSync(w, word, 0, 4, HDR.stacksUsed);
+  word.writeBigUInt64LE(64n);
+  writeSync(w, word, 0, 8, built.sections.shared.offset + 1500 * SIZES.counters + 8);
+  closeSync(w);
+  const s = native.readRegion(path);
+  t.regex(s.firstMalformed, /counts for stack id 1500 whose record is not ready/);
+  t.deepEqual(peaksOf(s), built.expectedPeak);
+  t.deepEqual(timelineOf(s).map((p) => p.n), [2990n, 2991n]);
+  t.is(statSync(path).blocks, before);
 });

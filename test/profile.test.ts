@@ -14,7 +14,7 @@ import {
   str,
 } from '../src/profile.ts';
 import { constants } from '../src/region.ts';
-import { LIBC, MAIN, ONE, fakeSymbolizer, module, snapshot } from './helpers/fakeRegion.ts';
+import { LIBC, MAIN, ONE, counters, fakeSymbolizer, module, snapshot } from './helpers/fakeRegion.ts';
 
 function roundTrip(p: Profile): Profile {
   return Profile.decode(p.encode());
@@ -219,14 +219,14 @@ test('merges regions into one profile with pid and exe labels and a mapping per 
 test('stack records read earlier are used besides the snapshot\'s own', (t) => {
   const early = snapshot(5, [{ id: 2, frames: [0x400110n], alloc: [1, 8] }]);
   const later = snapshot(5, [{ id: 3, frames: [0x400120n], alloc: [1, 8] }]);
-  later.counters = {
+  later.counters = counters({
     ids: Uint32Array.of(2, 3),
     allocObjects: BigUint64Array.of(ONE, ONE),
     allocBytes: BigUint64Array.of(8n, 8n),
     freeObjects: BigUint64Array.of(0n, 0n),
     freeBytes: BigUint64Array.of(0n, 0n),
     samples: BigUint64Array.of(1n, 1n),
-  };
+  });
   const p = buildProfile([{ snapshot: later, extraStacks: [early.stacks] }], { view: 'heap', symbolizer: fakeSymbolizer() });
   t.deepEqual(p.sample.map((s) => fnName(p, s.locationId[0]!)), ['fn_400110', 'fn_400120']);
 });
@@ -257,6 +257,7 @@ test('fixed-point object counts round to whole objects', (t) => {
   const snap = snapshot(1, [{ id: 2, frames: [0x400110n], alloc: [0, 1000] }]);
   snap.counters.allocObjects[0] = ONE * 3n + ONE / 2n + 1n; // 3.5+ objects
   snap.counters.freeObjects[0] = ONE / 4n;
+  snap.counters.inuseObjects[0] = ONE * 3n + ONE / 4n + 1n; // in use as the reader gives it
   const p = buildProfile([{ snapshot: snap }], { view: 'heap' });
   t.deepEqual(p.sample[0]!.value.map(Number), [4, 1000, 3, 1000]);
 });

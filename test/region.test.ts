@@ -24,6 +24,9 @@ import {
   type RegionSnapshot,
 } from '../src/region.ts';
 import {
+  FEATURE_PEAK,
+  FEATURE_SECTIONS,
+  FEATURE_TIMELINE,
   HDR,
   HEADER_BYTES,
   MOD,
@@ -192,6 +195,83 @@ test('every section offset, size and capacity set to hostile values is refused n
       if (what !== 'huge capacity' || name !== 'paths') t.true(e.message.includes(label), `${name} ${what}: ${e.message}`);
     }
   }
+});
+
+/** sampleSpec from a writer with both features, a timeline and peak rows. */
+function featureSpec(): RegionSpec {
+  const spec = sampleSpec();
+  spec.features = FEATURE_PEAK | FEATURE_TIMELINE;
+  spec.peak = { peakBytes: 900n, peakGen: 3n, peakNs: 1n, inuseBytes: -5n, allocBytes: 10n };
+  spec.slabs![0]!.entries[0]!.peak = { gen: 3n, bytes: 250n, objects: 2n * BigInt(OBJ_ONE) };
+  spec.timeline = { capacity: 16, points: [0, 1, 2].map((n) => ({ n, ns: 10n + BigInt(n), inuseBytes: 1n, allocBytes: 2n, rssBytes: 3n })) };
+  return spec;
+}
+
+test('the sections a feature adds get the same hostile geometry checks, named', (t) => {
+  const { built } = region(featureSpec());
+  const size = BigInt(built.buf.length);
+  for (const name of FEATURE_SECTIONS) {
+    const s = built.sections[name];
+    const cases: [string, (b: Buffer) => void, RegExp][] = [
+      ['unaligned', (b) => b.writeBigUInt64LE(BigInt(s.offset + 8), sectionField(name, 'offset')), /not 4096-byte aligned/],
+      ['zero offset', (b) => b.writeBigUInt64LE(0n, sectionField(name, 'offset')), /inside the header/],
+      ['huge offset', (b) => b.writeBigUInt64LE((1n << 64n) - 4096n, sectionField(name, 'offset')), /extends past end of file/],
+      ['overflowing size', (b) => b.writeBigUInt64LE((1n << 64n) - 1n, sectionField(name, 'bytes')), /extends past end of file/],
+      ['size past EOF', (b) => b.writeBigUInt64LE(size, sectionField(name, 'bytes')), /extends past end of file/],
+      ['huge capacity', (b) => b.writeUInt32LE(0xffffffff, sectionField(name, 'capacity')), /exceeds its \d+ bytes/],
+      ['wrong entry size', (b) => b.writeUInt32LE(s.entryBytes + 8, sectionField(name, 'entryBytes')), /entry_bytes/],
+      ['onto the slabs', (b) => b.writeBigUInt64LE(BigInt(built.sections.slabs.offset), sectionField(name, 'offset')), /overlaps/],
+    ];
+    for (const [what, edit, re] of cases) {
+      const { path } = region(featureSpec(), (b) => edit(b.buf));
+      const e = t.throws(() => readRegion(path), undefined, `${name}: ${what}`);
+      t.is((e as { code?: string }).code, 'ERR_HEAPTAP_FORMAT', `${name} ${what}: ${e.message}`);
+      t.regex(e.message, re, `${name} ${what}`);
+      t.true(e.message.includes(name === 'sharedPeak' ? 'shared_peak' : 'timeline'), `${name} ${what}: ${e.message}`);
+    }
+  }
+});
+
+test('a feature bit without what it needs is refused: old-size slabs, a short shared peak table, an empty timeline', (t) => {
+  const cases: [string, (b: BuiltRegion) => void, RegExp][] = [
+    ['PEAK on slabs without peak rows', (b) => b.buf.writeUInt32LE(SIZES.slabHeader + b.slabEntries * SIZES.slabEntry, sectionField('slabs', 'entryBytes')),
+      /slabs entry_bytes \d+ is smaller than a slab of 16 entries/],
+    ['shared_peak shorter than shared', (b) => b.buf.writeUInt32LE(b.sections.shared.capacity - 1, sectionField('sharedPeak', 'capacity')),
+      /shared_peak capacity 63 is smaller than the shared table's 64/],
+    ['timeline capacity 0', (b) => b.buf.writeUInt32LE(0, sectionField('timeline', 'capacity')), /timeline capacity is 0/],
+  ];
+  for (const [what, edit, re] of cases) rejects(t, region(featureSpec(), edit).path, 'ERR_HEAPTAP_FORMAT', re);
+  // The same region without the bits reads: what they cover is not looked at.
+  const off = region(featureSpec(), (b) => {
+    b.buf.writeUInt32LE(0, HDR.features);
+    b.buf.writeUInt32LE(0, sectionField('timeline', 'capacity'));
+    b.buf.writeBigUInt64LE(0n, sectionField('sharedPeak', 'offset'));
+  });
+  const s = readRegion(off.path);
+  t.is(s.peak, null);
+  t.deepEqual(s.counters.ids, readRegion(region(featureSpec()).path).counters.ids);
+});
+
+test('hostile peak words and rows saturate and clamp; a huge timeline_next reads at most one ring', (t) => {
+  const max = (1n << 63n) - 1n;
+  const spec = featureSpec();
+  spec.peak = { peakBytes: (1n << 64n) - 1n, peakGen: (1n << 64n) - 1n, peakNs: (1n << 64n) - 1n, inuseBytes: -(1n << 63n) };
+  spec.slabs![0]!.entries[0]!.peak = { gen: (1n << 64n) - 1n, bytes: max, objects: -max };
+  spec.slabs![1]!.entries[0]!.peak = { gen: (1n << 64n) - 1n, bytes: max, objects: -max };
+  spec.timeline = { capacity: 16, next: (1n << 64n) - 1n, points: [] };
+  const { path, built } = region(spec);
+  const s = readRegion(path);
+  t.is(s.malformed, 0, s.firstMalformed);
+  const i = [...s.counters.ids].indexOf(2);
+  t.is(s.counters.peakBytes[i], BigInt(max)); // two rows of 2^63 - 1 saturate, not wrap
+  t.is(s.counters.peakObjects[i], 0n); // negative: clamped
+  t.deepEqual(new Map([...s.counters.ids].map((id, k) => [id, { bytes: s.counters.peakBytes[k]!, objects: s.counters.peakObjects[k]! }])),
+    new Map([...built.expectedPeak].map(([id, p]) => [id, id === 2 ? { bytes: BigInt(max), objects: 0n } : p])));
+  t.is(s.header.inuseBytes, -(1n << 63n));
+  t.is(s.peak!.bytes, (1n << 64n) - 1n);
+  // the ring's 16 slots hold zeros: nothing to take, and next stays in the window
+  t.is(s.timeline.index.length, 0);
+  t.true(s.timeline.next >= (1n << 64n) - 1n - 16n);
 });
 
 test('overlapping sections are refused naming both', (t) => {

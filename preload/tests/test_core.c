@@ -479,6 +479,183 @@ CHILD_CASE(region_files_are_private_unless_a_mode_is_given)
 	CHECK(ht_config_from_env(&c, err, sizeof err) < 0 && strstr(err, "HEAPTAP_SAMPLE_RATE"), "-1 refused");
 }
 
+/* ---- the peak and the timeline (HT_FEATURE_PEAK, HT_FEATURE_TIMELINE) ---- */
+
+static uint64_t peak_of(const struct htr_snapshot *s, uint32_t id)
+{
+	int r = row(s, id);
+	return r < 0 ? 0 : s->counters.peak_bytes[r];
+}
+
+CHILD_CASE(the_peak_is_exact_at_rate_1_and_its_stacks_sum_to_it)
+{
+	core_up(1, 1024, 8, 1024);
+	uint32_t a = 0, b = 0;
+	for (int i = 0; i < 10; i++)
+		a = ht_core_record(PTR(i), 1000, stack_a, 3, 0);
+	for (int i = 0; i < 4; i++)
+		b = ht_core_record(PTR(100 + i), 2000, stack_b, 2, 0);
+	uint64_t t0 = ht_now_ns();
+	ht_core_record(PTR(104), 2000, stack_b, 2, 0);   /* the peak: 10000 + 10000 */
+	uint64_t t1 = ht_now_ns();
+	for (int i = 0; i < 10; i++)
+		ht_core_free(PTR(i));
+	for (int i = 0; i < 3; i++)
+		ht_core_record(PTR(200 + i), 1000, stack_b, 2, 0);   /* 13000 now, below the peak */
+
+	struct htr_snapshot s;
+	if (read_region(&s))
+		return;
+	CHECK(s.hdr.features & HT_FEATURE_PEAK, "features %u", s.hdr.features);
+	CHECK(s.peak.bytes == 20000, "peak %llu", (unsigned long long)s.peak.bytes);
+	CHECK(s.peak.ns >= t0 && s.peak.ns <= t1, "peak time %llu not in [%llu, %llu]",
+	      (unsigned long long)s.peak.ns, (unsigned long long)t0, (unsigned long long)t1);
+	CHECK(s.peak.settled, "settled");
+	CHECK(peak_of(&s, a) == 10000 && peak_of(&s, b) == 10000, "per stack %llu %llu",
+	      (unsigned long long)peak_of(&s, a), (unsigned long long)peak_of(&s, b));
+	int ra = row(&s, a);
+	CHECK(ra >= 0 && s.counters.peak_objects[ra] == 10 * HT_OBJ_ONE, "objects at the peak");
+	CHECK(s.peak_stack_bytes == s.peak.bytes, "stacks sum %llu", (unsigned long long)s.peak_stack_bytes);
+	CHECK(s.live.inuse_bytes == 13000 && s.inuse_bytes == 13000, "in use now %lld / %llu",
+	      (long long)s.live.inuse_bytes, (unsigned long long)s.inuse_bytes);
+	CHECK(s.live.alloc_bytes == 23000, "allocated %llu", (unsigned long long)s.live.alloc_bytes);
+	/* the first sampled event makes a point (no earlier one to be near) */
+	CHECK(s.timeline.count >= 1 && s.timeline.ns[0] > 0 && s.timeline.rss_bytes[0] > 0,
+	      "timeline %u points", s.timeline.count);
+	htr_snapshot_free(&s);
+	/* at exit a last point, whatever the gap */
+	uint64_t before = ht_g.region.hdr->timeline_next;
+	ht_core_exit();
+	if (read_region(&s))
+		return;
+	CHECK(s.live.timeline_next == before + 1 && s.timeline.count >= 1 &&
+	      s.timeline.inuse_bytes[s.timeline.count - 1] == 13000, "exit point");
+	htr_snapshot_free(&s);
+}
+
+static void *peak_thread(void *arg)
+{
+	(void)arg;
+	uint64_t pcs[2] = { 0xD00000, 0xD10000 };
+	for (int i = 0; i < 50; i++)
+		ht_core_record(PTR(300000 + i), 1000, pcs, 2, 0);
+	for (int i = 0; i < 20; i++)
+		ht_core_free(PTR(300000 + i));
+	return NULL;
+}
+
+static void *late_thread(void *arg)
+{
+	(void)arg;
+	uint64_t pcs[2] = { 0xD00000, 0xD10000 };
+	ht_core_record(PTR(400000), 100, pcs, 2, 0);
+	return NULL;
+}
+
+CHILD_CASE(a_slab_folded_after_the_peak_carries_what_it_held_at_the_peak)
+{
+	core_up(1, 1024, 2, 1024); /* two slabs: the main thread's and one more */
+	uint32_t a = ht_core_record(PTR(1), 5000, stack_a, 3, 0);
+	pthread_t t;
+	pthread_create(&t, NULL, peak_thread, NULL);   /* peak 5000 + 50000, then frees 20000 */
+	pthread_join(t, NULL);
+	pthread_create(&t, NULL, late_thread, NULL);   /* no free slab: folds the first thread's */
+	pthread_join(t, NULL);
+	struct htr_snapshot s;
+	if (read_region(&s))
+		return;
+	CHECK(s.live.slab_folds >= 1, "folded %llu", (unsigned long long)s.live.slab_folds);
+	uint64_t pcs[2] = { 0xD00000, 0xD10000 };
+	uint32_t c = ht_core_record(PTR(500000), 1, pcs, 2, 0);
+	ht_core_free(PTR(500000));
+	htr_snapshot_free(&s);
+	if (read_region(&s))
+		return;
+	CHECK(s.peak.bytes == 55000, "peak %llu", (unsigned long long)s.peak.bytes);
+	CHECK(peak_of(&s, c) == 50000 && peak_of(&s, a) == 5000, "per stack c %llu a %llu",
+	      (unsigned long long)peak_of(&s, c), (unsigned long long)peak_of(&s, a));
+	CHECK(s.peak_stack_bytes == 55000, "sum %llu", (unsigned long long)s.peak_stack_bytes);
+	int rc = row(&s, c);
+	CHECK(rc >= 0 && s.counters.inuse_bytes[rc] == 30100, "c in use now");
+	htr_snapshot_free(&s);
+}
+
+static volatile int churn_stop;
+static void *churn_thread(void *arg)
+{
+	uintptr_t k = (uintptr_t)arg;
+	for (int round = 0; round < 300; round++) {
+		for (int i = 0; i < 16; i++) {
+			uint64_t pcs[2] = { 0xF00000 + (uint64_t)(i % 4) * 16, 0xF10000 + k };
+			ht_core_record(PTR(600000 + k * 1000 + (uintptr_t)i), 64 + (size_t)i, pcs, 2, 0);
+		}
+		for (int i = 0; i < 16; i++)
+			ht_core_free(PTR(600000 + k * 1000 + (uintptr_t)i));
+	}
+	return NULL;
+}
+
+static int peak_errors, peak_snaps;
+static void *peak_reader(void *arg)
+{
+	(void)arg;
+	uint64_t last_peak = 0, last_gen = 0;
+	while (!churn_stop) {
+		struct htr_snapshot s;
+		struct htr_error e;
+		if (htr_read_path(ht_g.region.path, 0, &s, &e) < 0)
+			continue;
+		peak_snaps++;
+		if (s.peak.bytes < last_peak || s.peak.gen < last_gen) {
+			fprintf(stderr, "peak went down: %llu -> %llu\n", (unsigned long long)last_peak,
+				(unsigned long long)s.peak.bytes);
+			peak_errors++;
+		}
+		/* at most 3 threads x 16 blocks of < 80 bytes, plus the 10 */
+		if (s.peak.bytes > 3 * 16 * 80 + 10 || s.peak_stack_bytes > 3 * 16 * 80 + 10) {
+			fprintf(stderr, "peak %llu (stacks %llu) above what was ever in use\n",
+				(unsigned long long)s.peak.bytes, (unsigned long long)s.peak_stack_bytes);
+			peak_errors++;
+		}
+		last_peak = s.peak.bytes;
+		last_gen = s.peak.gen;
+		htr_snapshot_free(&s);
+	}
+	return NULL;
+}
+
+CHILD_CASE(under_threads_and_folds_the_peak_only_grows_and_a_later_single_threaded_one_is_exact)
+{
+	core_up(1, 1024, 3, 64); /* 3 slabs: the main thread's and two for waves of 3 threads */
+	ht_core_record(PTR(7), 10, stack_a, 3, 0);
+	pthread_t rd;
+	pthread_create(&rd, NULL, peak_reader, NULL);
+	for (int wave = 0; wave < 4; wave++) {  /* each wave after the first folds retired slabs */
+		pthread_t th[3];
+		for (uintptr_t k = 0; k < 3; k++)
+			pthread_create(&th[k], NULL, churn_thread, (void *)k);
+		for (int k = 0; k < 3; k++)
+			pthread_join(th[k], NULL);
+	}
+	churn_stop = 1;
+	pthread_join(rd, NULL);
+	CHECK(peak_errors == 0 && peak_snaps > 0, "%d errors in %d snapshots", peak_errors, peak_snaps);
+	/* One thread now: a spike above anything before is a peak whose rows are exact. */
+	uint32_t b = 0;
+	for (int i = 0; i < 100; i++)
+		b = ht_core_record(PTR(800000 + i), 1000, stack_b, 2, 0);
+	for (int i = 0; i < 100; i++)
+		ht_core_free(PTR(800000 + i));
+	struct htr_snapshot s;
+	if (read_region(&s))
+		return;
+	CHECK(s.peak.bytes == 100010, "peak %llu", (unsigned long long)s.peak.bytes);
+	CHECK(peak_of(&s, b) == 100000, "spike %llu", (unsigned long long)peak_of(&s, b));
+	CHECK(s.peak_stack_bytes == 100010, "sum %llu", (unsigned long long)s.peak_stack_bytes);
+	CHECK(s.live.slab_folds > 0, "folds");
+	htr_snapshot_free(&s);
+}
+
 static void cleanup(void)
 {
 	DIR *d = opendir(dir);
@@ -509,6 +686,9 @@ static const struct ct_case cases[] = {
 	CT_CASE(an_unwritable_directory_is_a_clear_error),
 	CT_CASE(missing_parents_of_the_directory_are_created),
 	CT_CASE(region_files_are_private_unless_a_mode_is_given),
+	CT_CASE(the_peak_is_exact_at_rate_1_and_its_stacks_sum_to_it),
+	CT_CASE(a_slab_folded_after_the_peak_carries_what_it_held_at_the_peak),
+	CT_CASE(under_threads_and_folds_the_peak_only_grows_and_a_later_single_threaded_one_is_exact),
 };
 
 int main(void)

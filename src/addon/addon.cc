@@ -163,7 +163,26 @@ Napi::Object Header(Napi::Env env, const htr_snapshot &s)
 	o.Set("threadsSeen", Big(env, l.threads_seen));
 	o.Set("slabFolds", Big(env, l.slab_folds));
 	o.Set("drops", U64(env, l.drops, HT_DROP_SLOTS));
+	// layout features (validated copy) and what they add; zeros without the bit
+	o.Set("features", Napi::Number::New(env, h.features));
+	o.Set("inuseBytes", Napi::BigInt::New(env, static_cast<int64_t>(l.inuse_bytes)));
+	o.Set("allocBytes", Big(env, l.alloc_bytes));
+	o.Set("peakBytes", Big(env, s.peak.bytes));
+	o.Set("peakNs", Big(env, s.peak.ns));
+	o.Set("peakGen", Big(env, s.peak.gen));
+	o.Set("timelineNext", Big(env, l.timeline_next));
+	const ht_section none = {0, 0, 0, 0};
+	o.Set("timeline", Section(env, (h.features & HT_FEATURE_TIMELINE) ? h.timeline : none));
+	o.Set("sharedPeak", Section(env, (h.features & HT_FEATURE_PEAK) ? h.shared_peak : none));
 	return o;
+}
+
+Napi::BigInt64Array I64(Napi::Env env, const int64_t *src, size_t n)
+{
+	Napi::BigInt64Array a = Napi::BigInt64Array::New(env, n);
+	if (n)
+		std::memcpy(a.Data(), src, n * sizeof(int64_t));
+	return a;
 }
 
 Napi::Object Snapshot(Napi::Env env, const htr_snapshot &s)
@@ -216,7 +235,35 @@ Napi::Object Snapshot(Napi::Env env, const htr_snapshot &s)
 	counters.Set("freeObjects", U64(env, c.free_objects, c.count));
 	counters.Set("freeBytes", U64(env, c.free_bytes, c.count));
 	counters.Set("samples", U64(env, c.samples, c.count));
+	counters.Set("inuseObjects", U64(env, c.inuse_objects, c.count));
+	counters.Set("inuseBytes", U64(env, c.inuse_bytes, c.count));
+	counters.Set("peakObjects", U64(env, c.peak_objects, c.count));
+	counters.Set("peakBytes", U64(env, c.peak_bytes, c.count));
 	o.Set("counters", counters);
+	o.Set("inuseBytes", Big(env, s.inuse_bytes));
+	o.Set("inuseObjects", Big(env, s.inuse_objects));
+
+	if (s.hdr.features & HT_FEATURE_PEAK) {
+		Napi::Object peak = Napi::Object::New(env);
+		peak.Set("bytes", Big(env, s.peak.bytes));
+		peak.Set("ns", Big(env, s.peak.ns));
+		peak.Set("gen", Big(env, s.peak.gen));
+		peak.Set("settled", Napi::Boolean::New(env, s.peak.settled != 0));
+		peak.Set("stackBytes", Big(env, s.peak_stack_bytes));
+		o.Set("peak", peak);
+	} else {
+		o.Set("peak", env.Null());
+	}
+
+	const htr_timeline &tl = s.timeline;
+	Napi::Object timeline = Napi::Object::New(env);
+	timeline.Set("index", U64(env, tl.index, tl.count));
+	timeline.Set("ns", U64(env, tl.ns, tl.count));
+	timeline.Set("inuseBytes", I64(env, tl.inuse_bytes, tl.count));
+	timeline.Set("allocBytes", U64(env, tl.alloc_bytes, tl.count));
+	timeline.Set("rssBytes", U64(env, tl.rss_bytes, tl.count));
+	timeline.Set("next", Big(env, tl.next));
+	o.Set("timeline", timeline);
 
 	o.Set("retries", Napi::Number::New(env, s.retries));
 	o.Set("malformed", Napi::Number::New(env, static_cast<double>(s.malformed)));
@@ -246,7 +293,26 @@ uint32_t SinceArg(const Napi::CallbackInfo &info)
 	return static_cast<uint32_t>(d);
 }
 
-// JS: readRegion(path: string, sinceStack?: number): RegionSnapshot
+uint64_t SincePointArg(const Napi::CallbackInfo &info)
+{
+	if (info.Length() < 3 || info[2].IsUndefined())
+		return 0;
+	if (info[2].IsBigInt()) {
+		bool lossless = false;
+		uint64_t v = info[2].As<Napi::BigInt>().Uint64Value(&lossless);
+		if (!lossless)
+			throw Napi::RangeError::New(info.Env(), "sincePoint must fit in 64 bits unsigned");
+		return v;
+	}
+	if (!info[2].IsNumber())
+		throw Napi::TypeError::New(info.Env(), "sincePoint must be a number or a bigint");
+	double d = info[2].As<Napi::Number>().DoubleValue();
+	if (!(d >= 0 && d <= 9007199254740991.0) || d != static_cast<double>(static_cast<uint64_t>(d)))
+		throw Napi::RangeError::New(info.Env(), "sincePoint must be a non-negative integer");
+	return static_cast<uint64_t>(d);
+}
+
+// JS: readRegion(path: string, sinceStack?: number, sincePoint?: number | bigint): RegionSnapshot
 // Opens, validates and snapshots the region at path, then unmaps it. Throws an Error whose
 // message starts with the path and whose code is ERR_HEAPTAP_* (or an errno name).
 Napi::Value ReadRegion(const Napi::CallbackInfo &info)
@@ -254,9 +320,10 @@ Napi::Value ReadRegion(const Napi::CallbackInfo &info)
 	Napi::Env env = info.Env();
 	std::string path = PathArg(info);
 	uint32_t since = SinceArg(info);
+	uint64_t since_point = SincePointArg(info);
 	htr_snapshot s;
 	htr_error err;
-	if (htr_read_path(path.c_str(), since, &s, &err) != 0)
+	if (htr_read_path2(path.c_str(), since, since_point, &s, &err) != 0)
 		throw RegionError(env, path, err);
 	Napi::Object o;
 	try {
@@ -271,9 +338,9 @@ Napi::Value ReadRegion(const Napi::CallbackInfo &info)
 
 class ReadWorker : public Napi::AsyncWorker {
 public:
-	ReadWorker(Napi::Env env, std::string path, uint32_t since)
+	ReadWorker(Napi::Env env, std::string path, uint32_t since, uint64_t since_point)
 		: Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)),
-		  path_(std::move(path)), since_(since)
+		  path_(std::move(path)), since_(since), since_point_(since_point)
 	{
 		std::memset(&snap_, 0, sizeof snap_);
 		std::memset(&err_, 0, sizeof err_);
@@ -282,7 +349,10 @@ public:
 
 	Napi::Promise Promise() const { return deferred_.Promise(); }
 
-	void Execute() override { rc_ = htr_read_path(path_.c_str(), since_, &snap_, &err_); }
+	void Execute() override
+	{
+		rc_ = htr_read_path2(path_.c_str(), since_, since_point_, &snap_, &err_);
+	}
 
 	void OnOK() override
 	{
@@ -303,19 +373,21 @@ private:
 	Napi::Promise::Deferred deferred_;
 	std::string path_;
 	uint32_t since_;
+	uint64_t since_point_;
 	int rc_ = -1;
 	htr_snapshot snap_;
 	htr_error err_;
 };
 
-// JS: readRegionAsync(path: string, sinceStack?: number): Promise<RegionSnapshot>
+// JS: readRegionAsync(path: string, sinceStack?: number, sincePoint?: number | bigint): Promise<RegionSnapshot>
 // The same as readRegion, on the libuv thread pool (the snapshot may sleep between
 // retries while a slab fold is under way).
 Napi::Value ReadRegionAsync(const Napi::CallbackInfo &info)
 {
 	std::string path = PathArg(info);
 	uint32_t since = SinceArg(info);
-	ReadWorker *w = new ReadWorker(info.Env(), std::move(path), since);
+	uint64_t since_point = SincePointArg(info);
+	ReadWorker *w = new ReadWorker(info.Env(), std::move(path), since, since_point);
 	Napi::Promise p = w->Promise();
 	w->Queue();
 	return p;
@@ -387,6 +459,8 @@ Napi::Object Layout(Napi::Env env)
 	sizes.Set("counters", Napi::Number::New(env, sizeof(ht_counters)));
 	sizes.Set("slabHeader", Napi::Number::New(env, sizeof(ht_slab_header)));
 	sizes.Set("slabEntry", Napi::Number::New(env, sizeof(ht_slab_entry)));
+	sizes.Set("peak", Napi::Number::New(env, sizeof(ht_peak)));
+	sizes.Set("timelinePoint", Napi::Number::New(env, sizeof(ht_timeline_point)));
 	o.Set("sizes", sizes);
 
 	Napi::Object hdr = Napi::Object::New(env);
@@ -429,6 +503,16 @@ Napi::Object Layout(Napi::Env env)
 	OFF("threadsSeen", threads_seen);
 	OFF("slabFolds", slab_folds);
 	OFF("drops", drops);
+	OFF("slabsUsed", slabs_used);
+	OFF("features", features);
+	OFF("inuseBytes", inuse_bytes);
+	OFF("allocBytes", alloc_bytes);
+	OFF("peakBytes", peak_bytes);
+	OFF("peakNs", peak_ns);
+	OFF("peakGen", peak_gen);
+	OFF("timeline", timeline);
+	OFF("timelineNext", timeline_next);
+	OFF("sharedPeak", shared_peak);
 #undef OFF
 	o.Set("header", hdr);
 
@@ -477,6 +561,9 @@ Napi::Object Constants(Napi::Env env)
 	o.Set("STACK_SYNTHETIC", Napi::Number::New(env, HT_STACK_SYNTHETIC));
 	o.Set("FLAG_EXACT", Napi::Number::New(env, HT_FLAG_EXACT));
 	o.Set("FLAG_FORK_CHILD", Napi::Number::New(env, HT_FLAG_FORK_CHILD));
+	o.Set("FEATURE_PEAK", Napi::Number::New(env, HT_FEATURE_PEAK));
+	o.Set("FEATURE_TIMELINE", Napi::Number::New(env, HT_FEATURE_TIMELINE));
+	o.Set("PEAK_ATTEMPTS", Napi::Number::New(env, HTR_PEAK_ATTEMPTS));
 	o.Set("MODULE_MAIN", Napi::Number::New(env, HT_MODULE_MAIN));
 	o.Set("MODULE_VDSO", Napi::Number::New(env, HT_MODULE_VDSO));
 	o.Set("MODULE_SELF", Napi::Number::New(env, HT_MODULE_SELF));

@@ -9,8 +9,11 @@
 //
 // Per counter row i (stack ids[i]):
 //   alloc_objects = round(objects(ao - bao))   alloc_space = ab - bab      (at least 0)
-//   inuse_objects = round(objects(ao - fo))    inuse_space = ab - fb       (at least 0)
+//   inuse_objects = round(objects(io))         inuse_space = ib
 //   with fullDelta and a base row: inuse_* -= the base's in-use (may become negative)
+// where io and ib are the counters' inuseObjects and inuseBytes columns: the reader's one
+// rule (src/addon/reader.h), or what the caller puts there (the peak view passes each
+// stack's in use at the peak).
 // where objects() turns the region's 16.16 fixed point into a number; rows whose four
 // values are 0 are left out. Labels: bytes = round(ab / objects(ao)) when above 0, pid,
 // and exe (a string index) when asked. Location ids: the stack's list (copied from the
@@ -99,7 +102,7 @@ uint64_t Num(Napi::Env env, Napi::Object o, const char *name)
 
 struct Counters {
 	View<uint32_t> ids;
-	View<uint64_t> ao, ab, fo, fb;
+	View<uint64_t> ao, ab, fo, fb, io, ib;
 };
 
 Counters ReadCounters(Napi::Env env, Napi::Object o)
@@ -110,8 +113,10 @@ Counters ReadCounters(Napi::Env env, Napi::Object o)
 	c.ab = Typed<uint64_t>(env, o, "allocBytes", napi_biguint64_array);
 	c.fo = Typed<uint64_t>(env, o, "freeObjects", napi_biguint64_array);
 	c.fb = Typed<uint64_t>(env, o, "freeBytes", napi_biguint64_array);
+	c.io = Typed<uint64_t>(env, o, "inuseObjects", napi_biguint64_array);
+	c.ib = Typed<uint64_t>(env, o, "inuseBytes", napi_biguint64_array);
 	size_t n = c.ids.n;
-	if (c.ao.n != n || c.ab.n != n || c.fo.n != n || c.fb.n != n)
+	if (c.ao.n != n || c.ab.n != n || c.fo.n != n || c.fb.n != n || c.io.n != n || c.ib.n != n)
 		throw Napi::RangeError::New(env, "counter arrays differ in length");
 	return c;
 }
@@ -205,16 +210,16 @@ Napi::Value EncodeSamples(const Napi::CallbackInfo &info)
 	for (size_t i = 0; i < c.ids.n; i++) {
 		uint32_t id = c.ids.p[i];
 		int64_t bi = has_base ? base_rows.Find(id) : -1;
-		uint64_t ao = c.ao.p[i], ab = c.ab.p[i], fo = c.fo.p[i], fb = c.fb.p[i];
+		uint64_t ao = c.ao.p[i], ab = c.ab.p[i];
 		uint64_t bao = bi >= 0 ? b.ao.p[bi] : 0, bab = bi >= 0 ? b.ab.p[bi] : 0;
 		int64_t v[4];
 		v[0] = static_cast<int64_t>(Round(Objects(Sub(ao, bao))));
 		v[1] = static_cast<int64_t>(Sub(ab, bab));
-		v[2] = static_cast<int64_t>(Round(Objects(Sub(ao, fo))));
-		v[3] = static_cast<int64_t>(Sub(ab, fb));
+		v[2] = static_cast<int64_t>(Round(Objects(c.io.p[i])));
+		v[3] = static_cast<int64_t>(c.ib.p[i]);
 		if (full_delta && bi >= 0) {
-			v[2] -= static_cast<int64_t>(Round(Objects(Sub(bao, b.fo.p[bi]))));
-			v[3] -= static_cast<int64_t>(Sub(bab, b.fb.p[bi]));
+			v[2] -= static_cast<int64_t>(Round(Objects(b.io.p[bi])));
+			v[3] -= static_cast<int64_t>(b.ib.p[bi]);
 		}
 		if (v[0] == 0 && v[1] == 0 && v[2] == 0 && v[3] == 0)
 			continue;

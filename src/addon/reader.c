@@ -229,12 +229,19 @@ static int validate_header(const struct ht_header *h, uint64_t st_size, struct h
 		return fail(err, HTR_E_FORMAT, 0, "slab_entries %u is not a power of two",
 			    h->slab_entries);
 
-	const struct named_section secs[] = {
+	/* The sections of layout 1.0, then those a feature bit adds (a region without the bit
+	 * has zeros, or anything, there: not looked at). Unknown feature bits are ignored:
+	 * they cover only what this reader does not read. */
+	struct named_section secs[9] = {
 		{"modules", &h->modules}, {"paths", &h->paths},   {"stack_index", &h->stack_index},
 		{"stacks", &h->stacks},   {"frames", &h->frames}, {"shared", &h->shared},
 		{"slabs", &h->slabs},
 	};
-	enum { NSECS = sizeof secs / sizeof secs[0] };
+	size_t NSECS = 7;
+	if (h->features & HT_FEATURE_PEAK)
+		secs[NSECS++] = (struct named_section){"shared_peak", &h->shared_peak};
+	if (h->features & HT_FEATURE_TIMELINE)
+		secs[NSECS++] = (struct named_section){"timeline", &h->timeline};
 	for (size_t i = 0; i < NSECS; i++)
 		if (check_section(secs[i].name, secs[i].s, h->file_bytes, err))
 			return -1;
@@ -253,8 +260,24 @@ static int validate_header(const struct ht_header *h, uint64_t st_size, struct h
 		return fail(err, HTR_E_FORMAT, 0,
 			    "stacks capacity %u leaves no room for the reserved ids 0 and 1",
 			    h->stacks.capacity);
-	uint64_t slab_min = sizeof(struct ht_slab_header) +
-			    (uint64_t)h->slab_entries * sizeof(struct ht_slab_entry);
+	if (h->features & HT_FEATURE_PEAK) {
+		if (check_entry_bytes("shared_peak", &h->shared_peak, sizeof(struct ht_peak), err))
+			return -1;
+		if (h->shared_peak.capacity < h->shared.capacity)
+			return fail(err, HTR_E_FORMAT, 0,
+				    "shared_peak capacity %u is smaller than the shared table's %u",
+				    h->shared_peak.capacity, h->shared.capacity);
+	}
+	if (h->features & HT_FEATURE_TIMELINE) {
+		if (check_entry_bytes("timeline", &h->timeline, sizeof(struct ht_timeline_point), err))
+			return -1;
+		if (h->timeline.capacity == 0)
+			return fail(err, HTR_E_FORMAT, 0, "timeline capacity is 0");
+	}
+	/* With HT_FEATURE_PEAK a slab's entries are followed by one struct ht_peak each. */
+	uint64_t per_entry = sizeof(struct ht_slab_entry) +
+			     ((h->features & HT_FEATURE_PEAK) ? sizeof(struct ht_peak) : 0);
+	uint64_t slab_min = sizeof(struct ht_slab_header) + (uint64_t)h->slab_entries * per_entry;
 	if (h->slabs.entry_bytes < slab_min)
 		return fail(err, HTR_E_FORMAT, 0,
 			    "slabs entry_bytes %u is smaller than a slab of %u entries (%llu bytes)",
@@ -263,9 +286,9 @@ static int validate_header(const struct ht_header *h, uint64_t st_size, struct h
 		return fail(err, HTR_E_FORMAT, 0, "slabs entry_bytes %u is not a multiple of 8",
 			    h->slabs.entry_bytes);
 
-	/* No two sections may share a byte. Sort by offset (7 items) and compare neighbours;
-	 * empty sections cannot overlap anything. */
-	struct named_section sorted[NSECS];
+	/* No two sections may share a byte. Sort by offset (at most 9 items) and compare
+	 * neighbours; empty sections cannot overlap anything. */
+	struct named_section sorted[9];
 	size_t n = 0;
 	for (size_t i = 0; i < NSECS; i++) {
 		if (secs[i].s->bytes == 0)
@@ -418,6 +441,10 @@ void htr_read_live(const struct htr_region *r, struct htr_live *o)
 	o->slab_folds = ld64(HDR_FIELD(m, slab_folds));
 	for (unsigned i = 0; i < HT_DROP_SLOTS; i++)
 		o->drops[i] = ld64(HDR_FIELD(m, drops) + i * sizeof(uint64_t));
+	uint32_t f = r->hdr.features; /* the validated copy: a later rewrite cannot turn bits on */
+	o->inuse_bytes = (f & HT_FEATURE_PEAK) ? (int64_t)ld64(HDR_FIELD(m, inuse_bytes)) : 0;
+	o->alloc_bytes = (f & HT_FEATURE_PEAK) ? ld64(HDR_FIELD(m, alloc_bytes)) : 0;
+	o->timeline_next = (f & HT_FEATURE_TIMELINE) ? ld64_acq(HDR_FIELD(m, timeline_next)) : 0;
 	o->control_paused = ld32_acq(c + offsetof(struct ht_control, paused));
 	o->control_rate = ld64(c + offsetof(struct ht_control, rate));
 	o->control_seq = ld64(c + offsetof(struct ht_control, seq));
@@ -468,6 +495,8 @@ struct acc_slot {
 	uint32_t id;              /* 0: empty */
 	uint32_t pad;
 	struct ht_counters c;
+	int64_t peak_bytes;       /* in use at the peak, summed over rows (may be < 0) */
+	int64_t peak_objects;
 };
 
 struct acc {
@@ -502,7 +531,7 @@ static int acc_grow(struct acc *a)
 }
 
 /* The totals row of id (!= 0), made zero on first use; NULL when out of memory. */
-static struct ht_counters *acc_row(struct acc *a, uint32_t id)
+static struct acc_slot *acc_row(struct acc *a, uint32_t id)
 {
 	if (!a->slots || (uint64_t)(a->count + 1) * 2 > (uint64_t)a->mask + 1)
 		if (acc_grow(a))
@@ -515,7 +544,7 @@ static struct ht_counters *acc_row(struct acc *a, uint32_t id)
 		a->slots[j].id = id;
 		a->count++;
 	}
-	return &a->slots[j].c;
+	return &a->slots[j];
 }
 
 static void acc_clear(struct acc *a)
@@ -538,6 +567,19 @@ static void add_counters(struct ht_counters *to, const unsigned char *c)
 	to->free_objects = add_sat(to->free_objects, ld64(c + offsetof(struct ht_counters, free_objects)));
 	to->free_bytes = add_sat(to->free_bytes, ld64(c + offsetof(struct ht_counters, free_bytes)));
 	to->samples = add_sat(to->samples, ld64(c + offsetof(struct ht_counters, samples)));
+}
+
+static inline int64_t add_sat_i64(int64_t a, int64_t b)
+{
+	int64_t s;
+	if (!__builtin_add_overflow(a, b, &s))
+		return s;
+	return b > 0 ? INT64_MAX : INT64_MIN;
+}
+
+static inline uint64_t sub_clamp(uint64_t a, uint64_t b)
+{
+	return a > b ? a - b : 0;
 }
 
 static int counters_nonzero(const struct ht_counters *c)
@@ -619,15 +661,66 @@ static inline int page_has_data(const uint8_t *map, uint64_t rel)
 	return !map || (map[pg / 8] >> (pg % 8)) & 1;
 }
 
+/* A row's in-use at the peak of generation gen (struct ht_peak in heaptap_region.h): its
+ * ht_peak values if their gen is gen, else what the row holds now (c, as this pass read
+ * it, before pk's gen: a row the writer touches brings its ht_peak up to date first, so a
+ * reader that sees the new counts sees the new gen too). pk NULL: the row's ht_peak lies
+ * on a hole (zeros). Sets *moved when the ht_peak changed while it was read. */
+static void row_peak(const unsigned char *pk, uint64_t gen, const struct ht_counters *c,
+		     int64_t *bytes, int64_t *objects, int *moved)
+{
+	__atomic_thread_fence(__ATOMIC_ACQUIRE); /* the row's counters were loaded before */
+	uint64_t g = pk ? ld64_acq(pk + offsetof(struct ht_peak, gen)) : 0;
+	if (pk && g == gen) {
+		*bytes = (int64_t)ld64(pk + offsetof(struct ht_peak, bytes));
+		*objects = (int64_t)ld64(pk + offsetof(struct ht_peak, objects));
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (ld64(pk + offsetof(struct ht_peak, gen)) != g)
+			*moved = 1;
+		return;
+	}
+	if (!pk && gen == 0) { /* a hole holds gen 0 and zeros */
+		*bytes = *objects = 0;
+		return;
+	}
+	*bytes = (int64_t)(c->alloc_bytes - c->free_bytes);
+	*objects = (int64_t)(c->alloc_objects - c->free_objects);
+}
+
+static void acc_add(struct acc_slot *t, const struct ht_counters *row)
+{
+	t->c.alloc_objects = add_sat(t->c.alloc_objects, row->alloc_objects);
+	t->c.alloc_bytes = add_sat(t->c.alloc_bytes, row->alloc_bytes);
+	t->c.free_objects = add_sat(t->c.free_objects, row->free_objects);
+	t->c.free_bytes = add_sat(t->c.free_bytes, row->free_bytes);
+	t->c.samples = add_sat(t->c.samples, row->samples);
+}
+
+/* Which pages of the file's sections hold data (see data_pages), one bitmap per section
+ * the reader reads by hostile index: the slabs, and the feature sections. */
+struct presence {
+	const uint8_t *slabs;
+	const uint8_t *shared_peak;
+	const uint8_t *timeline;
+};
+
 /* Steps 1-4 of the reader protocol. On success `a` holds the totals of every id that had
- * counts, and *used_after is stacks_used (clamped) as loaded after the consistent pass. */
-static int sum_counters_in(const struct htr_region *r, const uint8_t *present, struct acc *a,
+ * counts (and, with HT_FEATURE_PEAK, their in-use at the peak of s->peak.gen), and
+ * *used_after is stacks_used (clamped) as loaded after the consistent pass. */
+static int sum_counters_in(const struct htr_region *r, const struct presence *pr, struct acc *a,
 			   struct htr_snapshot *s, uint32_t *used_after, struct htr_error *err)
 {
 	const struct ht_header *h = &r->hdr;
 	const unsigned char *m = r->map;
 	const unsigned char *seqp = HDR_FIELD(m, seq);
 	const unsigned char *usedp = HDR_FIELD(m, stacks_used);
+	const unsigned char *genp = HDR_FIELD(m, peak_gen);
+	const int peak = (h->features & HT_FEATURE_PEAK) != 0;
+	/* a slab's ht_peak rows follow its entries (validated: inside entry_bytes) */
+	const uint64_t peaks_at = sizeof(struct ht_slab_header) +
+				  (uint64_t)h->slab_entries * sizeof(struct ht_slab_entry);
+	const uint8_t *present = pr->slabs;
+	unsigned peak_moves = 0;
 	int odd = 0;
 
 	for (unsigned attempt = 0;; attempt++) {
@@ -649,6 +742,14 @@ static int sum_counters_in(const struct htr_region *r, const uint8_t *present, s
 		s->malformed = 0;
 		s->first_malformed[0] = '\0';
 		acc_clear(a);
+		/* the peak this pass reads the rows against: gen first (it is bumped last) */
+		uint64_t g1 = 0, pbytes = 0, pns = 0;
+		int moved = 0;
+		if (peak) {
+			g1 = ld64_acq(genp);
+			pbytes = ld64(HDR_FIELD(m, peak_bytes));
+			pns = ld64(HDR_FIELD(m, peak_ns));
+		}
 
 		/* 2. every ACTIVE or RETIRED slab, every published entry */
 		const unsigned char *slabs = m + h->slabs.offset;
@@ -679,10 +780,23 @@ static int sum_counters_in(const struct htr_region *r, const uint8_t *present, s
 						       i, j, id, h->stacks.capacity);
 					continue;
 				}
-				struct ht_counters *t = acc_row(a, id);
+				struct acc_slot *t = acc_row(a, id);
 				if (!t)
 					return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory");
-				add_counters(t, e + offsetof(struct ht_slab_entry, c));
+				struct ht_counters row = {0};
+				add_counters(&row, e + offsetof(struct ht_slab_entry, c));
+				acc_add(t, &row);
+				if (peak) {
+					uint64_t prel = rel + peaks_at + (uint64_t)j * sizeof(struct ht_peak);
+					const unsigned char *pk =
+						page_has_data(present, prel) &&
+						page_has_data(present, prel + sizeof(struct ht_peak) - 1)
+							? slabs + prel : NULL;
+					int64_t pb, po;
+					row_peak(pk, g1, &row, &pb, &po, &moved);
+					t->peak_bytes = add_sat_i64(t->peak_bytes, pb);
+					t->peak_objects = add_sat_i64(t->peak_objects, po);
+				}
 			}
 		}
 
@@ -693,6 +807,8 @@ static int sum_counters_in(const struct htr_region *r, const uint8_t *present, s
 		uint32_t rows = clamp_u32(ld32_acq(usedp), h->stacks.capacity);
 		rows = clamp_u32(rows, h->shared.capacity);
 		const unsigned char *shared = m + h->shared.offset;
+		/* only with the bit: the descriptor is not validated without it */
+		const unsigned char *speak = peak ? m + h->shared_peak.offset : NULL;
 		for (uint32_t id = 0; id < rows; id++) {
 			const unsigned char *c = shared + (uint64_t)id * sizeof(struct ht_counters);
 			struct ht_counters row = {0};
@@ -703,14 +819,22 @@ static int sum_counters_in(const struct htr_region *r, const uint8_t *present, s
 				note_malformed(s, "shared table row 0 (no stack) has counts");
 				continue;
 			}
-			struct ht_counters *t = acc_row(a, id);
+			struct acc_slot *t = acc_row(a, id);
 			if (!t)
 				return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory");
-			t->alloc_objects = add_sat(t->alloc_objects, row.alloc_objects);
-			t->alloc_bytes = add_sat(t->alloc_bytes, row.alloc_bytes);
-			t->free_objects = add_sat(t->free_objects, row.free_objects);
-			t->free_bytes = add_sat(t->free_bytes, row.free_bytes);
-			t->samples = add_sat(t->samples, row.samples);
+			acc_add(t, &row);
+			if (peak) {
+				/* validated: shared_peak.capacity >= shared.capacity > id */
+				uint64_t prel = (uint64_t)id * sizeof(struct ht_peak);
+				const unsigned char *pk =
+					page_has_data(pr->shared_peak, prel) &&
+					page_has_data(pr->shared_peak, prel + sizeof(struct ht_peak) - 1)
+						? speak + prel : NULL;
+				int64_t pb, po;
+				row_peak(pk, g1, &row, &pb, &po, &moved);
+				t->peak_bytes = add_sat_i64(t->peak_bytes, pb);
+				t->peak_objects = add_sat_i64(t->peak_objects, po);
+			}
 		}
 
 		/* 4. nothing was folded while we read */
@@ -718,6 +842,22 @@ static int sum_counters_in(const struct htr_region *r, const uint8_t *present, s
 		uint64_t s2 = __atomic_load_n((const uint64_t *)(const void *)seqp, __ATOMIC_RELAXED);
 		if (s2 != s1)
 			continue;
+		/* ...and the peak the rows were read against is still the latest: a program
+		 * that keeps growing makes a new one at each sample, so after a few passes
+		 * one is taken as it is (settled = 0). */
+		int settled = 1;
+		if (peak) {
+			uint64_t g2 = __atomic_load_n((const uint64_t *)(const void *)genp, __ATOMIC_RELAXED);
+			settled = g2 == g1 && !moved;
+			if (!settled && peak_moves < HTR_PEAK_ATTEMPTS) {
+				peak_moves++;
+				continue;
+			}
+		}
+		s->peak.gen = g1;
+		s->peak.bytes = pbytes;
+		s->peak.ns = pns;
+		s->peak.settled = (uint32_t)settled;
 		*used_after = clamp_u32(ld32_acq(usedp), h->stacks.capacity);
 		return 0;
 	}
@@ -728,10 +868,18 @@ static int sum_counters(const struct htr_region *r, struct acc *a, struct htr_sn
 {
 	/* Which slab pages exist, once per snapshot: a page that turns into data while we
 	 * retry held zeros (a FREE slab) when we looked, as if that slab was read early. A
-	 * page never turns back into a hole (the writer does not punch holes). */
-	uint8_t *present = data_pages(r->fd, r->hdr.slabs.offset, r->hdr.slabs.bytes);
-	int rc = sum_counters_in(r, present, a, s, used_after, err);
-	free(present);
+	 * page never turns back into a hole (the writer does not punch holes). The shared
+	 * peak rows likewise: a row on a hole holds gen 0. */
+	struct presence pr = {0};
+	uint8_t *slabs = data_pages(r->fd, r->hdr.slabs.offset, r->hdr.slabs.bytes);
+	uint8_t *speak = (r->hdr.features & HT_FEATURE_PEAK)
+				 ? data_pages(r->fd, r->hdr.shared_peak.offset, r->hdr.shared_peak.bytes)
+				 : NULL;
+	pr.slabs = slabs;
+	pr.shared_peak = speak;
+	int rc = sum_counters_in(r, &pr, a, s, used_after, err);
+	free(slabs);
+	free(speak);
 	return rc;
 }
 
@@ -758,8 +906,13 @@ static int emit_counters(const struct htr_region *r, struct acc *a, uint32_t use
 	out->free_objects = malloc(cnt * sizeof(uint64_t));
 	out->free_bytes = malloc(cnt * sizeof(uint64_t));
 	out->samples = malloc(cnt * sizeof(uint64_t));
+	out->inuse_objects = malloc(cnt * sizeof(uint64_t));
+	out->inuse_bytes = malloc(cnt * sizeof(uint64_t));
+	out->peak_objects = malloc(cnt * sizeof(uint64_t));
+	out->peak_bytes = malloc(cnt * sizeof(uint64_t));
 	if (!out->ids || !out->alloc_objects || !out->alloc_bytes || !out->free_objects ||
-	    !out->free_bytes || !out->samples)
+	    !out->free_bytes || !out->samples || !out->inuse_objects || !out->inuse_bytes ||
+	    !out->peak_objects || !out->peak_bytes)
 		return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory");
 	uint32_t k = 0;
 	for (uint32_t i = 0; i < n; i++) {
@@ -782,9 +935,99 @@ static int emit_counters(const struct htr_region *r, struct acc *a, uint32_t use
 		out->free_objects[k] = c->free_objects;
 		out->free_bytes[k] = c->free_bytes;
 		out->samples[k] = c->samples;
+		/* the one in-use rule (reader.h) */
+		out->inuse_objects[k] = sub_clamp(c->alloc_objects, c->free_objects);
+		out->inuse_bytes[k] = sub_clamp(c->alloc_bytes, c->free_bytes);
+		const struct acc_slot *sl = &a->slots[i];
+		out->peak_objects[k] = sl->peak_objects > 0 ? (uint64_t)sl->peak_objects : 0;
+		out->peak_bytes[k] = sl->peak_bytes > 0 ? (uint64_t)sl->peak_bytes : 0;
+		s->inuse_bytes = add_sat(s->inuse_bytes, out->inuse_bytes[k]);
+		s->inuse_objects = add_sat(s->inuse_objects, out->inuse_objects[k]);
+		s->peak_stack_bytes = add_sat(s->peak_stack_bytes, out->peak_bytes[k]);
 		k++;
 	}
 	out->count = k;
+	return 0;
+}
+
+/* Timeline points from since on (struct htr_timeline). A slot is read like a seqlock: ns
+ * (acquire) non-zero, the fields, ns again unchanged. A slot the writer has claimed but
+ * not yet cleared still holds the point one lap older: it is older than the point before
+ * it, and is taken as not yet written. Every bound comes from the validated capacity. */
+static int read_timeline(const struct htr_region *r, uint64_t since, struct htr_snapshot *s,
+			 struct htr_error *err)
+{
+	const struct ht_header *h = &r->hdr;
+	struct htr_timeline *out = &s->timeline;
+	out->next = since;
+	if (!(h->features & HT_FEATURE_TIMELINE))
+		return 0;
+	const unsigned char *nextp = HDR_FIELD(r->map, timeline_next);
+	uint64_t cap = h->timeline.capacity; /* >= 1, validated */
+	uint64_t n1 = ld64_acq(nextp);
+	uint64_t lo = n1 > cap ? n1 - cap : 0;
+	if (since > n1) /* the counter only grows: a since from elsewhere; start over */
+		since = 0;
+	uint64_t first = since > lo ? since : lo;
+	uint64_t want = n1 - first; /* <= cap */
+	size_t cnt = want ? (size_t)want : 1;
+	out->index = malloc(cnt * sizeof(uint64_t));
+	out->ns = malloc(cnt * sizeof(uint64_t));
+	out->inuse_bytes = malloc(cnt * sizeof(int64_t));
+	out->alloc_bytes = malloc(cnt * sizeof(uint64_t));
+	out->rss_bytes = malloc(cnt * sizeof(uint64_t));
+	if (!out->index || !out->ns || !out->inuse_bytes || !out->alloc_bytes || !out->rss_bytes)
+		return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory for the timeline");
+	uint8_t *present = data_pages(r->fd, h->timeline.offset, h->timeline.bytes);
+	const unsigned char *ring = r->map + h->timeline.offset;
+	uint64_t gap = n1, last_ns = 0;
+	uint32_t k = 0;
+	for (uint64_t n = first; n < n1; n++) {
+		uint64_t rel = (n % cap) * sizeof(struct ht_timeline_point);
+		const unsigned char *pt = ring + rel;
+		uint64_t ns = 0, rss = 0, alloc = 0;
+		int64_t inuse = 0;
+		if (page_has_data(present, rel) &&
+		    page_has_data(present, rel + sizeof(struct ht_timeline_point) - 1)) {
+			ns = ld64_acq(pt + offsetof(struct ht_timeline_point, ns));
+			inuse = (int64_t)ld64(pt + offsetof(struct ht_timeline_point, inuse_bytes));
+			alloc = ld64(pt + offsetof(struct ht_timeline_point, alloc_bytes));
+			rss = ld64(pt + offsetof(struct ht_timeline_point, rss_bytes));
+			__atomic_thread_fence(__ATOMIC_ACQUIRE);
+			if (ld64(pt + offsetof(struct ht_timeline_point, ns)) != ns)
+				ns = 0; /* being rewritten */
+		}
+		if (ns == 0 || ns < last_ns) {
+			if (gap == n1)
+				gap = n;
+			continue;
+		}
+		last_ns = ns;
+		out->index[k] = n;
+		out->ns[k] = ns;
+		out->inuse_bytes[k] = inuse;
+		out->alloc_bytes[k] = alloc;
+		out->rss_bytes[k] = rss;
+		k++;
+	}
+	free(present);
+	/* Points the writer claimed while we read may have lapped the oldest we took. */
+	uint64_t n2 = ld64_acq(nextp);
+	uint64_t lo2 = n2 > cap ? n2 - cap : 0;
+	uint32_t drop = 0;
+	while (drop < k && out->index[drop] < lo2)
+		drop++;
+	if (drop) {
+		uint32_t rest = k - drop;
+		memmove(out->index, out->index + drop, rest * sizeof(uint64_t));
+		memmove(out->ns, out->ns + drop, rest * sizeof(uint64_t));
+		memmove(out->inuse_bytes, out->inuse_bytes + drop, rest * sizeof(int64_t));
+		memmove(out->alloc_bytes, out->alloc_bytes + drop, rest * sizeof(uint64_t));
+		memmove(out->rss_bytes, out->rss_bytes + drop, rest * sizeof(uint64_t));
+		k = rest;
+	}
+	out->count = k;
+	out->next = gap > lo2 ? gap : lo2;
 	return 0;
 }
 
@@ -969,6 +1212,15 @@ void htr_snapshot_free(struct htr_snapshot *s)
 	free(s->counters.free_objects);
 	free(s->counters.free_bytes);
 	free(s->counters.samples);
+	free(s->counters.inuse_objects);
+	free(s->counters.inuse_bytes);
+	free(s->counters.peak_objects);
+	free(s->counters.peak_bytes);
+	free(s->timeline.index);
+	free(s->timeline.ns);
+	free(s->timeline.inuse_bytes);
+	free(s->timeline.alloc_bytes);
+	free(s->timeline.rss_bytes);
 	free(s->stacks.ids);
 	free(s->stacks.depths);
 	free(s->stacks.flags);
@@ -981,6 +1233,12 @@ void htr_snapshot_free(struct htr_snapshot *s)
 
 int htr_snapshot_take(const struct htr_region *r, uint32_t since, struct htr_snapshot *s,
 		 struct htr_error *err)
+{
+	return htr_snapshot_take2(r, since, 0, s, err);
+}
+
+int htr_snapshot_take2(const struct htr_region *r, uint32_t since, uint64_t since_point,
+		       struct htr_snapshot *s, struct htr_error *err)
 {
 	memset(s, 0, sizeof *s);
 	if (!r->map)
@@ -1004,6 +1262,8 @@ int htr_snapshot_take(const struct htr_region *r, uint32_t since, struct htr_sna
 	if (rc == 0)
 		rc = read_stacks(r, since, s, err);
 	if (rc == 0)
+		rc = read_timeline(r, since_point, s, err);
+	if (rc == 0)
 		rc = read_modules(r, s, err);
 	if (rc != 0) {
 		htr_snapshot_free(s);
@@ -1017,11 +1277,17 @@ int htr_snapshot_take(const struct htr_region *r, uint32_t since, struct htr_sna
 int htr_read_path(const char *path, uint32_t since, struct htr_snapshot *out,
 		  struct htr_error *err)
 {
+	return htr_read_path2(path, since, 0, out, err);
+}
+
+int htr_read_path2(const char *path, uint32_t since, uint64_t since_point,
+		   struct htr_snapshot *out, struct htr_error *err)
+{
 	struct htr_region r;
 	memset(out, 0, sizeof *out);
 	if (htr_open(&r, path, err))
 		return -1;
-	int rc = htr_snapshot_take(&r, since, out, err);
+	int rc = htr_snapshot_take2(&r, since, since_point, out, err);
 	if (rc == 0) {
 		rc = htr_alive(&r, path, &out->alive, err);
 		if (rc != 0)

@@ -40,6 +40,8 @@ extern "C" {
 #define HTR_MAX_DEPTH        1024u        /* hdr.max_depth above this is rejected */
 #define HTR_MAX_ATTEMPTS     200u         /* snapshot attempts before "region busy" */
 #define HTR_BUILD_ID_MAX     32u
+#define HTR_PEAK_ATTEMPTS    8u           /* passes that may see the peak move before one
+					   * is accepted unsettled (struct htr_peak) */
 
 /* What kind of failure an htr_error describes (the addon maps these to error codes). */
 enum htr_error_kind {
@@ -91,6 +93,11 @@ struct htr_live {
 	uint64_t threads_seen;
 	uint64_t slab_folds;
 	uint64_t drops[HT_DROP_SLOTS];
+	/* HT_FEATURE_PEAK (0 when the region's writer lacks it): the process-wide estimate */
+	int64_t inuse_bytes;           /* sampled allocations - frees now (may be < 0 briefly) */
+	uint64_t alloc_bytes;          /* cumulative */
+	/* HT_FEATURE_TIMELINE (0 without it): points the writer has claimed so far */
+	uint64_t timeline_next;
 	uint32_t control_paused;       /* struct ht_control, as the sidecar last wrote it */
 	uint64_t control_rate;
 	uint64_t control_seq;
@@ -99,7 +106,16 @@ struct htr_live {
 /* Counters summed per stack over slabs (ACTIVE, RETIRED) and the shared table. Only stacks
  * with a non-zero counter are listed, in increasing id order. Every listed id has a READY,
  * non-DUPLICATE stack record with id < stacks_used as loaded after the sums were taken, so
- * a caller that read stacks up to the same snapshot's next_stack knows every id here. */
+ * a caller that read stacks up to the same snapshot's next_stack knows every id here.
+ *
+ * In use, the one rule every consumer uses: a stack's in-use is its alloc - free summed over
+ * its rows, clamped at 0 (a stack's rows in different slabs are read at slightly different
+ * moments, so the difference can be transiently negative). A process's in-use is the sum of
+ * its stacks' in-use (htr_snapshot.inuse_bytes), never sum(alloc) - sum(free).
+ *
+ * In use at the peak (HT_FEATURE_PEAK; zeros without it): per row, its struct ht_peak values
+ * if the row's gen equals the snapshot's peak.gen, else the row's alloc - free as read in
+ * this snapshot (the row has not changed since the peak); summed per stack, clamped at 0. */
 struct htr_counters {
 	uint32_t count;
 	uint32_t *ids;
@@ -108,6 +124,37 @@ struct htr_counters {
 	uint64_t *free_objects;        /* fixed point */
 	uint64_t *free_bytes;
 	uint64_t *samples;
+	uint64_t *inuse_objects;       /* alloc - free, clamped at 0 (fixed point) */
+	uint64_t *inuse_bytes;
+	uint64_t *peak_objects;        /* in use at the peak, clamped at 0 (fixed point) */
+	uint64_t *peak_bytes;
+};
+
+/* The high-water mark (HT_FEATURE_PEAK), read in the same pass as the per-stack values at
+ * the peak: gen before and after the pass were equal, unless `settled` is 0 (the peak kept
+ * moving for HTR_PEAK_ATTEMPTS passes; the values are then those of the gen read first,
+ * with rows changed since a newer peak counted as they are now). */
+struct htr_peak {
+	uint64_t gen;                  /* hdr.peak_gen; 0: no peak yet */
+	uint64_t bytes;                /* hdr.peak_bytes */
+	uint64_t ns;                   /* hdr.peak_ns (CLOCK_REALTIME) */
+	uint32_t settled;
+};
+
+/* Timeline points (HT_FEATURE_TIMELINE) with index >= since, in index order, each read
+ * whole (ns non-zero and the same before and after its fields) and no older than the point
+ * before it. Point n lies in slot n % capacity; only the last `capacity` points exist. */
+struct htr_timeline {
+	uint32_t count;
+	uint64_t *index;               /* n of each point */
+	uint64_t *ns;
+	int64_t *inuse_bytes;
+	uint64_t *alloc_bytes;
+	uint64_t *rss_bytes;
+	/* The index to pass as `since` next time: the first point in the ring's window that was
+	 * not readable (being written, or never written), else timeline_next. Points past it
+	 * are returned again next time (they do not change until the ring wraps onto them). */
+	uint64_t next;
 };
 
 /* Stack records with id in [since, next_stack) that are READY and not DUPLICATE. Frames of
@@ -149,11 +196,17 @@ struct htr_snapshot {
 	struct htr_live live;          /* loaded after counters and stacks */
 	int alive;                     /* 1: a writer holds its flock (see htr_alive) */
 	struct htr_counters counters;
+	struct htr_peak peak;          /* zeros without HT_FEATURE_PEAK */
+	uint64_t inuse_bytes;          /* sum of counters.inuse_bytes (saturating) */
+	uint64_t inuse_objects;
+	uint64_t peak_stack_bytes;     /* sum of counters.peak_bytes: the peak profile's total */
+	struct htr_timeline timeline;  /* empty without HT_FEATURE_TIMELINE */
 	struct htr_stacks stacks;
 	uint32_t module_count;
 	struct htr_module *modules;
 	char *strings;                 /* module paths */
-	uint32_t retries;              /* snapshot attempts that had to be redone */
+	uint32_t retries;              /* snapshot attempts that had to be redone (a fold, or
+					* the peak moving: at most HTR_PEAK_ATTEMPTS of those) */
 	uint64_t malformed;            /* records, rows or entries skipped as inconsistent */
 	char first_malformed[160];     /* what the first of them was, "" if none */
 };
@@ -183,15 +236,20 @@ void htr_header_strings(const struct ht_header *h, struct htr_strings *out);
 int htr_alive(const struct htr_region *r, const char *path, int *alive, struct htr_error *err);
 
 /* Takes a consistent snapshot following the reader protocol of heaptap_region.h: counters
- * first (retried while hdr.seq is odd or changes), then stack records from `since`, then
- * modules, then the live header. The result owns its memory. */
+ * and the values at the peak first (retried while hdr.seq is odd or changes), then stack
+ * records from `since`, then timeline points from `since_point`, then modules, then the
+ * live header. The result owns its memory. */
 int htr_snapshot_take(const struct htr_region *r, uint32_t since, struct htr_snapshot *out,
 		 struct htr_error *err);
+int htr_snapshot_take2(const struct htr_region *r, uint32_t since, uint64_t since_point,
+		       struct htr_snapshot *out, struct htr_error *err);
 void htr_snapshot_free(struct htr_snapshot *s);
 
 /* htr_open + htr_snapshot_take + htr_alive + htr_close. */
 int htr_read_path(const char *path, uint32_t since, struct htr_snapshot *out,
 		  struct htr_error *err);
+int htr_read_path2(const char *path, uint32_t since, uint64_t since_point,
+		   struct htr_snapshot *out, struct htr_error *err);
 
 /* Writes the control area of the region at path: validates the header through the same
  * checks as htr_open(), then maps only the control page read-write, stores rate (if

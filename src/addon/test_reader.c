@@ -47,8 +47,12 @@ static void section(struct ht_section *s, uint64_t *at, uint32_t cap, uint32_t e
 }
 
 /* A valid region: stacks 2..4 (4 is a duplicate), one module, an active and a free slab,
- * shared counts. Expected totals: stack 2 = 30 bytes, stack 3 = 7 bytes, overflow = 5. */
-static unsigned char *build(size_t *len)
+ * shared counts. Expected totals: stack 2 = 30 bytes, stack 3 = 7 bytes, overflow = 5.
+ * With features (HT_FEATURE_PEAK | HT_FEATURE_TIMELINE): peak gen 2; stack 2's slab row
+ * held 4 bytes at the peak (ht_peak of gen 2), its shared row is as it was (gen 1): 4 + 20;
+ * stack 3 as it is (7); the overflow row held 1 (gen 2). A timeline of 5 points in a ring
+ * of 4 (points 1..4). */
+static unsigned char *build(size_t *len, int features)
 {
 	struct ht_header h;
 	memset(&h, 0, sizeof h);
@@ -59,8 +63,18 @@ static unsigned char *build(size_t *len)
 	section(&h.stacks, &at, STACKS, sizeof(struct ht_stack));
 	section(&h.frames, &at, FRAMES, 8);
 	section(&h.shared, &at, STACKS, sizeof(struct ht_counters));
-	section(&h.slabs, &at, SLABS,
-		sizeof(struct ht_slab_header) + SLAB_ENTRIES * sizeof(struct ht_slab_entry));
+	size_t per_entry = sizeof(struct ht_slab_entry) + (features ? sizeof(struct ht_peak) : 0);
+	section(&h.slabs, &at, SLABS, sizeof(struct ht_slab_header) + SLAB_ENTRIES * per_entry);
+	if (features) {
+		h.features = HT_FEATURE_PEAK | HT_FEATURE_TIMELINE;
+		section(&h.timeline, &at, 4, sizeof(struct ht_timeline_point));
+		section(&h.shared_peak, &at, STACKS, sizeof(struct ht_peak));
+		h.peak_gen = 2;
+		h.peak_bytes = 30;
+		h.peak_ns = 77;
+		h.inuse_bytes = 25;
+		h.timeline_next = 5;
+	}
 	h.magic = HT_MAGIC;
 	h.version = HT_LAYOUT_VERSION;
 	h.header_bytes = HT_HEADER_BYTES;
@@ -99,6 +113,18 @@ static unsigned char *build(size_t *len)
 	struct ht_counters *sh = (struct ht_counters *)(b + h.shared.offset);
 	sh[2] = (struct ht_counters){HT_OBJ_ONE, 20, 0, 0, 1};
 	sh[1] = (struct ht_counters){HT_OBJ_ONE, 5, 0, 0, 1};
+	if (features) {
+		struct ht_peak *pk = (struct ht_peak *)((unsigned char *)(s0 + 1) +
+							SLAB_ENTRIES * sizeof(struct ht_slab_entry));
+		pk[ht_slab_slot(2, SLAB_ENTRIES)] = (struct ht_peak){2, 4, HT_OBJ_ONE};
+		pk[ht_slab_slot(3, SLAB_ENTRIES)] = (struct ht_peak){1, 99, 99};
+		struct ht_peak *sp = (struct ht_peak *)(b + h.shared_peak.offset);
+		sp[2] = (struct ht_peak){1, 999, 999};
+		sp[1] = (struct ht_peak){2, 1, HT_OBJ_ONE};
+		struct ht_timeline_point *tl = (struct ht_timeline_point *)(b + h.timeline.offset);
+		for (uint64_t n = 0; n < 5; n++)
+			tl[n % 4] = (struct ht_timeline_point){1000 + n, (int64_t)n, 10 * n, 4096};
+	}
 	*len = at;
 	return b;
 }
@@ -128,6 +154,25 @@ static void check_invariants(const struct htr_snapshot *s, const char *what)
 		CHECK(s->counters.ids[i] > 0 && s->counters.ids[i] < s->hdr.stacks.capacity,
 		      "%s: counter id", what);
 		CHECK(i == 0 || s->counters.ids[i] > s->counters.ids[i - 1], "%s: counter order", what);
+	}
+	uint64_t inuse = 0;
+	for (uint32_t i = 0; i < s->counters.count; i++) {
+		uint64_t a = s->counters.alloc_bytes[i], f = s->counters.free_bytes[i];
+		CHECK(s->counters.inuse_bytes[i] == (a > f ? a - f : 0), "%s: in use rule", what);
+		CHECK((s->hdr.features & HT_FEATURE_PEAK) || s->counters.peak_bytes[i] == 0,
+		      "%s: peak without the feature", what);
+		inuse = inuse + s->counters.inuse_bytes[i] < inuse ? UINT64_MAX
+								  : inuse + s->counters.inuse_bytes[i];
+	}
+	CHECK(inuse == s->inuse_bytes, "%s: process in use", what);
+	const struct htr_timeline *tl = &s->timeline;
+	CHECK((s->hdr.features & HT_FEATURE_TIMELINE) || tl->count == 0, "%s: timeline", what);
+	CHECK(tl->count <= s->hdr.timeline.capacity || !(s->hdr.features & HT_FEATURE_TIMELINE),
+	      "%s: timeline count", what);
+	for (uint32_t i = 0; i < tl->count; i++) {
+		CHECK(tl->ns[i] != 0, "%s: timeline ns", what);
+		CHECK(i == 0 || (tl->index[i] > tl->index[i - 1] && tl->ns[i] >= tl->ns[i - 1]),
+		      "%s: timeline order", what);
 	}
 	for (uint32_t i = 0; i < s->module_count; i++) {
 		CHECK(strlen(s->modules[i].path) == s->modules[i].path_len, "%s: path length", what);
@@ -160,9 +205,32 @@ int main(int argc, char **argv)
 	close(fd);
 
 	size_t len;
-	unsigned char *base = build(&len);
+	unsigned char *base = build(&len, 0);
 	struct htr_snapshot s;
 	struct htr_error err;
+
+	/* a region with the peak and the timeline reads back exactly */
+	size_t flen;
+	unsigned char *fbase = build(&flen, 1);
+	CHECK(write_file(path, fbase, flen) == 0, "write");
+	if (htr_read_path(path, 0, &s, &err) == 0) {
+		CHECK(s.malformed == 0, "%s", s.first_malformed);
+		uint64_t want_peak[] = {1, 24, 7};
+		for (uint32_t i = 0; i < s.counters.count && i < 3; i++)
+			CHECK(s.counters.peak_bytes[i] == want_peak[i], "peak of %u: %llu",
+			      s.counters.ids[i], (unsigned long long)s.counters.peak_bytes[i]);
+		CHECK(s.peak.gen == 2 && s.peak.bytes == 30 && s.peak.ns == 77 && s.peak.settled,
+		      "peak header");
+		CHECK(s.peak_stack_bytes == 32, "peak stack bytes %llu",
+		      (unsigned long long)s.peak_stack_bytes);
+		CHECK(s.live.inuse_bytes == 25 && s.live.timeline_next == 5, "live words");
+		CHECK(s.timeline.count == 4 && s.timeline.index[0] == 1 && s.timeline.ns[3] == 1004 &&
+		      s.timeline.next == 5, "timeline: %u points", s.timeline.count);
+		check_invariants(&s, "features");
+		htr_snapshot_free(&s);
+	} else {
+		CHECK(0, "features region: %s", err.msg);
+	}
 
 	/* the valid region reads back exactly */
 	CHECK(write_file(path, base, len) == 0, "write");
@@ -195,23 +263,28 @@ int main(int argc, char **argv)
 	/* seeded corruption: single bit flips and hostile words anywhere in the file */
 	static const uint64_t hostile[] = {0, 1, 4096, 8192, 0x7fffffff, 0xffffffff, 1ull << 32,
 					   1ull << 63, ~0ull, ~0ull - 4095};
-	unsigned char *buf = malloc(len);
+	const size_t len0 = len;
+	unsigned char *buf = malloc(len > flen ? len : flen);
 	char what[96];
 	long returned = 0, refused = 0;
 	for (long i = 0; i < rounds; i++) {
-		memcpy(buf, base, len);
+		/* every other pair of rounds on the region with features */
+		int feat = (i / 2) % 2;
+		const unsigned char *from = feat ? fbase : base;
+		size_t blen = feat ? flen : len0;
+		memcpy(buf, from, blen);
 		size_t pos;
 		if (i % 2 == 0) {
-			pos = (size_t)(rnd() % (i % 4 == 0 ? sizeof(struct ht_header) : len));
+			pos = (size_t)(rnd() % (i % 4 == 0 ? sizeof(struct ht_header) : blen));
 			buf[pos] ^= (unsigned char)(1u << (rnd() % 8));
 			snprintf(what, sizeof what, "flip at %zu", pos);
 		} else {
-			pos = (size_t)(rnd() % ((i % 3 == 0 ? sizeof(struct ht_header) : len) / 8)) * 8;
+			pos = (size_t)(rnd() % ((i % 3 == 0 ? sizeof(struct ht_header) : blen) / 8)) * 8;
 			uint64_t v = hostile[rnd() % (sizeof hostile / sizeof hostile[0])];
 			memcpy(buf + pos, &v, rnd() % 2 ? 8 : 4);
 			snprintf(what, sizeof what, "word at %zu = %llu", pos, (unsigned long long)v);
 		}
-		if (write_file(path, buf, len) != 0)
+		if (write_file(path, buf, blen) != 0)
 			break;
 		if (htr_read_path(path, 0, &s, &err) == 0) {
 			returned++;
@@ -230,6 +303,7 @@ int main(int argc, char **argv)
 	}
 	free(buf);
 	free(base);
+	free(fbase);
 	unlink(path);
 	printf("corpus: %ld read, %ld refused\n", returned, refused);
 	printf("%d passed, %d failed\n", passes, failures);

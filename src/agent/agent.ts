@@ -44,7 +44,7 @@ export async function startAgent(config: AgentConfig, opts: StartOptions): Promi
     source,
     topSites: config.topSites,
     version: VERSION,
-    stats: () => ({ scans: watcher.scans, lastScanMs: watcher.lastScanMs, readErrors: watcher.readErrors }),
+    stats: () => ({ scans: watcher.scans, lastScanMs: watcher.lastScanMs, readErrors: watcher.readErrors, ends: watcher.ends }),
   });
   const server = createAgentServer({
     source, registry, log, token: config.token, maxSeconds: config.maxSeconds, isReady: () =>

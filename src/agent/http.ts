@@ -7,12 +7,16 @@
 //        ?pid=N      one process (else: the one live process, or all of them merged, with
 //                    pid and exe labels on every sample); ?region=FILE names a region file
 //        ?seconds=N  heap/allocs: p1 - p0 over N seconds (every value, as Go does)
+//        ?peak=1     heap: in use at each process's own peak (kept by the library at every
+//                    sampled event), alloc_* as now
 //        ?debug=1    text (src/agent/text.ts); ?gc=1 accepted and ignored
 //        ?consumer=NAME  delta_heap's key (default: remote address + User-Agent)
 //   GET  /metrics                        Prometheus text format (prom-client)
 //   GET  /healthz, /readyz               liveness; readiness after the first scan, while the
 //                                        region directory exists
 //   GET  /debug/heaptap/processes        JSON: the processes served
+//   GET  /debug/heaptap/timeline         JSON: in use, allocated and RSS over time and the
+//                                        peak, per process (?pid=N / ?region=FILE: one)
 //   POST /debug/heaptap/control          ?pid=N&action=pause|resume|rate&bytes=N (or the
 //                                        same fields form- or JSON-encoded in the body)
 // Errors are text/plain, with X-Go-Pprof: 1 (pprof shows the body only then). With a
@@ -138,6 +142,14 @@ export function createAgentServer(opts: ServerOptions): Server {
       res.end(JSON.stringify(opts.source.processes(), null, 1));
       return;
     }
+    if (path === '/debug/heaptap/timeline') {
+      const one = url.searchParams.has('pid') || url.searchParams.has('region');
+      const procs = one ? select(url) : opts.source.processes().sort((a, b) => a.pid - b.pid || a.startMs - b.startMs);
+      const body = procs.map((p) => opts.source.timeline(p.key));
+      res.writeHead(200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
+      res.end(JSON.stringify(one ? body[0] : body) + '\n');
+      return;
+    }
     const m = /^\/debug\/pprof\/([a-z_]+)$/.exec(path);
     if (m && PROFILES[m[1]!]) return profile(req, res, url, m[1]!);
     if (m) throw new HttpError(404, `unknown profile: ${m[1]} (heaptap serves heap, allocs and delta_heap)`);
@@ -180,6 +192,11 @@ export function createAgentServer(opts: ServerOptions): Server {
       seconds = Number(secondsText);
       if (seconds > opts.maxSeconds) throw new HttpError(400, `seconds ${seconds} is more than the limit of ${opts.maxSeconds} (--max-seconds)`);
     }
+    const peakText = q.get('peak');
+    if (peakText !== null && peakText !== '0' && peakText !== '1') throw new HttpError(400, `bad peak '${peakText}': 1 (in use at the peak) or 0`);
+    const atPeak = peakText === '1';
+    if (atPeak && view !== 'heap') throw new HttpError(400, 'peak=1 goes with /debug/pprof/heap only');
+    if (atPeak && seconds > 0) throw new HttpError(400, 'peak=1 takes no seconds: the peak is one moment');
     const procs = select(url);
     const keys = procs.map((p) => p.key);
     const consumer = q.get('consumer') ?? `${req.socket.remoteAddress ?? ''} ${req.headers['user-agent'] ?? ''}`;
@@ -198,13 +215,13 @@ export function createAgentServer(opts: ServerOptions): Server {
         res.off('close', onClose);
       }
     } else {
-      raw = await builds.run(() => opts.source.profileBytes(keys, view, consumer));
+      raw = await builds.run(() => opts.source.profileBytes(keys, atPeak ? 'peak' : view, consumer));
     }
     // The process list again, after the build: the same data the profile was made from.
     const shown = procs.map((p) => opts.source.processes().find((x) => x.key === p.key) ?? p);
     if (debug !== null && Number(debug) > 0) {
       const what = procs.length === 1 ? `pid ${procs[0]!.pid}` : `${procs.length} processes merged`;
-      const title = `${name} profile, ${what}${seconds ? `, delta over ${seconds} s` : view === 'delta' ? ', allocations since your previous delta_heap call' : ''}`;
+      const title = `${name} profile, ${what}${seconds ? `, delta over ${seconds} s` : view === 'delta' ? ', allocations since your previous delta_heap call' : atPeak ? `, in use at ${procs.length === 1 ? 'its' : 'each one\'s own'} peak` : ''}`;
       res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' });
       res.end(profileText(Profile.decode(raw), { title, processes: shown, sortBy: view === 'allocs' ? 'alloc_space' : 'inuse_space' }));
       return;
@@ -225,11 +242,14 @@ export function createAgentServer(opts: ServerOptions): Server {
     const link = (name: string, query: string, text = name) => `<a href="${name}${query ? `?${escapeHtml(query)}` : ''}">${text}</a>`;
     const rows = procs.map((p) => {
       const q = `pid=${p.pid}`;
-      const status = p.alive ? 'running' : p.exited ? 'exited' : 'ended';
+      const status = p.alive ? 'running' : p.end ? escapeHtml(p.end.reason) : p.exited ? 'exited' : 'ended';
       return `<tr><td>${p.pid}</td><td>${escapeHtml(p.exeName)}</td><td>${escapeHtml(p.service)}</td><td>${status}</td>` +
         `<td align="right">${p.inuseBytes}</td><td align="right">${p.allocatedBytes}</td>` +
+        `<td align="right">${p.peakBytes ?? ''}</td>` +
         `<td>${link('heap', q)} ${link('allocs', q)} ${link('delta_heap', q)} ` +
-        `(${link('heap', `${q}&debug=1`, 'text')})</td></tr>`;
+        `(${link('heap', `${q}&debug=1`, 'text')})` +
+        (p.peakBytes !== null ? ` ${link('heap', `${q}&peak=1`, 'peak')} (${link('heap', `${q}&peak=1&debug=1`, 'text')})` : '') +
+        ` ${link('/debug/heaptap/timeline', q, 'timeline')}</td></tr>`;
     });
     const html = `<!DOCTYPE html>
 <html><head><title>/debug/pprof/</title></head>
@@ -242,13 +262,14 @@ Without ?pid= a profile is the one running process's, or all of them merged (wit
 <tr><td>${link('heap', '')}</td><td>in use and allocated memory (${link('heap', 'debug=1', 'text')})</td></tr>
 <tr><td>${link('allocs', '')}</td><td>allocated memory, default sample type alloc_space (${link('allocs', 'debug=1', 'text')})</td></tr>
 <tr><td>${link('delta_heap', '')}</td><td>allocations since your previous delta_heap call, in use absolute</td></tr>
+<tr><td>${link('heap', 'peak=1', 'heap?peak=1')}</td><td>in use at each process's own peak, kept by the heaptap library at every sampled allocation and free (${link('heap', 'peak=1&debug=1', 'text')})</td></tr>
 </table>
 <p>Processes:</p>
 <table border="1" cellspacing="0" cellpadding="3">
-<tr><th>pid</th><th>exe</th><th>service</th><th>state</th><th>in use (bytes)</th><th>allocated (bytes)</th><th>profiles</th></tr>
+<tr><th>pid</th><th>exe</th><th>service</th><th>state</th><th>in use (bytes)</th><th>allocated (bytes)</th><th>peak (bytes)</th><th>profiles</th></tr>
 ${rows.join('\n')}
 </table>
-<p><a href="/metrics">/metrics</a> &middot; <a href="/debug/heaptap/processes">/debug/heaptap/processes</a></p>
+<p><a href="/metrics">/metrics</a> &middot; <a href="/debug/heaptap/processes">/debug/heaptap/processes</a> &middot; <a href="/debug/heaptap/timeline">/debug/heaptap/timeline</a> (in use, allocated and RSS over time, JSON)</p>
 </body></html>
 `;
     res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });

@@ -16,6 +16,7 @@ import {
 } from 'prom-client';
 
 import { constants } from '../region.ts';
+import { END_REASONS } from '../ends.ts';
 import type { HeapProcess, HeapSite, HeapSource } from './types.ts';
 
 export const METRIC = {
@@ -25,6 +26,7 @@ export const METRIC = {
   allocatedObjects: 'heaptap_heap_allocated_objects_total',
   freedBytes: 'heaptap_heap_freed_bytes_total',
   peakInuseBytes: 'heaptap_heap_peak_inuse_bytes',
+  peakBytes: 'heaptap_heap_peak_bytes',
   resident: 'heaptap_process_resident_memory_bytes',
   unattributed: 'heaptap_unattributed_resident_bytes',
   samples: 'heaptap_samples_total',
@@ -39,6 +41,7 @@ export const METRIC = {
   agentScans: 'heaptap_agent_scans_total',
   agentScanSeconds: 'heaptap_agent_scan_duration_seconds',
   agentReadErrors: 'heaptap_agent_region_read_errors_total',
+  processEnds: 'heaptap_process_ends_total',
 } as const;
 
 const PROC_LABELS = ['pid', 'exe', 'service'] as const;
@@ -48,6 +51,8 @@ export interface AgentStats {
   scans: number;
   lastScanMs: number;
   readErrors: number;
+  /** processes that ended, by reason (src/ends.ts END_REASONS) */
+  ends?: Record<string, number>;
 }
 
 export interface MetricsOptions {
@@ -110,7 +115,8 @@ export function createMetrics(opts: MetricsOptions): Registry {
   perProcessTotal(METRIC.allocatedBytes, 'Estimated heap bytes allocated since the process started.', (p) => p.allocatedBytes);
   perProcessTotal(METRIC.allocatedObjects, 'Estimated heap objects allocated since the process started.', (p) => p.allocatedObjects);
   perProcessTotal(METRIC.freedBytes, 'Estimated heap bytes freed since the process started.', (p) => p.freedBytes);
-  perProcess(METRIC.peakInuseBytes, 'Highest heaptap_heap_inuse_bytes the agent has seen for the process.', (p) => p.peakInuseBytes);
+  perProcess(METRIC.peakBytes, 'Highest estimated heap bytes in use the process reached, kept by the heaptap library at every sampled allocation and free (exact at rate 1, however short).', (p) => p.peakBytes);
+  perProcess(METRIC.peakInuseBytes, 'heaptap_heap_peak_bytes where the process\'s library keeps it, else the highest heaptap_heap_inuse_bytes the agent has seen.', (p) => p.peakInuseBytes);
   perProcess(METRIC.resident, 'Resident set size of the process (VmRSS from /proc), when the agent can see it.', (p) => p.residentBytes);
   perProcess(METRIC.unattributed, 'Resident bytes not explained by the estimated heap in use (resident minus in use, at least 0).',
     (p) => (p.residentBytes === null ? null : Math.max(0, p.residentBytes - p.inuseBytes)));
@@ -160,6 +166,11 @@ export function createMetrics(opts: MetricsOptions): Registry {
     counter(METRIC.agentScans, 'Scans of the region directory.', [], (c) => c.inc(stats().scans));
     gauge(METRIC.agentScanSeconds, 'Duration of the last scan (list the directory, read every live region).', [], (g) => g.set(stats().lastScanMs / 1000));
     counter(METRIC.agentReadErrors, 'Region reads that failed (the region was kept at its last snapshot or skipped).', [], (c) => c.inc(stats().readErrors));
+    counter(METRIC.processEnds, 'Profiled processes that ended, by how: exited (exit()), exec, oom_kill (its memory cgroup\'s OOM-kill count rose), signal (the exit status named one), no_exit (a signal or _exit(): not told apart), removed (its region file was deleted).',
+      ['reason'], (c) => {
+        const ends = stats().ends ?? {};
+        for (const reason of END_REASONS) c.inc({ reason }, ends[reason] ?? 0);
+      });
   }
   if (opts.defaultMetrics ?? true) {
     collectDefaultMetrics({ register: registry });

@@ -21,6 +21,8 @@ import { basename, join } from 'node:path';
 import type { HeapProcess } from './types.ts';
 import type { Logger } from './log.ts';
 import { StackStore } from './stackStore.ts';
+import { PointLog, nsToMs } from '../timeline.ts';
+import { describeEnd, endOf, oomCounterOf, oomKills, type EndReason, type OomCounter, type ProcessEnd } from '../ends.ts';
 import {
   constants,
   dropsByReason,
@@ -31,7 +33,7 @@ import {
   type RegionSnapshot,
 } from '../region.ts';
 
-export type ReadRegion = (path: string, sinceStack: number) => Promise<RegionSnapshot>;
+export type ReadRegion = (path: string, sinceStack: number, sincePoint?: bigint) => Promise<RegionSnapshot>;
 
 export interface WatcherOptions {
   dir: string;
@@ -44,6 +46,12 @@ export interface WatcherOptions {
   readRegion?: ReadRegion;
   /** tests: /proc root */
   procRoot?: string;
+  /** tests: the cgroup file system's root (/sys/fs/cgroup) */
+  cgroupRoot?: string;
+  /** delete a region file as soon as its process has ended and been read for the last
+   * time, and keep the process (heaptap run: thousands of short processes must not fill
+   * /dev/shm, and the report at the end needs them all; with retentionMs Infinity) */
+  unlinkEnded?: boolean;
   now?: () => number;
 }
 
@@ -67,6 +75,15 @@ export class Tracked {
   info: HeapProcess | null = null;
   residentBytes: number | null = null;
   peakInuseBytes = 0;
+  /** its timeline (HT_FEATURE_TIMELINE), accumulated over reads: 8192 points at most,
+   * thinned keeping the higher of each pair */
+  readonly timeline = new PointLog(8192);
+  /** its memory cgroup's OOM-kill counter (undefined: not looked up yet) and its value at
+   * the last poll that found the process running */
+  oom: OomCounter | null | undefined = undefined;
+  oomCount: number | null = null;
+  /** how it ended, once it has */
+  end: ProcessEnd | null = null;
   /** reads of this region are serialized through this chain */
   private chain: Promise<unknown> = Promise.resolve();
 
@@ -91,23 +108,29 @@ const NO_STACKS: RegionSnapshot['stacks'] = {
   next: 0,
 };
 
-/** Sums of one snapshot's counters, as numbers (bytes exact below 2^53). */
+const NO_POINTS: RegionSnapshot['timeline'] = {
+  index: new BigUint64Array(0), ns: new BigUint64Array(0), inuseBytes: new BigInt64Array(0),
+  allocBytes: new BigUint64Array(0), rssBytes: new BigUint64Array(0), next: 0n,
+};
+
+/** Sums of one snapshot's counters, as numbers (bytes exact below 2^53). In use is the
+ * reader's (RegionSnapshot.inuseBytes: per stack alloc - free clamped at 0, summed), the
+ * same figure a profile of the process totals. */
 export function totals(snap: RegionSnapshot): {
   inuseBytes: number; inuseObjects: number; allocatedBytes: number; allocatedObjects: number;
   freedBytes: number; samples: number;
 } {
   const c = snap.counters;
-  let ab = 0n, fb = 0n, ao = 0n, fo = 0n, sm = 0n;
+  let ab = 0n, fb = 0n, ao = 0n, sm = 0n;
   for (let i = 0; i < c.ids.length; i++) {
     ab += c.allocBytes[i]!;
     fb += c.freeBytes[i]!;
     ao += c.allocObjects[i]!;
-    fo += c.freeObjects[i]!;
     sm += c.samples[i]!;
   }
   return {
-    inuseBytes: Number(ab > fb ? ab - fb : 0n),
-    inuseObjects: objectsToNumber(ao > fo ? ao - fo : 0n),
+    inuseBytes: Number(snap.inuseBytes),
+    inuseObjects: objectsToNumber(snap.inuseObjects),
     allocatedBytes: Number(ab),
     allocatedObjects: objectsToNumber(ao),
     freedBytes: Number(fb),
@@ -120,8 +143,8 @@ export function exeName(exe: string, pid: number): string {
 }
 
 export class Watcher {
-  private readonly opts: Required<Omit<WatcherOptions, 'readRegion' | 'procRoot' | 'now'>> & {
-    readRegion: ReadRegion; procRoot: string; now: () => number;
+  private readonly opts: Required<Omit<WatcherOptions, 'readRegion' | 'procRoot' | 'cgroupRoot' | 'now' | 'unlinkEnded'>> & {
+    readRegion: ReadRegion; procRoot: string; cgroupRoot: string; now: () => number; unlinkEnded: boolean;
   };
   private readonly tracked = new Map<string, Tracked>();
   /** files that failed to read for good, by name: the (mtime, size) they had */
@@ -129,6 +152,7 @@ export class Watcher {
   private readonly endListeners = new Set<(p: Tracked) => void>();
   private readonly seenListeners = new Set<(p: Tracked) => void>();
   private readonly stackListeners = new Set<(p: Tracked) => void>();
+  private readonly readListeners = new Set<(p: Tracked, snap: RegionSnapshot) => void>();
   private timer: NodeJS.Timeout | null = null;
   private fsWatcher: FSWatcher | null = null;
   private scanning: Promise<void> | null = null;
@@ -143,12 +167,16 @@ export class Watcher {
   scans = 0;
   lastScanMs = 0;
   readErrors = 0;
+  /** processes that ended, by how (src/ends.ts) */
+  readonly ends: Record<EndReason, number> = { exited: 0, exec: 0, oom_kill: 0, signal: 0, no_exit: 0, removed: 0 };
 
   constructor(opts: WatcherOptions) {
     this.opts = {
       readConcurrency: 2,
-      readRegion: (p, s) => readRegionAsync(p, s),
+      readRegion: (p, s, pt) => readRegionAsync(p, s, pt),
       procRoot: '/proc',
+      cgroupRoot: '/sys/fs/cgroup',
+      unlinkEnded: false,
       now: () => Date.now(),
       ...opts,
     };
@@ -196,6 +224,12 @@ export class Watcher {
   onStacks(fn: (p: Tracked) => void): () => void {
     this.stackListeners.add(fn);
     return () => this.stackListeners.delete(fn);
+  }
+
+  /** fn(p, snapshot) after every read of p (the snapshot as read, before it is trimmed). */
+  onRead(fn: (p: Tracked, snap: RegionSnapshot) => void): () => void {
+    this.readListeners.add(fn);
+    return () => this.readListeners.delete(fn);
   }
 
   onSeen(fn: (p: Tracked) => void): () => void {
@@ -257,7 +291,8 @@ export class Watcher {
     // Files that went away under us (removed by hand, or by another agent).
     for (const p of this.tracked.values()) {
       if (names.has(p.key)) continue;
-      if (p.phase === 'live') this.end(p, this.opts.now(), 'region file removed');
+      if (p.phase === 'ended' && this.opts.unlinkEnded) continue; // we removed it
+      if (p.phase === 'live') this.end(p, this.opts.now(), { reason: 'removed' });
       this.forget(p, 'file gone');
     }
     for (const name of [...this.bad.keys()]) if (!names.has(name)) this.bad.delete(name);
@@ -305,7 +340,7 @@ export class Watcher {
       const first = p.snapshot === null;
       let snap: RegionSnapshot;
       try {
-        snap = await this.opts.readRegion(p.path, p.stacks.next);
+        snap = await this.opts.readRegion(p.path, p.stacks.next, p.timeline.next);
       } catch (e) {
         await this.readFailed(p, e);
         return;
@@ -316,11 +351,11 @@ export class Watcher {
         // The writer is gone. This read may have taken the counters just before it died;
         // one more, now that nothing writes, is complete.
         try {
-          this.apply(p, await this.opts.readRegion(p.path, p.stacks.next));
+          this.apply(p, await this.opts.readRegion(p.path, p.stacks.next, p.timeline.next));
         } catch {
           // keep what the first read got
         }
-        this.end(p, first ? await this.exitTime(p) : this.opts.now(), snap.header.state === EXITED ? 'exited' : 'no writer (killed)');
+        this.end(p, first ? await this.exitTime(p) : this.opts.now(), await this.howEnded(p, snap.header.state === EXITED));
       }
     });
   }
@@ -328,14 +363,21 @@ export class Watcher {
   private apply(p: Tracked, snap: RegionSnapshot): void {
     p.stacks.append(snap.stacks);
     const fresh = snap.stacks.ids.length > 0;
-    // The records now live in p.stacks: the snapshot keeps counters, header and modules,
-    // so that neither it nor the delta baselines taken from it hold a second copy.
-    p.snapshot = fresh ? { ...snap, stacks: { ...NO_STACKS, next: snap.stacks.next } } : snap;
+    if (snap.timeline) p.timeline.add(snap.timeline);
+    // The records now live in p.stacks and the points in p.timeline: the snapshot keeps
+    // counters, header and modules, so that neither it nor the delta baselines taken from
+    // it hold a second copy.
+    p.snapshot = { ...snap, stacks: fresh ? { ...NO_STACKS, next: snap.stacks.next } : snap.stacks, timeline: NO_POINTS };
     if (fresh) for (const fn of this.stackListeners) fn(p);
+    for (const fn of this.readListeners) fn(p, snap);
     p.version++;
     const h = snap.header;
     const t = totals(snap);
+    // The library's high-water mark (HT_FEATURE_PEAK: every sampled event, however
+    // short); without it, the highest in use the agent's reads saw.
+    const lib = snap.peak && snap.peak.ns > 0n ? snap.peak : null;
     if (t.inuseBytes > p.peakInuseBytes) p.peakInuseBytes = t.inuseBytes;
+    if (lib && Number(lib.bytes) > p.peakInuseBytes) p.peakInuseBytes = Number(lib.bytes);
     const drops: Record<string, number> = {};
     for (const [k, v] of Object.entries(dropsByReason(h))) drops[k] = Number(v);
     const exe = exeName(h.exe, h.pid);
@@ -353,7 +395,10 @@ export class Watcher {
       paused: h.pausedNow !== 0,
       ...t,
       peakInuseBytes: p.peakInuseBytes,
+      peakBytes: lib ? Number(lib.bytes) : null,
+      peakMs: lib ? nsToMs(lib.ns) : null,
       residentBytes: snap.alive ? p.residentBytes : null,
+      end: p.info?.end ?? null,
       drops,
     };
     if (snap.malformed > 0) {
@@ -374,7 +419,7 @@ export class Watcher {
     this.readErrors++;
     const code = isRegionError(e) ? e.code : 'ERR';
     if (code === 'ENOENT') {
-      if (p.phase === 'live' && p.snapshot) this.end(p, this.opts.now(), 'region file removed');
+      if (p.phase === 'live' && p.snapshot) this.end(p, this.opts.now(), { reason: 'removed' });
       this.forget(p, 'file gone');
       return;
     }
@@ -386,7 +431,7 @@ export class Watcher {
       // It read before: keep serving the last good snapshot. A writer that died in the
       // middle of a fold leaves the region unreadable for good, so that is the final one.
       if (alive === false) {
-        this.end(p, this.opts.now(), `no writer (${code})`);
+        this.end(p, this.opts.now(), await this.howEnded(p, p.snapshot.header.state === EXITED));
         return;
       }
       log.once(`read:${p.key}:${code}`, 'warn', 'cannot read region (keeping the last snapshot)', {
@@ -417,17 +462,31 @@ export class Watcher {
     return Math.max(Number(h.heartbeatNs / 1_000_000n), mtime) || this.opts.now();
   }
 
-  private end(p: Tracked, atMs: number, why: string): void {
+  /** How p ended (src/ends.ts): the region, /proc and its memory cgroup. */
+  private howEnded(p: Tracked, exited: boolean): Promise<ProcessEnd> {
+    const h = p.snapshot!.header;
+    return endOf({
+      exited, pid: h.pid, startTicks: h.procStartTicks, oom: p.oom ?? null, oomBefore: p.oomCount, procRoot: this.opts.procRoot,
+    });
+  }
+
+  private end(p: Tracked, atMs: number, e: ProcessEnd): void {
     if (p.phase === 'ended') return;
     p.phase = 'ended';
     p.endedAtMs = atMs;
     p.residentBytes = null;
-    if (p.info) p.info = { ...p.info, alive: false, residentBytes: null };
+    p.end = e;
+    this.ends[e.reason]++;
+    const how = describeEnd(e);
+    if (p.info) p.info = { ...p.info, alive: false, residentBytes: null, end: { ...e, text: how } };
     const i = p.info;
-    this.opts.log.info('process ended', {
-      pid: i?.pid, exe: i?.exeName, region: p.key, why, inuse_bytes: i?.inuseBytes,
+    const log = e.reason === 'oom_kill' || e.reason === 'signal' ? this.opts.log.warn.bind(this.opts.log) : this.opts.log.info.bind(this.opts.log);
+    log('process ended', {
+      pid: i?.pid, exe: i?.exeName, region: p.key, why: how, reason: e.reason, code: e.code, signal: e.signal,
+      inuse_bytes: i?.inuseBytes, peak_bytes: i?.peakBytes ?? undefined,
       remove_in_s: Math.max(0, Math.round((atMs + this.opts.retentionMs - this.opts.now()) / 1000)),
     });
+    if (this.opts.unlinkEnded && e.reason !== 'removed') void unlink(p.path).catch(() => {});
     if (!p.info) return;
     for (const fn of this.endListeners) {
       try {
@@ -485,6 +544,12 @@ export class Watcher {
     }
     p.residentBytes = rss;
     if (p.phase === 'live') p.info = { ...p.info, residentBytes: rss };
+    // The memory cgroup's OOM-kill count while it runs: if it has gone up when the process
+    // is found gone without exiting, the OOM killer ended it.
+    if (rss !== null) {
+      if (p.oom === undefined) p.oom = await oomCounterOf(h.pid, root, this.opts.cgroupRoot);
+      if (p.oom) p.oomCount = await oomKills(p.oom);
+    }
   }
 
   private ensureFsWatch(): void {

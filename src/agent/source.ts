@@ -12,7 +12,14 @@ import { encodeHeapProfile, gzipProfile, SymbolTables, type EncodeInput } from '
 import type { Tracked, Watcher } from './processes.ts';
 import type { HeapProcess, HeapSite, HeapSource } from './types.ts';
 
-export type View = 'heap' | 'allocs' | 'delta';
+/** heap, allocs, delta: as HeapSource says; peak: heap with each stack's in use at the
+ * process's own peak (HT_FEATURE_PEAK), alloc_* as now. */
+export type View = 'heap' | 'allocs' | 'delta' | 'peak';
+
+/** A snapshot whose in use is each stack's in use at the process's own peak. */
+export function atPeak(s: RegionSnapshot): RegionSnapshot {
+  return { ...s, counters: { ...s.counters, inuseBytes: s.counters.peakBytes, inuseObjects: s.counters.peakObjects } };
+}
 
 export interface SourceOptions {
   symbolizer?: AsyncProfileSymbolizer;
@@ -28,6 +35,20 @@ export interface SourceOptions {
 
 /** How deep a site search looks for a named frame before falling back to an address. */
 const SITE_DEPTH = 6;
+
+/** /debug/heaptap/timeline's JSON for one process: a point at most every 10 ms (the
+ * library's), the oldest thinned past 8192 (the higher of each pair kept). */
+export interface ProcessTimeline {
+  pid: number;
+  region: string;
+  exe: string;
+  alive: boolean;
+  peak: { bytes: number; ms: number | null } | null;
+  ms: number[];
+  inuse_bytes: number[];
+  alloc_bytes: number[];
+  rss_bytes: number[];
+}
 
 interface SiteCache {
   version: number;
@@ -146,9 +167,17 @@ export class AgentSource implements HeapSource {
     const inputs: { p: Tracked; snapshot: RegionSnapshot; base?: RegionSnapshot }[] = [];
     for (const p of tracked) {
       if (!p.snapshot) continue;
+      if (view === 'peak') {
+        // each process at its own peak; one whose writer keeps no peak is left out
+        if (p.snapshot.peak) inputs.push({ p, snapshot: atPeak(p.snapshot) });
+        continue;
+      }
       const base = bases?.get(p.key);
       inputs.push({ p, snapshot: p.snapshot, base });
       bases?.set(p.key, p.snapshot);
+    }
+    if (view === 'peak' && inputs.length === 0) {
+      throw new NotFound(`no peak data: ${keys.length === 1 ? 'the region of this process was' : 'the regions of these processes were'} made by a heaptap library older than the peak (HT_FEATURE_PEAK)`);
     }
     return this.encode(inputs, { view: view === 'allocs' ? 'allocs' : 'heap', exeLabel: keys.length > 1 });
   }
@@ -190,6 +219,21 @@ export class AgentSource implements HeapSource {
 
   private readonly warn = (m: string) => this.opts.log.once(`symbolize:${m}`, 'warn', m);
 
+  /** A process's timeline as columns (ms since the epoch, bytes), and its own peak. */
+  timeline(key: string): ProcessTimeline {
+    const p = this.need(key);
+    const pts = p.timeline.points;
+    const info = p.info!;
+    return {
+      pid: info.pid, region: key, exe: info.exe, alive: info.alive,
+      peak: info.peakBytes !== null ? { bytes: info.peakBytes, ms: info.peakMs } : null,
+      ms: pts.map((x) => x.ms),
+      inuse_bytes: pts.map((x) => x.inuseBytes),
+      alloc_bytes: pts.map((x) => x.allocBytes),
+      rss_bytes: pts.map((x) => x.rssBytes),
+    };
+  }
+
   private tablesOf(p: Tracked): SymbolTables {
     let t = this.tables.get(p.key);
     if (!t) this.tables.set(p.key, (t = new SymbolTables()));
@@ -208,8 +252,8 @@ export class AgentSource implements HeapSource {
     const c = snap.counters;
     const bySite = new Map<string, number>();
     for (let i = 0; i < c.ids.length; i++) {
-      const inuse = c.allocBytes[i]! - c.freeBytes[i]!;
-      if (inuse <= 0n) continue;
+      const inuse = c.inuseBytes[i]!; // the reader's rule (RegionCounters)
+      if (inuse === 0n) continue;
       const site = this.siteName(c.ids[i]!, tables);
       bySite.set(site, (bySite.get(site) ?? 0) + Number(inuse));
     }

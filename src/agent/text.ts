@@ -86,8 +86,11 @@ export function profileText(profile: Profile, opts: TextOptions): string {
   if (Number(profile.durationNanos) > 0) out.push(`interval: ${(Number(profile.durationNanos) / 1e9).toFixed(1)} s`);
   for (const p of opts.processes) {
     out.push('');
-    out.push(`pid ${p.pid} ${p.exeName} (service ${p.service}, ${p.alive ? 'running' : p.exited ? 'exited' : 'ended without exiting'}${p.paused ? ', sampling paused' : ''})`);
-    out.push(`  in use     ${bytes(p.inuseBytes)} in ${count(p.inuseObjects)} objects (peak seen ${bytes(p.peakInuseBytes)})`);
+    out.push(`pid ${p.pid} ${p.exeName} (service ${p.service}, ${p.alive ? 'running' : p.end ? p.end.text : p.exited ? 'exited' : 'ended without exiting'}${p.paused ? ', sampling paused' : ''})`);
+    const peak = p.peakBytes !== null
+      ? `peak ${bytes(p.peakBytes)}${p.peakMs !== null ? ` at ${new Date(p.peakMs).toISOString()}` : ''}`
+      : `peak seen ${bytes(p.peakInuseBytes)}`;
+    out.push(`  in use     ${bytes(p.inuseBytes)} in ${count(p.inuseObjects)} objects (${peak})`);
     out.push(`  allocated  ${bytes(p.allocatedBytes)} in ${count(p.allocatedObjects)} objects; freed ${bytes(p.freedBytes)}`);
     if (p.residentBytes !== null) out.push(`  resident   ${bytes(p.residentBytes)}`);
     const lost = Object.entries(p.drops).filter(([, n]) => n > 0);

@@ -27,8 +27,17 @@ export interface HeapProcess {
   allocatedBytes: number;
   allocatedObjects: number;
   freedBytes: number;
-  /** Highest inuseBytes the agent has seen for this process. */
+  /** Highest in use: peakBytes where the region has it, else the highest inuseBytes the
+   * agent's reads saw. */
   peakInuseBytes: number;
+  /** The library's high-water mark of its in-use estimate, kept at every sampled
+   * allocation and free (exact at rate 1, however short the peak), and when it was reached
+   * (ms since the epoch); null for a region from a writer without it. */
+  peakBytes: number | null;
+  peakMs: number | null;
+  /** How it ended (null while it runs): src/ends.ts's reason (exited, exec, oom_kill,
+   * signal, no_exit, removed), the exit code or signal when seen, and a phrase. */
+  end: { reason: string; code?: number; signal?: string; text: string } | null;
   /** VmRSS from /proc/<pid>/status; null when unreadable or the process is gone. */
   residentBytes: number | null;
   /** Raw sample count. */
@@ -54,8 +63,9 @@ export interface HeapSource {
    * that needs the structure decodes (pprof-format's Profile.decode).
    * view 'heap': cumulative alloc_*, absolute inuse_*; 'allocs': same data, default
    * sample type alloc_space; 'delta': alloc_* since the previous 'delta' call for the same
-   * consumer, inuse_* absolute. */
-  encodedProfile(key: string, view: 'heap' | 'allocs' | 'delta', consumer?: string): Promise<Uint8Array>;
+   * consumer, inuse_* absolute; 'peak': inuse_* at the process's own peak (HT_FEATURE_PEAK;
+   * rejects for a region without it), alloc_* cumulative now. */
+  encodedProfile(key: string, view: 'heap' | 'allocs' | 'delta' | 'peak', consumer?: string): Promise<Uint8Array>;
   /** Subscribe to processes that ended (exited or killed): called once per process image
    * after its final snapshot, before the agent forgets it. */
   onProcessEnd(listener: (p: HeapProcess) => void): () => void;

@@ -2,7 +2,7 @@
 // under the preload, follows its heap while it runs, and writes two profiles at the end.
 import { spawn } from 'node:child_process';
 import { accessSync, closeSync, existsSync, openSync, readFileSync, readSync, realpathSync, statSync } from 'node:fs';
-import { access, constants as fsConstants, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
+import { access, constants as fsConstants, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { basename, delimiter, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,10 +13,7 @@ import { Symbolizer } from '../symbolize.ts';
 import {
   constants,
   dropsByReason,
-  isRegionError,
-  listRegions,
   objectsToNumber,
-  readRegionAsync,
   type RegionSnapshot,
   type RegionStacks,
 } from '../region.ts';
@@ -34,6 +31,10 @@ import {
 } from './common.ts';
 import { RUN_USAGE } from './usage.ts';
 import { siteTable, formatValue, type SiteTable } from './top.ts';
+import { bucketMax, concurrentPeak, renderChart, seriesOf, type PointLog, type Series } from '../timeline.ts';
+import { describeEnd, type ProcessEnd } from '../ends.ts';
+import { Watcher } from '../agent/processes.ts';
+import { createLogger } from '../agent/log.ts';
 
 
 /** preload/build/libheaptap.so of this package. */
@@ -61,6 +62,8 @@ interface RunOptions {
   depth?: number;
   intervalMs: number;
   keepRegions: boolean;
+  /** draw the in-use chart in the summary (default: when stderr is a terminal) */
+  chart: boolean;
   command: string[];
 }
 
@@ -72,6 +75,8 @@ function parseRun(args: string[]): RunOptions | 'help' {
     depth: { type: 'string' },
     interval: { type: 'string' },
     'keep-regions': { type: 'boolean' },
+    chart: { type: 'boolean' },
+    'no-chart': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   }, false);
   if (values.help) return 'help';
@@ -82,6 +87,7 @@ function parseRun(args: string[]): RunOptions | 'help' {
     depth: values.depth !== undefined ? parseInteger('run: --depth', values.depth, 1, 256) : undefined,
     intervalMs: values.interval !== undefined ? parseMillis('run: --interval', values.interval, 1, 60_000) : 100,
     keepRegions: values['keep-regions'] ?? false,
+    chart: values['no-chart'] ? false : values.chart ?? process.stderr.isTTY === true,
     command,
   };
 }
@@ -89,93 +95,139 @@ function parseRun(args: string[]): RunOptions | 'help' {
 // ---------------------------------------------------------------------------------------
 // Following the regions while the command runs.
 
+/** A process image's counters at one poll (stacks and timeline left out: kept elsewhere). */
+interface Frame {
+  ms: number;
+  snap: RegionSnapshot;
+}
+
+const MAX_FRAMES = 64;
+
+/** What the report needs of one process image, from the agent's Watcher (one follower of
+ * regions for heaptap run and the agent: src/agent/processes.ts). */
 interface Tracked {
   path: string;
-  /** stack records read so far (each poll reads only the new ones) */
-  chunks: RegionStacks[];
-  next: number;
   latest?: RegionSnapshot;
-  /** the poll that first saw the process image gone has counted its last in-use bytes */
-  endCounted: boolean;
-  error?: string;
+  /** its stack records (read incrementally by the Watcher) */
+  chunks: RegionStacks[];
+  /** its timeline */
+  log: PointLog;
+  /** its counters at polls, thinned to MAX_FRAMES (every other dropped, the last kept):
+   * what it held when another process made the run's peak */
+  frames: Frame[];
+  /** how it ended, once it has (src/ends.ts) */
+  end?: ProcessEnd;
 }
 
-interface Totals {
-  inuse: bigint;
-  allocBytes: bigint;
-  allocObjects: number;
-}
-
-function totalsOf(s: RegionSnapshot): Totals {
+function totalsOf(s: RegionSnapshot): { allocBytes: bigint; allocObjects: number } {
   const c = s.counters;
-  let ab = 0n, fb = 0n, ao = 0n;
+  let ab = 0n, ao = 0n;
   for (let i = 0; i < c.ids.length; i++) {
     ab += c.allocBytes[i]!;
-    fb += c.freeBytes[i]!;
     ao += c.allocObjects[i]!;
   }
-  return { inuse: ab > fb ? ab - fb : 0n, allocBytes: ab, allocObjects: objectsToNumber(ao) };
+  return { allocBytes: ab, allocObjects: objectsToNumber(ao) };
 }
 
+const NO_STACKS: RegionStacks = {
+  ids: new Uint32Array(0), depths: new Uint32Array(0), flags: new Uint32Array(0),
+  frameStart: new Uint32Array(0), frames: new BigUint64Array(0), next: 0,
+};
+
+/** The regions of the run's directory, followed by the agent's Watcher: every region read
+ * at each poll (new stack records and timeline points only), ended ones read once more,
+ * their end told (exit, exec, the OOM killer...), and all of them kept until the report. */
 class Follower {
-  readonly regions = new Map<string, Tracked>();
-  peak = { bytes: -1n, atMs: 0, snapshots: new Map<string, RegionSnapshot>() };
+  readonly watcher: Watcher;
+  /** in use now (live images), allocated so far, and the highest the live line has seen */
   inuseNow = 0n;
   allocNow = 0n;
-  private readonly dir: string;
-  private readonly start: number;
-  private readonly removeEnded: boolean;
+  peakSeen = 0n;
+  /** regions that could not be read (the first error of each kind) */
+  readonly errors: string[] = [];
+  private readonly frames = new Map<string, Frame[]>();
 
   /** removeEnded: delete a region once it has been read after its process image ended
    * (everything the profiles need is then in memory), so that a command that starts
    * thousands of processes does not fill /dev/shm with their regions. */
-  constructor(dir: string, start: number, removeEnded: boolean) {
-    this.dir = dir;
-    this.start = start;
-    this.removeEnded = removeEnded;
+  constructor(dir: string, intervalMs: number, removeEnded: boolean) {
+    const log = createLogger({
+      format: 'json', level: 'warn',
+      write: (line) => {
+        const l = JSON.parse(line) as { msg?: string; error?: string };
+        if (l.msg?.startsWith('cannot read region') && l.error) this.errors.push(l.error);
+      },
+    });
+    this.watcher = new Watcher({ dir, pollMs: intervalMs, retentionMs: Infinity, log, unlinkEnded: removeEnded });
+    this.watcher.onRead((p, snap) => {
+      let f = this.frames.get(p.key);
+      if (!f) this.frames.set(p.key, (f = []));
+      f.push({ ms: Date.now(), snap: { ...snap, stacks: NO_STACKS } });
+      if (f.length > MAX_FRAMES) this.frames.set(p.key, f.filter((_, i, a) => i % 2 === 1 || i === a.length - 1));
+    });
   }
 
-  /** Reads every region once. In use now is the sum over live process images, plus, once,
-   * the last figures of an image that ended since the previous poll (what it held when it
-   * exited or exec'd, which may have been the peak). */
+  /** Every image read so far, keyed by its region's path. */
+  get regions(): Map<string, Tracked> {
+    const out = new Map<string, Tracked>();
+    for (const p of this.watcher.all()) {
+      out.set(p.path, {
+        path: p.path,
+        latest: p.snapshot ?? undefined,
+        chunks: [p.stacks.pending()],
+        log: p.timeline,
+        frames: this.frames.get(p.key) ?? [],
+        end: p.end ?? undefined,
+      });
+    }
+    return out;
+  }
+
+  /** Reads every region once. */
   async poll(): Promise<void> {
-    const paths = await listRegions(this.dir);
-    await Promise.all(paths.map(async (path) => {
-      let t = this.regions.get(path);
-      if (!t) this.regions.set(path, (t = { path, chunks: [], next: 0, endCounted: false }));
-      if (t.latest && !t.latest.alive) return; // ended: its region no longer changes
-      try {
-        const snap = await readRegionAsync(path, t.next);
-        if (snap.stacks.ids.length) t.chunks.push(snap.stacks);
-        t.next = snap.stacks.next;
-        t.latest = snap;
-        t.error = undefined;
-        if (!snap.alive && this.removeEnded) await unlink(path).catch(() => {});
-      } catch (e) {
-        // Not ready yet (being set up) or busy: next time. Anything else is kept to report.
-        if (!(isRegionError(e) && (e.code === 'ERR_HEAPTAP_NOT_READY' || e.code === 'ERR_HEAPTAP_BUSY'))) t.error = (e as Error).message;
-      }
-    }));
-    let inuse = 0n;
-    let alloc = 0n;
-    const counted = new Map<string, RegionSnapshot>();
-    for (const t of this.regions.values()) {
-      const s = t.latest;
+    await this.watcher.scan();
+    let inuse = 0n, alloc = 0n, ownPeak = 0n;
+    for (const p of this.watcher.all()) {
+      const s = p.snapshot;
       if (!s) continue;
-      const tot = totalsOf(s);
-      alloc += tot.allocBytes;
-      if (s.alive || !t.endCounted) {
-        inuse += tot.inuse;
-        counted.set(t.path, s);
-        if (!s.alive) t.endCounted = true;
-      }
+      alloc += totalsOf(s).allocBytes;
+      if (p.phase === 'live' && s.alive) inuse += s.inuseBytes;
+      if (s.peak && s.peak.bytes > ownPeak) ownPeak = s.peak.bytes;
     }
     this.inuseNow = inuse;
     this.allocNow = alloc;
-    if (inuse > this.peak.bytes && counted.size) {
-      this.peak = { bytes: inuse, atMs: Date.now() - this.start, snapshots: counted };
-    }
+    // the live line's peak: at least any process's own, and any total seen at a poll
+    for (const v of [inuse, ownPeak]) if (v > this.peakSeen) this.peakSeen = v;
   }
+
+  stop(): Promise<void> {
+    return this.watcher.stop();
+  }
+
+  /** Each image's series for the sweep (src/timeline.ts). An image without a timeline (a
+   * writer without the feature) is represented by its polls. */
+  series(): Array<{ t: Tracked; s: Series }> {
+    const out: Array<{ t: Tracked; s: Series }> = [];
+    for (const t of this.regions.values()) {
+      if (!t.latest) continue;
+      const points = t.latest.header.features & constants.FEATURE_TIMELINE ? t.log.points
+        : t.frames.map((f) => ({ ms: f.ms, inuseBytes: Number(f.snap.inuseBytes), allocBytes: 0, rssBytes: 0 }));
+      out.push({ t, s: seriesOf(t.path, t.latest, points) });
+    }
+    return out;
+  }
+}
+
+/** Counters whose in use is each stack's in use at the process's own peak. */
+function atPeak(s: RegionSnapshot): RegionSnapshot {
+  return { ...s, counters: { ...s.counters, inuseBytes: s.counters.peakBytes, inuseObjects: s.counters.peakObjects } };
+}
+
+/** The snapshot of t taken at the last poll at or before ms (else its first). */
+function frameAt(t: Tracked, ms: number): RegionSnapshot | undefined {
+  let best = t.frames[0];
+  for (const f of t.frames) if (f.ms <= ms) best = f;
+  return best?.snap;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -237,7 +289,7 @@ export async function runCommand(args: string[]): Promise<number> {
   }
   const rootPid = child.pid!;
 
-  const follower = new Follower(dir, start, !o.keepRegions);
+  const follower = new Follower(dir, o.intervalMs, !o.keepRegions);
   let stopped = false;
   let wake = () => {};
   const loop = (async () => {
@@ -255,6 +307,7 @@ export async function runCommand(args: string[]): Promise<number> {
   wake();
   await loop;
   await follower.poll(); // the final figures: every region now holds its exit state
+  await follower.stop();
   live?.clear();
   for (const sig of signals) process.off(sig, forward);
 
@@ -288,19 +341,35 @@ function ordered(follower: Follower, rootPid: number, pick: (t: Tracked) => Regi
 
 async function report(o: RunOptions, f: Follower, rootPid: number, start: number, elapsedMs: number, code: number | null, signal: NodeJS.Signals | null, secure: string | null): Promise<void> {
   const err = (s: string) => process.stderr.write(s);
-  const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+  // The command's end as waitpid told it; the OOM killer if its cgroup's count rose.
+  const rootEnd = [...f.regions.values()].filter((t) => t.latest?.header.pid === rootPid && t.end)
+    .sort((a, b) => Number(b.latest!.header.startNs - a.latest!.header.startNs))[0]?.end;
+  const how = signal ? (signal === 'SIGKILL' && rootEnd?.reason === 'oom_kill' ? 'was killed by the OOM killer (SIGKILL; its memory cgroup counted the kill)' : `was killed by ${signal}`)
+    : `exited with code ${code}`;
   const heapInputs = ordered(f, rootPid, (t) => t.latest);
   const words = [basename(o.command[0]!), ...o.command.slice(1)].join(' ');
   const name = words.length > 60 ? `${words.slice(0, 59)}…` : words;
   if (heapInputs.length === 0) {
-    const why = [...f.regions.values()].find((t) => t.error)?.error;
+    const why = f.errors[0];
     err(`heaptap: ${name} ${how} after ${formatSeconds(elapsedMs)}; no heap data: ` +
       (why ? `its region could not be read: ${why}\n` :
         secure ? `${secure}\n` :
         'no process made a region (a statically linked program, or one that never called malloc?)\n'));
     return;
   }
-  const peakInputs = f.peak.snapshots.size ? ordered(f, rootPid, (t) => f.peak.snapshots.get(t.path)) : heapInputs;
+  // The run's peak: the highest total of the images that ran together, from their
+  // timelines and own peaks (src/timeline.ts); the peak profile is, for the image whose
+  // own peak made that moment, its stacks at that peak (kept by the library), and for the
+  // others their stacks at the last poll before it.
+  const all = f.series();
+  const cp = concurrentPeak(all.map((x) => x.s));
+  const peakSnap = (t: Tracked): RegionSnapshot | undefined => {
+    if (!cp.byKey.has(t.path)) return undefined;
+    if (t.path === cp.peakOf && t.latest) return atPeak(t.latest);
+    return frameAt(t, cp.ms);
+  };
+  const peakInputs = cp.byKey.size ? ordered(f, rootPid, peakSnap) : [];
+  const peakAtMs = Number.isFinite(cp.ms) ? cp.ms - start : 0;
 
   const symbolizer = new Symbolizer();
   const warnings = new Set<string>();
@@ -308,8 +377,8 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   const now = BigInt(Date.now()) * 1_000_000n;
   const heap = await buildProfileAsync(heapInputs, { view: 'heap', symbolizer, timeNanos: now, onWarning });
   const peak = await buildProfileAsync(peakInputs, {
-    view: 'heap', symbolizer, onWarning,
-    timeNanos: BigInt(start + f.peak.atMs) * 1_000_000n,
+    view: 'heap', symbolizer, onWarning, exeLabel: heapInputs.length > 1,
+    timeNanos: BigInt(Math.round(Number.isFinite(cp.ms) ? cp.ms : start)) * 1_000_000n,
   });
   symbolizer.close();
   const heapPath = join(o.outDir, `heaptap.${rootPid}.heap.pb.gz`);
@@ -323,7 +392,7 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
     const t = totalsOf(snapshot);
     allocBytes += t.allocBytes;
     allocObjects += t.allocObjects;
-    inuseExit += t.inuse;
+    inuseExit += snapshot.inuseBytes;
     for (const [reason, n] of Object.entries(dropsByReason(snapshot.header))) {
       if (n > 0n && DROP_NOTES[reason]) drops.set(reason, (drops.get(reason) ?? 0n) + n);
     }
@@ -333,10 +402,13 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   const lines: string[] = [];
   lines.push(`heaptap: ${name} ${how} after ${formatSeconds(elapsedMs)} (${procs} process${procs > 1 ? 'es' : ''}, ${heapInputs.length} image${heapInputs.length > 1 ? 's' : ''}; ` +
     (rate === 1n ? 'every allocation recorded' : `sampled every ${formatBytes(rate)} on average: figures are estimates`) + ')');
-  lines.push(`  peak in use     ${formatBytes(f.peak.bytes > 0n ? f.peak.bytes : 0n)} at ${formatSeconds(f.peak.atMs)}`);
+  lines.push(`  peak in use     ${formatBytes(Math.round(cp.bytes))} (${formatCount(Math.round(cp.bytes))} bytes) at ${formatSeconds(Math.max(0, peakAtMs))}` +
+    (heapInputs.length > 1 ? ' (the most the processes held together)' : ''));
   lines.push(`  allocated       ${formatBytes(allocBytes)} in ${formatCount(allocObjects)} objects`);
   lines.push(`  in use at exit  ${formatBytes(inuseExit)}`);
   for (const [reason, n] of drops) lines.push(`  note            ${formatCount(n)} ${DROP_NOTES[reason]} (${reason})`);
+  if (heapInputs.length > 1) lines.push('', ...processBlock(all, cp.bytes, start));
+  if (o.chart) lines.push('', ...chartBlock(all.map((x) => x.s), start, start + elapsedMs));
   lines.push('', ...sitesBlock('top sites by bytes allocated', siteTable(heap, 'alloc_space')));
   lines.push('', ...sitesBlock(`top sites by bytes in use at the peak`, siteTable(peak, 'inuse_space')));
   lines.push('');
@@ -345,6 +417,32 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   lines.push(`  explore:  go tool pprof -http=: ${displayPath(heapPath)}`);
   for (const w of warnings) lines.push(`  warning: ${w}`);
   err(lines.join('\n') + '\n');
+}
+
+/** Each large image's own peak: those that reached 1% of the run's peak, largest first. */
+function processBlock(all: Array<{ t: Tracked; s: Series }>, runPeak: number, start: number): string[] {
+  const rows = all
+    .filter((x) => x.s.peak && x.t.latest)
+    .sort((a, b) => b.s.peak!.bytes - a.s.peak!.bytes);
+  const big = rows.filter((x) => x.s.peak!.bytes >= runPeak / 100).slice(0, 8);
+  const out = ['  own peak of each process (largest first):'];
+  for (const { t, s } of big) {
+    const h = t.latest!.header;
+    const exe = basename(h.exe) || `pid ${h.pid}`;
+    const end = t.end ? `  (${describeEnd(t.end).replace(/ \(a signal.*\)$/, '')})` : t.latest!.alive ? '  (still running)' : '';
+    out.push(`    ${formatBytes(s.peak!.bytes).padStart(10)} at ${formatSeconds(Math.max(0, s.peak!.ms - start)).padEnd(8)} pid ${String(h.pid).padEnd(7)} ${exe}${end}`);
+  }
+  if (rows.length > big.length) out.push(`    (and ${rows.length - big.length} smaller)`);
+  return out;
+}
+
+/** In use and RSS over the run, every process summed, as a small chart. */
+function chartBlock(series: Series[], fromMs: number, toMs: number): string[] {
+  const cols = Math.max(20, Math.min(64, (process.stderr.columns || 80) - 16));
+  const b = bucketMax(series, fromMs, toMs, cols);
+  const chart = renderChart(b, 6, (v) => formatBytes(Math.round(v)), (ms) => formatSeconds(ms));
+  if (!chart.length) return ['  in use over time: nothing recorded'];
+  return ['  in use (█) and resident (░) over time, all processes:', ...chart.map((l) => `  ${l}`)];
 }
 
 /** What a drop counter means for the figures, for the ones that change what users see
@@ -499,7 +597,7 @@ export class LiveLine {
       this.lastAlloc = f.allocNow;
       this.lastMs = now;
     }
-    const peak = f.peak.bytes > 0n ? f.peak.bytes : 0n;
+    const peak = f.peakSeen;
     const procs = new Set([...f.regions.values()].map((t) => t.latest?.header.pid)).size;
     const text = `heaptap: ${formatSeconds(now - this.start)}  in use ${formatBytes(f.inuseNow)}  peak ${formatBytes(peak)}  ` +
       `allocating ${formatBytes(Math.max(0, this.rate))}/s${procs > 1 ? `  (${procs} processes)` : ''}`;

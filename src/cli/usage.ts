@@ -30,8 +30,18 @@ set), follows every process it starts (fork, exec), and when the command ends wr
   heaptap.<pid>.peak.pb.gz   in use at the moment the total in use was highest
 
 (<pid> is the command's pid), then prints a summary: the peak and when it happened,
-the bytes and objects allocated, what was still in use at exit, the top 10 sites by
-bytes allocated and by bytes in use at the peak, and the go tool pprof line to explore.
+the bytes and objects allocated, what was still in use at exit, each large process's
+own peak and how it ended (when there were several), the top 10 sites by bytes
+allocated and by bytes in use at the peak, and the go tool pprof line to explore. A
+command killed by the OOM killer is said to be (its memory cgroup's OOM-kill count,
+read while it ran, went up).
+
+The peak is kept by the library at every sampled allocation and free (exact at --rate 1,
+however short it was), not by polling. With several processes it is the highest total
+of those that ran together, from each one's timeline (a point every 10 ms at most) and
+its own exact peak; the peak profile has the stacks of the process whose peak made that
+moment as they were at its peak, and the others' at the last poll before it. Its
+alloc_* values are the totals at the end of the run.
 Read them with \`go tool pprof -http=: <file>\` (or -top, -traces, -sample_index=...).
 The profiles merge all processes of the tree; each sample has a \`pid\` label.
 
@@ -41,8 +51,10 @@ Options:
   --rate BYTES         mean bytes between samples (default 512k, the preload's);
                        1 records every allocation exactly; k/m/g suffixes (binary)
   --depth N            frames kept per stack, 1..256 (default 64)
-  --interval TIME      how often the regions are read to find the peak
-                       (default 100ms; "250", "250ms", "1s")
+  --interval TIME      how often the regions are read (live line, other processes'
+                       stacks at the peak; default 100ms; "250", "250ms", "1s")
+  --chart, --no-chart  a small chart of in use and RSS over time in the summary
+                       (default: when stderr is a terminal)
   --keep-regions       keep every region file (their directory is printed)
   -h, --help           this text
 

@@ -38,6 +38,7 @@ export const OTEL_METRIC = {
   allocations: 'heaptap.heap.allocations',
   freed: 'heaptap.heap.freed',
   peakInuse: 'heaptap.heap.peak_inuse',
+  peak: 'heaptap.heap.peak',
   unattributedResident: 'heaptap.unattributed_resident',
   samples: 'heaptap.samples',
   samplesDropped: 'heaptap.samples.dropped',
@@ -61,7 +62,8 @@ const DEFS: readonly Def[] = [
   { name: OTEL_METRIC.allocated, kind: 'counter', unit: 'By', description: 'Estimated heap bytes allocated since the process started.', value: (p) => p.allocatedBytes },
   { name: OTEL_METRIC.allocations, kind: 'counter', unit: '{allocation}', description: 'Estimated heap allocations since the process started.', value: (p) => p.allocatedObjects },
   { name: OTEL_METRIC.freed, kind: 'counter', unit: 'By', description: 'Estimated heap bytes freed since the process started.', value: (p) => p.freedBytes },
-  { name: OTEL_METRIC.peakInuse, kind: 'gauge', unit: 'By', description: 'Highest heaptap.heap.inuse the agent has seen for the process.', value: (p) => p.peakInuseBytes },
+  { name: OTEL_METRIC.peak, kind: 'gauge', unit: 'By', description: 'Highest estimated heap bytes in use the process reached, kept by the heaptap library at every sampled allocation and free.', value: (p) => p.peakBytes },
+  { name: OTEL_METRIC.peakInuse, kind: 'gauge', unit: 'By', description: 'heaptap.heap.peak where the library keeps it, else the highest heaptap.heap.inuse the agent has seen.', value: (p) => p.peakInuseBytes },
   {
     name: OTEL_METRIC.unattributedResident, kind: 'updown', unit: 'By',
     description: 'Resident bytes not explained by the estimated heap in use (resident minus in use, at least 0).',

@@ -253,6 +253,8 @@ export function keyValues(attrs: Record<string, string | number | boolean>): Key
 export interface ProcessProfile {
   process: HeapProcess;
   profile: PprofProfile;
+  /** 'peak': in use at the process's own peak (resource attribute heaptap.profile.view) */
+  kind?: 'delta' | 'peak';
 }
 
 /** The request for several processes' profiles: one ResourceProfiles per process, one
@@ -262,12 +264,16 @@ export function buildExportRequest(
   opts: { resource: Record<string, string | number | boolean>; configuredService?: string; version?: string },
 ): ExportProfilesRequestMsg {
   const dict = new ProfilesDictionary();
-  const resource_profiles = items.map(({ process, profile }) => ({
+  const resource_profiles = items.map(({ process, profile, kind }) => ({
     resource: {
       attributes: keyValues({
         ...opts.resource,
         ...processAttributes(process),
         'service.name': serviceOf(process, opts.configuredService),
+        // a process's peak (pushed when it ends) beside its deltas
+        ...(kind === 'peak' ? { 'heaptap.profile.view': 'peak' } : {}),
+        // a process's last profiles say how it ended (src/ends.ts)
+        ...(process.end ? { 'heaptap.process.end': process.end.reason } : {}),
       }),
     },
     scope_profiles: [{ scope: { name: SCOPE_NAME, version: opts.version ?? '' }, profiles: pprofToOtlp(profile, dict) }],
@@ -392,7 +398,7 @@ export class OtlpProfilesExporter implements Exporter {
 
   async #enqueue(built: BuiltProfile[]): Promise<void> {
     // OTLP needs the profile's structure: decoded here, the one exporter that needs it.
-    const req = buildExportRequest(built.map((b) => ({ process: b.process, profile: PprofProfile.decode(b.bytes) })), {
+    const req = buildExportRequest(built.map((b) => ({ process: b.process, profile: PprofProfile.decode(b.bytes), kind: b.kind })), {
       resource: this.#resource,
       configuredService: this.#configuredService,
       version: this.#opts.version,

@@ -167,18 +167,28 @@ export class PyroscopeExporter implements Exporter {
   }
 
   async #enqueue(built: BuiltProfile[]): Promise<void> {
-    for (const { process: p, bytes, atMs, final } of built) {
+    for (const { process: p, bytes, atMs, final, kind } of built) {
       // The agent's bytes as they are: decoding and re-encoding them with pprof-format
       // would cost seconds and hundreds of MB for a process of 100k stacks.
       const body = await gzipAsync(bytes);
-      const until = Math.floor(atMs / 1000);
-      const first = Math.max(Math.floor(p.startMs / 1000), until - Math.ceil(this.#intervalMs / 1000));
-      const from = Math.min(this.#lastUntil.get(p.key) ?? first, until);
-      if (final) this.#lastUntil.delete(p.key);
-      else this.#lastUntil.set(p.key, until);
+      let from: number, until: number;
+      if (kind === 'peak') {
+        // the second of the peak, labelled profile=peak beside the process's deltas
+        from = Math.floor((p.peakMs ?? atMs) / 1000);
+        until = from + 1;
+      } else {
+        until = Math.floor(atMs / 1000);
+        const first = Math.max(Math.floor(p.startMs / 1000), until - Math.ceil(this.#intervalMs / 1000));
+        from = Math.min(this.#lastUntil.get(p.key) ?? first, until);
+        if (final) this.#lastUntil.delete(p.key);
+        else this.#lastUntil.set(p.key, until);
+      }
       const app = serviceOf(p, this.#opts.serviceName);
       // pid and exe identify the process; a user label of the same name does not replace them.
       const labels: Record<string, string> = { ...this.#opts.labels, pid: String(p.pid), exe: p.exeName };
+      if (kind === 'peak') labels.profile = 'peak';
+      // a process's last profiles say how it ended (exited, oom_kill, no_exit...)
+      if (final && p.end) labels.end = p.end.reason;
       const q = new URLSearchParams({
         name: pyroscopeName(app, labels),
         from: String(from),

@@ -18,6 +18,9 @@ export interface BuiltProfile {
   atMs: number;
   /** the process had ended: this is its last profile */
   final: boolean;
+  /** delta: allocations since the previous push, in use now (every round, and the final
+   * one); peak: in use at the process's own peak (pushed once, when it ends) */
+  kind: 'delta' | 'peak';
 }
 
 export interface RoundsOptions {
@@ -121,9 +124,13 @@ export class ProfileRounds {
 
   #final(p: HeapProcess): void {
     if (this.#stopped) return;
-    // Asked for inside the listener: the agent forgets the process right after.
-    const job: Promise<void> = this.#build(p, true)
-      .then((b) => (b ? this.#deliver([b]) : undefined))
+    // Asked for inside the listener: the agent forgets the process right after. Its
+    // peak too, where its library keeps one: what it held at its worst moment.
+    const delta = this.#build(p, true);
+    const peak = p.peakBytes !== null ? this.#build(p, true, 'peak') : Promise.resolve(null);
+    const job: Promise<void> = Promise.all([delta, peak])
+      .then((bs) => bs.filter((b): b is BuiltProfile => b !== null))
+      .then((bs) => (bs.length ? this.#deliver(bs) : undefined))
       .catch((e: unknown) => {
         this.#stats.deliverErrors++;
         this.#opts.log('error', `${this.#opts.name}: could not encode or queue a final profile`, { pid: p.pid, error: String(e) });
@@ -132,12 +139,12 @@ export class ProfileRounds {
     this.#finals.add(job);
   }
 
-  async #build(p: HeapProcess, final: boolean): Promise<BuiltProfile | null> {
+  async #build(p: HeapProcess, final: boolean, kind: 'delta' | 'peak' = 'delta'): Promise<BuiltProfile | null> {
     const atMs = this.#now();
     try {
-      const bytes = await this.#source!.encodedProfile(p.key, 'delta', this.#opts.consumer);
+      const bytes = await this.#source!.encodedProfile(p.key, kind, this.#opts.consumer);
       this.#stats.profiles++;
-      return { process: p, bytes, atMs, final };
+      return { process: p, bytes, atMs, final, kind };
     } catch (e) {
       this.#stats.profileErrors++;
       // A process that ended between the listing and the read is ordinary: warn once.

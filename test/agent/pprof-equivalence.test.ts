@@ -2,6 +2,8 @@
 // written directly) against src/profile.ts's buildProfile, the reference: on regions of
 // real fixtures the two profiles hold the same samples, locations, functions and mappings.
 import test from 'ava';
+
+import { counters as fakeCounters } from '../helpers/fakeRegion.ts';
 import type { Profile } from 'pprof-format';
 
 import { encodeHeapProfile, SymbolTables } from '../../src/agent/pprof.ts';
@@ -117,8 +119,7 @@ test('the encoder: counts of 2^53 and more, negative in-use deltas, overflow and
   const tables = new SymbolTables();
   await tables.update(store, [], 4242, undefined, () => {});
   const O = 65536n;
-  const counters = (rows: [number, bigint, bigint, bigint, bigint][]): RegionSnapshot['counters'] => ({
-    ...real.counters,
+  const counters = (rows: [number, bigint, bigint, bigint, bigint][]): RegionSnapshot['counters'] => fakeCounters({
     ids: Uint32Array.from(rows.map((r) => r[0])),
     allocObjects: BigUint64Array.from(rows.map((r) => r[1])),
     allocBytes: BigUint64Array.from(rows.map((r) => r[2])),

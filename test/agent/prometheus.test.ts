@@ -164,6 +164,7 @@ test('every metric is served under its documented name and type (names are an in
     heaptap_heap_allocated_objects_total: 'counter',
     heaptap_heap_freed_bytes_total: 'counter',
     heaptap_heap_peak_inuse_bytes: 'gauge',
+    heaptap_heap_peak_bytes: 'gauge',
     heaptap_process_resident_memory_bytes: 'gauge',
     heaptap_unattributed_resident_bytes: 'gauge',
     heaptap_samples_total: 'counter',
@@ -180,9 +181,10 @@ test('every metric is served under its documented name and type (names are an in
     heaptap_agent_scans_total: 'counter',
     heaptap_agent_scan_duration_seconds: 'gauge',
     heaptap_agent_region_read_errors_total: 'counter',
+    heaptap_process_ends_total: 'counter',
   };
   for (const [name, type] of Object.entries({ ...perProcess, ...agentWide })) t.is(types.get(name), type, `# TYPE ${name}`);
-  t.is(Object.keys(perProcess).length + Object.keys(agentWide).length, 20);
+  t.is(Object.keys(perProcess).length + Object.keys(agentWide).length, 22);
   for (const name of Object.keys(perProcess)) {
     t.regex(text, new RegExp(`^${name}\\{pid="${fx.pid}",exe="churn",service="churn"[,}]`, 'm'), `${name} has the fixture's series`);
   }

@@ -25,6 +25,8 @@ export interface FakeStack {
   allocBytes: number;
   inuseObjects: number;
   inuseBytes: number;
+  /** in use at the process's peak (the 'peak' view); default inuseBytes */
+  peakBytes?: number;
 }
 
 export interface FakeProfileSpec {
@@ -122,6 +124,9 @@ export function fakeProcess(over: Partial<HeapProcess> & { pid: number }): HeapP
     allocatedObjects: 3_000_000,
     freedBytes: (900 << 20) - (48 << 20),
     peakInuseBytes: 64 << 20,
+    peakBytes: 64 << 20,
+    peakMs: Date.now() - 30_000,
+    end: null,
     residentBytes: 80 << 20,
     samples: 1800,
     drops: { stacks_full: 0, frames_full: 0, slab_full: 0, no_slab: 0, live_full: 3, recursion: 0 },
@@ -131,7 +136,7 @@ export function fakeProcess(over: Partial<HeapProcess> & { pid: number }): HeapP
 
 export interface ProfileCall {
   key: string;
-  view: 'heap' | 'allocs' | 'delta';
+  view: 'heap' | 'allocs' | 'delta' | 'peak';
   consumer: string | undefined;
 }
 
@@ -163,7 +168,7 @@ export class FakeHeapSource implements HeapSource {
   end(key: string, exited = true): void {
     const p = this.#procs.get(key);
     if (!p) return;
-    const ended = { ...p, alive: false, exited, residentBytes: null };
+    const ended = { ...p, alive: false, exited, residentBytes: null, end: p.end ?? (exited ? { reason: 'exited', text: 'exited' } : { reason: 'no_exit', text: 'ended without exit()' }) };
     this.#procs.set(key, ended);
     for (const l of this.#listeners) l(ended);
     this.#procs.delete(key);
@@ -182,7 +187,7 @@ export class FakeHeapSource implements HeapSource {
       .map((s) => ({ function: s.frames[0] ?? '?', inuseBytes: s.inuseBytes }));
   }
 
-  async encodedProfile(key: string, view: 'heap' | 'allocs' | 'delta', consumer?: string): Promise<Uint8Array> {
+  async encodedProfile(key: string, view: 'heap' | 'allocs' | 'delta' | 'peak', consumer?: string): Promise<Uint8Array> {
     this.calls.push({ key, view, consumer });
     const stacks = this.#stacks.get(key);
     const pid = this.#procs.get(key)?.pid ?? Number.parseInt(key, 10);
@@ -201,6 +206,8 @@ export class FakeHeapSource implements HeapSource {
       });
       this.#last.set(id, next);
     }
+    // the peak view: each stack's in use at the process's peak, where the test set one
+    if (out && view === 'peak') out = out.map((s) => ({ ...s, inuseBytes: s.peakBytes ?? s.inuseBytes }));
     if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
     if (this.failing.has(key)) throw new Error(`cannot read region ${key}`);
     if (!out) throw new Error(`no such process: ${key}`);
@@ -215,6 +222,11 @@ export class FakeHeapSource implements HeapSource {
   /** listeners currently subscribed (tests check exporters unsubscribe on stop) */
   get listenerCount(): number {
     return this.#listeners.size;
+  }
+
+  /** The stack with these frames of a process, to change in place. */
+  stackOf(key: string, frames: readonly string[]): FakeStack | undefined {
+    return this.#stacks.get(key)?.find((x) => x.frames.join(';') === frames.join(';'));
   }
 
   /** Advances a process's counters: more allocations on a stack (cumulative grows). */

@@ -16,7 +16,7 @@ import { OtelMetricsExporter } from '../../src/exporters/otel-metrics.ts';
 
 function source(): FakeHeapSource {
   return new FakeHeapSource([
-    { process: fakeProcess({ pid: 501, exe: '/srv/bin/api', service: 'checkout', inuseBytes: 1000, residentBytes: 5000, allocatedBytes: 9000, allocatedObjects: 90, freedBytes: 8000, peakInuseBytes: 3000, samples: 17, drops: { stacks_full: 2, live_full: 0 } }), stacks: [] },
+    { process: fakeProcess({ pid: 501, exe: '/srv/bin/api', service: 'checkout', inuseBytes: 1000, residentBytes: 5000, allocatedBytes: 9000, allocatedObjects: 90, freedBytes: 8000, peakInuseBytes: 3000, peakBytes: 2500, samples: 17, drops: { stacks_full: 2, live_full: 0 } }), stacks: [] },
     { process: fakeProcess({ pid: 502, exe: '/usr/bin/python3', residentBytes: null, paused: true }), stacks: [] },
   ]);
 }
@@ -47,6 +47,7 @@ test('exports every per-process figure with semantic-convention names and UCUM u
     'heaptap.heap.allocations': { unit: '{allocation}', kind: 'counter' },
     'heaptap.heap.freed': { unit: 'By', kind: 'counter' },
     'heaptap.heap.peak_inuse': { unit: 'By', kind: 'gauge' },
+    'heaptap.heap.peak': { unit: 'By', kind: 'gauge' },
     'heaptap.unattributed_resident': { unit: 'By', kind: 'updowncounter' },
     'heaptap.samples': { unit: '{sample}', kind: 'counter' },
     'heaptap.samples.dropped': { unit: '{sample}', kind: 'counter' },
@@ -67,6 +68,7 @@ test('points carry process.pid, process.executable.name and service.name, with t
   t.is(points('heaptap.heap.allocations')[0]!.value, 90);
   t.is(points('heaptap.heap.freed')[0]!.value, 8000);
   t.is(points('heaptap.heap.peak_inuse')[0]!.value, 3000);
+  t.is(points('heaptap.heap.peak')[0]!.value, 2500);
   t.is(points('heaptap.samples')[0]!.value, 17);
   t.is(points('heaptap.unattributed_resident')[0]!.value, 4000);
   t.deepEqual(points('process.memory.usage').map((p) => p.attrs['process.pid']), [501], 'no point where the resident size is unknown');

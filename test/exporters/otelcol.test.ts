@@ -124,6 +124,7 @@ test('OpenTelemetry metrics reach a real Collector with their names, units, attr
     'heaptap.heap.allocations': ['{allocation}', 'counter'],
     'heaptap.heap.freed': ['By', 'counter'],
     'heaptap.heap.peak_inuse': ['By', 'gauge'],
+    'heaptap.heap.peak': ['By', 'gauge'],
     'heaptap.unattributed_resident': ['By', 'updown'],
     'heaptap.samples': ['{sample}', 'counter'],
     'heaptap.samples.dropped': ['{sample}', 'counter'],

@@ -126,6 +126,41 @@ test('pushes the final profile of a process that ends', async (t) => {
   t.is(source.listenerCount, 0, 'stop unsubscribes');
 });
 
+test('a process that ends gets its peak pushed too, labelled profile=peak at the second of the peak', async (t) => {
+  const server = await startServer();
+  t.teardown(() => server.close());
+  const source = twoProcesses();
+  const { exp } = exporter(server);
+  exp.start(source);
+  const worker = source.processes().find((p) => p.pid === 4102)!;
+  const peakMs = Date.now() - 7_000;
+  source.set({ ...worker, peakBytes: 1 << 30, peakMs });
+  source.allocate(worker.key, ['spike', 'main'], 1, 1 << 30);
+  source.stackOf(worker.key, ['spike', 'main'])!.peakBytes = 1 << 30;
+  source.end(worker.key);
+  await until('the final and the peak push', () => server.requests.length >= 2);
+  const all = server.requests.map(decodeIngest);
+  const peak = all.find((d) => d.labels.profile === 'peak')!;
+  const final = all.find((d) => d.labels.profile === undefined)!;
+  t.truthy(peak, 'a peak profile was pushed');
+  t.truthy(final, 'and the final delta');
+  t.is(peak.labels.pid, '4102');
+  t.is(byLeaf(peak.profile, 'inuse_space').get('spike'), 1 << 30);
+  // both say how the process ended
+  t.is(peak.labels.end, 'exited');
+  t.is(final.labels.end, 'exited');
+  t.is(peak.from, Math.floor(peakMs / 1000));
+  t.is(peak.until, Math.floor(peakMs / 1000) + 1);
+  // a process whose library keeps no peak gets none
+  const other = source.processes().find((p) => p.pid !== 4102)!;
+  source.set({ ...other, peakBytes: null, peakMs: null });
+  const before = server.requests.length;
+  source.end(other.key);
+  await until('the other final push', () => server.requests.length >= before + 1);
+  await exp.stop();
+  t.false(server.requests.slice(before).map(decodeIngest).some((d) => d.labels.profile === 'peak'));
+});
+
 test('stop sends a last round, so the last seconds of allocations are not lost', async (t) => {
   const server = await startServer();
   t.teardown(() => server.close());

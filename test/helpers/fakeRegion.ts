@@ -12,6 +12,21 @@ export interface FakeStack {
   /** objects and bytes allocated and freed (whole objects) */
   alloc: [number, number];
   free?: [number, number];
+  /** objects and bytes in use at the peak (whole objects); default none */
+  peak?: [number, number];
+}
+
+/** The counters of a hand-made snapshot with the columns the reader derives (in use per
+ * stack: alloc - free clamped at 0). */
+export function counters(c: Pick<RegionSnapshot['counters'], 'ids' | 'allocObjects' | 'allocBytes' | 'freeObjects' | 'freeBytes' | 'samples'> & Partial<RegionSnapshot['counters']>): RegionSnapshot['counters'] {
+  const sub = (a: BigUint64Array, b: BigUint64Array) => BigUint64Array.from(a, (v, i) => (v > b[i]! ? v - b[i]! : 0n));
+  return {
+    inuseObjects: sub(c.allocObjects, c.freeObjects),
+    inuseBytes: sub(c.allocBytes, c.freeBytes),
+    peakObjects: new BigUint64Array(c.ids.length),
+    peakBytes: new BigUint64Array(c.ids.length),
+    ...c,
+  };
 }
 
 export function module(index: number, path: string, start: bigint, limit: bigint, flags = 0): RegionModule {
@@ -49,13 +64,22 @@ export function snapshot(pid: number, stacks: FakeStack[], opts: { rate?: bigint
       frames: BigUint64Array.from(frames),
       next: 1000,
     },
-    counters: {
+    counters: counters({
       ids: Uint32Array.from(sorted.map((s) => s.id)),
       allocObjects: BigUint64Array.from(sorted.map((s) => BigInt(s.alloc[0]) * ONE)),
       allocBytes: BigUint64Array.from(sorted.map((s) => BigInt(s.alloc[1]))),
       freeObjects: BigUint64Array.from(sorted.map((s) => BigInt(s.free?.[0] ?? 0) * ONE)),
       freeBytes: BigUint64Array.from(sorted.map((s) => BigInt(s.free?.[1] ?? 0))),
       samples: BigUint64Array.from(sorted.map((s) => BigInt(s.alloc[0]))),
+      peakObjects: BigUint64Array.from(sorted.map((s) => BigInt(s.peak?.[0] ?? 0) * ONE)),
+      peakBytes: BigUint64Array.from(sorted.map((s) => BigInt(s.peak?.[1] ?? 0))),
+    }),
+    inuseBytes: sorted.reduce((a, s) => a + BigInt(Math.max(0, s.alloc[1] - (s.free?.[1] ?? 0))), 0n),
+    inuseObjects: sorted.reduce((a, s) => a + BigInt(Math.max(0, s.alloc[0] - (s.free?.[0] ?? 0))) * ONE, 0n),
+    peak: null,
+    timeline: {
+      index: new BigUint64Array(0), ns: new BigUint64Array(0), inuseBytes: new BigInt64Array(0),
+      allocBytes: new BigUint64Array(0), rssBytes: new BigUint64Array(0), next: 0n,
     },
     retries: 0,
     malformed: 0,

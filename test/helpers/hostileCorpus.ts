@@ -14,6 +14,9 @@ import { native } from '../../src/native.ts';
 import { bound } from './procs.ts';
 import type { RegionSnapshot } from '../../src/region.ts';
 import {
+  FEATURE_PEAK,
+  FEATURE_TIMELINE,
+  FEATURE_SECTIONS,
   HDR,
   HEADER_BYTES,
   SECTION_NAMES,
@@ -65,6 +68,28 @@ export function checkSnapshot(s: RegionSnapshot): string {
     if (c.allocObjects[i]! === 0n && c.allocBytes[i]! === 0n && c.freeObjects[i]! === 0n &&
         c.freeBytes[i]! === 0n && c.samples[i]! === 0n) return 'all-zero counter row listed';
   }
+  for (const col of [c.inuseObjects, c.inuseBytes, c.peakObjects, c.peakBytes]) {
+    if (col.length !== m) return 'derived counter columns differ in length';
+  }
+  let inuse = 0n;
+  for (let i = 0; i < m; i++) {
+    const want = c.allocBytes[i]! > c.freeBytes[i]! ? c.allocBytes[i]! - c.freeBytes[i]! : 0n;
+    if (c.inuseBytes[i] !== want) return `in use of stack ${c.ids[i]} is not alloc - free clamped`;
+    inuse += want;
+  }
+  if (inuse < (1n << 64n) && s.inuseBytes !== inuse) return 'inuseBytes is not the sum over stacks';
+  const peakBit = (s.header.features & FEATURE_PEAK) !== 0;
+  if ((s.peak !== null) !== peakBit) return 'peak present without FEATURE_PEAK or missing with it';
+  if (!peakBit && c.peakBytes.some((v) => v !== 0n)) return 'peak bytes without FEATURE_PEAK';
+  const tl = s.timeline;
+  const k = tl.index.length;
+  for (const col of [tl.ns, tl.inuseBytes, tl.allocBytes, tl.rssBytes]) if (col.length !== k) return 'timeline columns differ in length';
+  if (!(s.header.features & FEATURE_TIMELINE) && k) return 'timeline points without FEATURE_TIMELINE';
+  if (k > s.header.timeline.capacity) return 'more timeline points than the ring holds';
+  for (let i = 0; i < k; i++) {
+    if (tl.ns[i] === 0n) return 'timeline point with ns 0';
+    if (i > 0 && (tl.index[i]! <= tl.index[i - 1]! || tl.ns[i]! < tl.ns[i - 1]!)) return 'timeline points out of order';
+  }
   for (const mod of s.modules) {
     if (mod.path.includes('\0')) return 'module path holds a NUL';
     if (mod.buildId.length > 64 || mod.buildId.length % 2) return 'bad build id';
@@ -91,6 +116,23 @@ export function corpusSpec(): RegionSpec {
     state: SLAB_ACTIVE,
     entries: [1, 2, 3, 4].map((id) => ({ stackId: id, counters: { allocBytes: BigInt(id) * 10n, samples: 1n } })),
   });
+  return spec;
+}
+
+/** The same from a writer with the peak and the timeline: peak rows of the latest and of
+ * older peaks, and a ring that has wrapped. */
+export function corpusFeatureSpec(): RegionSpec {
+  const spec = corpusSpec();
+  spec.features = FEATURE_PEAK | FEATURE_TIMELINE;
+  spec.peak = { inuseBytes: 500n, allocBytes: 9000n, peakBytes: 1500n, peakNs: 99n, peakGen: 4n };
+  spec.slabs!.forEach((sl, i) => sl.entries.forEach((e, j) => {
+    e.peak = { gen: BigInt(4 - ((i + j) % 2)), bytes: BigInt(10 * (i + j)), objects: BigInt(i + j) << 16n };
+  }));
+  spec.shared!.forEach((e) => (e.peak = { gen: 4n, bytes: 33n, objects: 1n << 16n }));
+  spec.timeline = {
+    capacity: 8,
+    points: Array.from({ length: 11 }, (_, n) => ({ n, ns: 1000n + BigInt(n), inuseBytes: BigInt(n), allocBytes: BigInt(n), rssBytes: 4096n })),
+  };
   return spec;
 }
 
@@ -123,8 +165,15 @@ function main(): void {
     if (ms > SLOW_MS && sum.bad.length < 20) sum.bad.push(`${what}: took ${ms.toFixed(0)} ms`);
   };
 
-  const base = buildRegion(corpusSpec()).buf;
   const path = join(dir, 'corpus.heaptap');
+  // Each round runs on a region of a writer without features and on one with both.
+  for (const base of [buildRegion(corpusSpec()).buf, buildRegion(corpusFeatureSpec()).buf]) {
+    rounds(base, path, rand, scale, attempt);
+  }
+  process.stdout.write(JSON.stringify(sum) + '\n');
+}
+
+function rounds(base: Buffer, path: string, rand: () => number, scale: number, attempt: (path: string, what: string) => void): void {
 
   // 1. Single bit flips, in place: half in the header page, half anywhere.
   writeFileSync(path, base);
@@ -179,9 +228,10 @@ function main(): void {
   }
 
   // 5. A valid header with random section descriptors drawn from hostile values.
+  const names = [...SECTION_NAMES, ...FEATURE_SECTIONS];
   for (let i = 0; i < 500 * scale; i++) {
     const buf = Buffer.from(base);
-    const name = SECTION_NAMES[rand() % SECTION_NAMES.length]!;
+    const name = names[rand() % names.length]!;
     const field = (['offset', 'bytes', 'capacity', 'entryBytes'] as const)[rand() % 4]!;
     const at = sectionField(name, field);
     if (field === 'offset' || field === 'bytes') buf.writeBigUInt64LE(hostile64[rand() % hostile64.length]!, at);
@@ -199,8 +249,6 @@ function main(): void {
       attempt(path, `truncated to ${l}`);
     }
   }
-
-  process.stdout.write(JSON.stringify(sum) + '\n');
 }
 
 if (import.meta.main) main();

@@ -45,7 +45,12 @@ export const SIZES = {
   counters: 40,
   slabHeader: 64,
   slabEntry: 48,
+  peak: 24,
+  timelinePoint: 32,
 } as const;
+
+export const FEATURE_PEAK = 1 << 0;
+export const FEATURE_TIMELINE = 1 << 1;
 
 /** Byte offsets of struct ht_header's fields. */
 export const HDR = {
@@ -87,6 +92,16 @@ export const HDR = {
   threadsSeen: 1472,
   slabFolds: 1480,
   drops: 1488,
+  slabsUsed: 1616,
+  features: 1620,
+  inuseBytes: 1624,
+  allocBytes: 1632,
+  peakBytes: 1640,
+  peakNs: 1648,
+  peakGen: 1656,
+  timeline: 1664,
+  timelineNext: 1688,
+  sharedPeak: 1696,
 } as const;
 
 /** Within struct ht_section. */
@@ -121,8 +136,11 @@ export type SectionName =
   | 'stacks'
   | 'frames'
   | 'shared'
-  | 'slabs';
+  | 'slabs'
+  | 'timeline'
+  | 'sharedPeak';
 
+/** The sections of layout 1.0 (every region has them). */
 export const SECTION_NAMES: readonly SectionName[] = [
   'modules',
   'paths',
@@ -132,6 +150,9 @@ export const SECTION_NAMES: readonly SectionName[] = [
   'shared',
   'slabs',
 ];
+
+/** The sections a feature bit adds, after the others. */
+export const FEATURE_SECTIONS: readonly SectionName[] = ['timeline', 'sharedPeak'];
 
 export interface Counters {
   allocObjects: bigint;
@@ -169,9 +190,27 @@ export interface ModuleSpec {
   buildId?: number[];
 }
 
+/** struct ht_peak of a row: what it held at peak generation `gen`. */
+export interface PeakRow {
+  gen: bigint;
+  bytes: bigint;
+  objects: bigint;
+}
+
 export interface CountSpec {
   stackId: number;
   counters: Partial<Counters>;
+  /** the row's struct ht_peak (regions with FEATURE_PEAK); default all zero */
+  peak?: PeakRow;
+}
+
+export interface TimelinePointSpec {
+  /** point number n; it lands in slot n % capacity */
+  n: number;
+  ns: bigint;
+  inuseBytes: bigint;
+  allocBytes: bigint;
+  rssBytes: bigint;
 }
 
 export interface SlabSpec {
@@ -189,6 +228,13 @@ export interface RegionSpec {
   modules?: ModuleSpec[];
   slabs?: SlabSpec[];
   shared?: CountSpec[];
+  /** hdr.features (default 0: a writer from before features existed) */
+  features?: number;
+  /** FEATURE_PEAK header words */
+  peak?: { inuseBytes?: bigint; allocBytes?: bigint; peakBytes?: bigint; peakNs?: bigint; peakGen?: bigint };
+  /** FEATURE_TIMELINE: the ring (capacity default 8) and timeline_next (default one past
+   * the highest point given) */
+  timeline?: { capacity?: number; next?: bigint; points: TimelinePointSpec[] };
   header?: {
     flags?: number;
     pid?: number;
@@ -226,6 +272,9 @@ export interface BuiltRegion {
   slabEntries: number;
   /** stack id -> sum over ACTIVE/RETIRED slabs and the shared table */
   expected: Map<number, Counters>;
+  /** stack id -> in use at the peak (bytes, fixed-point objects) by the rule of
+   * proto/heaptap_region.h, summed over rows and clamped at 0 (FEATURE_PEAK) */
+  expectedPeak: Map<number, { bytes: bigint; objects: bigint }>;
   /** ids of the stacks made from spec.stacks, in order */
   stackIds: number[];
 }
@@ -238,6 +287,8 @@ const DEFAULT_CAPACITY: Record<SectionName, number> = {
   frames: 512,
   shared: 64,
   slabs: 4,
+  timeline: 8,
+  sharedPeak: 64,
 };
 
 export function hostArch(): number {
@@ -285,6 +336,9 @@ function fnv(frames: bigint[]): bigint {
 /** Builds a complete, valid region (state RUNNING by default) from spec. */
 export function buildRegion(spec: RegionSpec = {}): BuiltRegion {
   const slabEntries = spec.slabEntries ?? 16;
+  const features = spec.features ?? 0;
+  const withPeak = (features & FEATURE_PEAK) !== 0;
+  const withTimeline = (features & FEATURE_TIMELINE) !== 0;
   const entryBytes: Record<SectionName, number> = {
     modules: SIZES.module,
     paths: 1,
@@ -292,12 +346,24 @@ export function buildRegion(spec: RegionSpec = {}): BuiltRegion {
     stacks: SIZES.stack,
     frames: 8,
     shared: SIZES.counters,
-    slabs: SIZES.slabHeader + slabEntries * SIZES.slabEntry,
+    // with FEATURE_PEAK each entry has a struct ht_peak after all the entries
+    slabs: SIZES.slabHeader + slabEntries * (SIZES.slabEntry + (withPeak ? SIZES.peak : 0)),
+    timeline: SIZES.timelinePoint,
+    sharedPeak: SIZES.peak,
   };
   const sections = {} as Record<SectionName, SectionLayout>;
   let at = HEADER_BYTES;
-  for (const name of SECTION_NAMES) {
-    const capacity = spec.capacities?.[name] ?? DEFAULT_CAPACITY[name];
+  const present = [...SECTION_NAMES];
+  if (withTimeline) present.push('timeline');
+  if (withPeak) present.push('sharedPeak');
+  for (const name of [...SECTION_NAMES, ...FEATURE_SECTIONS]) {
+    if (!present.includes(name)) {
+      sections[name] = { offset: 0, bytes: 0, capacity: 0, entryBytes: 0 };
+      continue;
+    }
+    const capacity = name === 'timeline' ? spec.timeline?.capacity ?? DEFAULT_CAPACITY.timeline
+      : name === 'sharedPeak' ? spec.capacities?.sharedPeak ?? spec.capacities?.shared ?? DEFAULT_CAPACITY.shared
+      : spec.capacities?.[name] ?? DEFAULT_CAPACITY[name];
     const bytes = roundUp(Math.max(1, capacity * entryBytes[name]));
     sections[name] = { offset: at, bytes, capacity, entryBytes: entryBytes[name] };
     at += bytes;
@@ -314,6 +380,15 @@ export function buildRegion(spec: RegionSpec = {}): BuiltRegion {
   v.setUint32(HDR.flags, h.flags ?? 0, true);
   v.setUint32(HDR.arch, hostArch(), true);
   for (const name of SECTION_NAMES) writeSection(v, HDR[name], sections[name]);
+  v.setUint32(HDR.features, features, true);
+  if (withPeak) writeSection(v, HDR.sharedPeak, sections.sharedPeak);
+  if (withTimeline) writeSection(v, HDR.timeline, sections.timeline);
+  const pk = spec.peak ?? {};
+  v.setBigInt64(HDR.inuseBytes, pk.inuseBytes ?? 0n, true);
+  v.setBigUint64(HDR.allocBytes, pk.allocBytes ?? 0n, true);
+  v.setBigUint64(HDR.peakBytes, pk.peakBytes ?? 0n, true);
+  v.setBigUint64(HDR.peakNs, pk.peakNs ?? 0n, true);
+  v.setBigUint64(HDR.peakGen, pk.peakGen ?? 0n, true);
   v.setUint32(HDR.slabEntries, slabEntries, true);
   v.setUint32(HDR.maxDepth, spec.maxDepth ?? 64, true);
   v.setInt32(HDR.pid, h.pid ?? 4242, true);
@@ -396,6 +471,23 @@ export function buildRegion(spec: RegionSpec = {}): BuiltRegion {
   const expected = new Map<number, Counters>();
   const expect = (id: number, c: Partial<Counters>) =>
     expected.set(id, addCounters(expected.get(id) ?? ZERO, c));
+  // In use at the peak, per row: the row's ht_peak if its gen is the header's, else what
+  // the row holds (proto/heaptap_region.h); summed per stack, clamped at 0 at the end.
+  const gen = pk.peakGen ?? 0n;
+  const peakSum = new Map<number, { bytes: bigint; objects: bigint }>();
+  const expectPeak = (id: number, c: Partial<Counters>, row?: PeakRow) => {
+    const r = row ?? { gen: 0n, bytes: 0n, objects: 0n };
+    const mine = r.gen === gen ? { bytes: r.bytes, objects: r.objects }
+      : { bytes: (c.allocBytes ?? 0n) - (c.freeBytes ?? 0n), objects: (c.allocObjects ?? 0n) - (c.freeObjects ?? 0n) };
+    const prev = peakSum.get(id) ?? { bytes: 0n, objects: 0n };
+    peakSum.set(id, { bytes: prev.bytes + mine.bytes, objects: prev.objects + mine.objects });
+  };
+  const writePeak = (at: number, row?: PeakRow) => {
+    if (!row) return;
+    v.setBigUint64(at, row.gen, true);
+    v.setBigInt64(at + 8, row.bytes, true);
+    v.setBigInt64(at + 16, row.objects, true);
+  };
   const writeCounters = (at: number, c: Partial<Counters>) => {
     v.setBigUint64(at, c.allocObjects ?? 0n, true);
     v.setBigUint64(at + 8, c.allocBytes ?? 0n, true);
@@ -410,7 +502,7 @@ export function buildRegion(spec: RegionSpec = {}): BuiltRegion {
     v.setUint32(base, s.state, true);
     v.setUint32(base + 4, s.tid ?? 1000 + i, true);
     v.setUint32(base + 8, s.entries.length, true);
-    for (const { stackId, counters } of s.entries) {
+    for (const { stackId, counters, peak } of s.entries) {
       let slot = slabSlot(stackId, slabEntries);
       for (let p = 0; ; p++, slot = (slot + 1) & (slabEntries - 1)) {
         if (p === slabEntries) throw new Error(`slab ${i} is full`);
@@ -418,14 +510,21 @@ export function buildRegion(spec: RegionSpec = {}): BuiltRegion {
         if (v.getUint32(e, true) !== 0) continue;
         v.setUint32(e, stackId, true);
         writeCounters(e + 8, counters);
+        if (withPeak) writePeak(base + SIZES.slabHeader + slabEntries * SIZES.slabEntry + slot * SIZES.peak, peak);
         break;
       }
-      if (s.state === SLAB_ACTIVE || s.state === SLAB_RETIRED) expect(stackId, counters);
+      if (s.state === SLAB_ACTIVE || s.state === SLAB_RETIRED) {
+        expect(stackId, counters);
+        expectPeak(stackId, counters, peak);
+      }
     }
   });
 
-  // The shared table, by stack id (several specs for one id add up).
-  for (const { stackId, counters } of spec.shared ?? []) {
+  // The shared table, by stack id (several specs for one id add up; the last peak given
+  // for a row is its ht_peak).
+  const sharedPeak = new Map<number, PeakRow | undefined>();
+  for (const { stackId, counters, peak } of spec.shared ?? []) {
+    if (peak || !sharedPeak.has(stackId)) sharedPeak.set(stackId, peak ?? sharedPeak.get(stackId));
     const at = sections.shared.offset + stackId * SIZES.counters;
     const prev: Counters = {
       allocObjects: v.getBigUint64(at, true),
@@ -437,9 +536,43 @@ export function buildRegion(spec: RegionSpec = {}): BuiltRegion {
     writeCounters(at, addCounters(prev, counters));
     expect(stackId, counters);
   }
+  for (const [stackId, peak] of sharedPeak) {
+    const at = sections.shared.offset + stackId * SIZES.counters;
+    const row: Counters = {
+      allocObjects: v.getBigUint64(at, true),
+      allocBytes: v.getBigUint64(at + 8, true),
+      freeObjects: v.getBigUint64(at + 16, true),
+      freeBytes: v.getBigUint64(at + 24, true),
+      samples: v.getBigUint64(at + 32, true),
+    };
+    expectPeak(stackId, row, peak);
+    if (withPeak) writePeak(sections.sharedPeak.offset + stackId * SIZES.peak, peak);
+  }
+
+  // The timeline ring.
+  if (withTimeline && spec.timeline) {
+    const tl = sections.timeline;
+    let next = 0n;
+    for (const p of spec.timeline.points) {
+      const at = tl.offset + (p.n % tl.capacity) * SIZES.timelinePoint;
+      v.setBigUint64(at, p.ns, true);
+      v.setBigInt64(at + 8, p.inuseBytes, true);
+      v.setBigUint64(at + 16, p.allocBytes, true);
+      v.setBigUint64(at + 24, p.rssBytes, true);
+      if (BigInt(p.n) + 1n > next) next = BigInt(p.n) + 1n;
+    }
+    v.setBigUint64(HDR.timelineNext, spec.timeline.next ?? next, true);
+  }
 
   const sorted = new Map([...expected].sort((a, b) => a[0] - b[0]));
-  return { buf, sections, slabEntries, expected: sorted, stackIds };
+  const expectedPeak = new Map<number, { bytes: bigint; objects: bigint }>();
+  if (withPeak) {
+    for (const id of sorted.keys()) {
+      const p = peakSum.get(id) ?? { bytes: 0n, objects: 0n };
+      expectedPeak.set(id, { bytes: p.bytes > 0n ? p.bytes : 0n, objects: p.objects > 0n ? p.objects : 0n });
+    }
+  }
+  return { buf, sections, slabEntries, expected: sorted, expectedPeak, stackIds };
 }
 
 /** Offset of a section's descriptor field in the header, for hostile edits. */
