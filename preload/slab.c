@@ -34,25 +34,55 @@ static inline void peak_touch(struct ht_peak *pk, uint64_t gen, const struct ht_
 	st_relaxed(&pk->bytes, (int64_t)(ld_relaxed(&c->alloc_bytes) - ld_relaxed(&c->free_bytes)));
 	st_relaxed(&pk->objects,
 		   (int64_t)(ld_relaxed(&c->alloc_objects) - ld_relaxed(&c->free_objects)));
-	/* release: a reader that sees gen sees bytes and objects. */
+	/* release: a reader that sees gen sees bytes and objects. The fence keeps the
+	 * event's counter stores that follow from becoming visible before gen (arm64): a
+	 * reader that sees the new counters sees the new gen. Once per row per new peak. */
 	st_release(&pk->gen, gen);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
 }
 
-/* The same for a shared-table row, which any thread may change: whoever moves gen first
- * takes the row's value. Under concurrent events on one row at the moment of a peak the
- * value may include one side's event or not (see the header). */
+/* A shared-table row is changed by any thread, and by a slab fold, so bringing its peak
+ * value up to date takes the row: bit 63 of gen, held for a few instructions by code that
+ * waits on nothing else (a spin that is bounded and closes no cycle; readers seeing the bit
+ * take the row's current value). Generations only grow: a row is never set back. Returns
+ * the row's generation, with the row held. */
+#define PEAK_BUSY (1ull << 63)
+static uint64_t row_take(struct ht_peak *pk)
+{
+	for (;;) {
+		uint64_t g = ld_relaxed(&pk->gen);
+		if (!(g & PEAK_BUSY) &&
+		    __atomic_compare_exchange_n(&pk->gen, &g, g | PEAK_BUSY, 1, __ATOMIC_ACQUIRE,
+						__ATOMIC_RELAXED))
+			return g;
+#if defined(__x86_64__) || defined(__i386__)
+		__builtin_ia32_pause();
+#endif
+	}
+}
+
+/* With the row held: if its value is from before peak gen, take the row's current value
+ * (what it held at that peak). Returns the row's generation after. */
+static uint64_t row_bring_up(struct ht_region *r, uint32_t id, uint64_t held, uint64_t gen)
+{
+	if (held >= gen)
+		return held;
+	struct ht_peak *pk = &r->shared_peak[id];
+	const struct ht_counters *c = &r->shared[id];
+	st_relaxed(&pk->bytes, (int64_t)(ld_relaxed(&c->alloc_bytes) - ld_relaxed(&c->free_bytes)));
+	st_relaxed(&pk->objects,
+		   (int64_t)(ld_relaxed(&c->alloc_objects) - ld_relaxed(&c->free_objects)));
+	return gen;
+}
+
 static inline void shared_peak_touch(struct ht_region *r, uint32_t id, uint64_t gen)
 {
 	struct ht_peak *pk = &r->shared_peak[id];
-	uint64_t g = ld_acquire(&pk->gen);
-	if (HT_LIKELY(g == gen))
+	if (HT_LIKELY(ld_acquire(&pk->gen) == gen))
 		return;
-	const struct ht_counters *c = &r->shared[id];
-	int64_t b = (int64_t)(ld_relaxed(&c->alloc_bytes) - ld_relaxed(&c->free_bytes));
-	int64_t o = (int64_t)(ld_relaxed(&c->alloc_objects) - ld_relaxed(&c->free_objects));
-	st_relaxed(&pk->bytes, b);
-	st_relaxed(&pk->objects, o);
-	__atomic_compare_exchange_n(&pk->gen, &g, gen, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+	uint64_t g = row_bring_up(r, id, row_take(pk), gen);
+	st_release(&pk->gen, g);   /* releases the row */
+	__atomic_thread_fence(__ATOMIC_RELEASE);
 }
 
 static void clear_entries(struct ht_region *r, struct ht_slab_header *s)
@@ -102,18 +132,30 @@ static void fold(struct ht_region *r, struct ht_slab_header *s)
 		uint32_t id = ld_relaxed(&e[i].stack_id);
 		if (!id || id >= h->stacks.capacity)
 			continue;
-		/* What the entry held at the latest peak moves with its counts. */
+		/* What the entry held at the latest peak moves with its counts, with the shared
+		 * row held throughout: no other thread's bring-up can land between the row's
+		 * value being taken and this entry's share being added. */
+		struct ht_peak *spk = &r->shared_peak[id];
+		uint64_t g = row_bring_up(r, id, row_take(spk), gen);
 		int64_t pb, po;
-		if (pk[i].gen == gen) {
+		if (pk[i].gen == g) {
 			pb = pk[i].bytes;
 			po = pk[i].objects;
 		} else {
+			/* Not touched since before peak g: it holds now what it held then. */
 			pb = (int64_t)(e[i].c.alloc_bytes - e[i].c.free_bytes);
 			po = (int64_t)(e[i].c.alloc_objects - e[i].c.free_objects);
 		}
-		shared_add(r, id, &e[i].c);   /* brings the shared row's peak up to gen first */
-		add_relaxed(&r->shared_peak[id].bytes, pb);
-		add_relaxed(&r->shared_peak[id].objects, po);
+		struct ht_counters *d = &r->shared[id];
+		const struct ht_counters *c = &e[i].c;
+		if (c->alloc_objects) add_relaxed(&d->alloc_objects, c->alloc_objects);
+		if (c->alloc_bytes)   add_relaxed(&d->alloc_bytes, c->alloc_bytes);
+		if (c->free_objects)  add_relaxed(&d->free_objects, c->free_objects);
+		if (c->free_bytes)    add_relaxed(&d->free_bytes, c->free_bytes);
+		if (c->samples)       add_relaxed(&d->samples, c->samples);
+		st_relaxed(&spk->bytes, spk->bytes + pb);
+		st_relaxed(&spk->objects, spk->objects + po);
+		st_release(&spk->gen, g);   /* releases the row */
 	}
 	clear_entries(r, s);
 	/* ...and even again after the last: a reader whose reads overlapped sees it changed. */

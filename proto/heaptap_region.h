@@ -223,7 +223,9 @@ struct ht_header {
  * no table is ever copied. Summed over rows this is exact for a single-threaded program;
  * events of other threads at the very moment of a new peak may fall on either side. */
 struct ht_peak {
-	uint64_t gen;            /* hdr.peak_gen when bytes/objects were taken; store_release */
+	uint64_t gen;            /* hdr.peak_gen when bytes/objects were taken; store_release.
+				  * Bit 63 set: a shared row held by a writer for a moment (read
+				  * it as not equal: take the row's current value) */
 	int64_t  bytes;          /* the row's alloc_bytes - free_bytes at that peak */
 	int64_t  objects;        /* the same in fixed-point objects */
 };

@@ -87,9 +87,11 @@ test('at the default rate with a fixed seed a 200 MiB spike is the peak to withi
 test('three children one after another, each peaking at 100 MiB: the run\'s peak is about 100 MiB, not 300', async (t) => {
   const dir = await tempDir();
   t.teardown(() => removeDir(dir));
-  // Each child holds its spike 20 ms, so polls (every 5 ms) see every one of them.
+  // Each child holds its spike 20 ms, so polls (every 5 ms) see every one of them, and
+  // waits 60 ms before it, so the chart has lower columns between spikes however the
+  // machine's load stretches the run (a busy machine merged two spikes with no wait).
   const r = await heaptap(['run', '--rate', '1', '--interval', '5ms', '--chart', '-o', dir, '--',
-    spike, '--children', '3', '--mib', '100', '--hold-us', '20000']);
+    spike, '--children', '3', '--mib', '100', '--hold-us', '20000', '--delay-us', '60000']);
   t.is(r.code, 0, r.stderr);
   const truths = spikeTruths(r.stdout);
   t.is(truths.length, 3);
