@@ -59,7 +59,7 @@ function dockerfile(): { args: Record<string, string>; stages: Stage[] } {
     const ins = { cmd: cmd!.toUpperCase(), args: rest!.replace(/\s+/g, ' ') };
     if (ins.cmd === 'ARG' && stages.length === 0) {
       const [k, v] = ins.args.split('=');
-      args[k!] = v ?? '';
+      args[k!] = (v ?? '').replace(/\$\{(\w+)\}/g, (_, a: string) => args[a] ?? '');
     } else if (ins.cmd === 'FROM') {
       const m = /^(\S+)(?:\s+AS\s+(\S+))?$/i.exec(ins.args)!;
       const from = m[1]!.replace(/\$\{(\w+)\}/g, (_, k: string) => args[k] ?? '');
@@ -79,7 +79,11 @@ function aptPackages(stage: Stage): string[] {
 }
 
 test('the Dockerfile builds with scripts/image-build.sh and copies the tree it stages', (t) => {
-  const { stages } = dockerfile();
+  const { args, stages } = dockerfile();
+  // The base images are build arguments (the image test builds on local stand-ins),
+  // defaulting to the official Node.js images.
+  t.is(args.BUILD_IMAGE, `node:${args.NODE_MAJOR}-bookworm`);
+  t.is(args.RUNTIME_IMAGE, `node:${args.NODE_MAJOR}-bookworm-slim`);
   t.is(stages.length, 2);
   const [build, runtime] = stages as [Stage, Stage];
   t.regex(build.from, /^node:\d+-bookworm$/);
