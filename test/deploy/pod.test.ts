@@ -23,7 +23,7 @@ import { decodeProfile, str } from '../../src/profile.ts';
 import { readRegion } from '../../src/region.ts';
 import { pprof } from '../helpers/heaptap.ts';
 import { until } from '../helpers/procs.ts';
-import { IMAGE_UID, exec, kustomizeBuild, parseYamlDocs, peer, root, type Doc } from './helpers.ts';
+import { HELM_DEMO_ARGS, IMAGE_UID, helmTemplate, kustomizeBuild, kustomizeFiles, parseYamlDocs, postRendered, root, type Doc } from './helpers.ts';
 import { buildImage, imageBases, podProcesses, rootReadOnly, runPod, startEngine, type Engine, type Pod } from './pod.ts';
 
 const TAG = 'heaptap:0.1.0';
@@ -53,20 +53,9 @@ async function render(dir: string): Promise<{ deployment: Doc; configMaps: Doc[]
   return { deployment: docs.find((d) => d.kind === 'Deployment')!, configMaps: docs.filter((d) => d.kind === 'ConfigMap') };
 }
 
-/** kustomize build of a kustomization written to a temporary directory under build/ (the
- * way a user's own kustomization uses deploy/). */
-async function renderKustomization(files: Record<string, string>): Promise<{ deployment: Doc; configMaps: Doc[] }> {
-  await mkdir(join(root, 'build'), { recursive: true });
-  const dir = await mkdtemp(join(root, 'build', 'kustomization-'));
-  try {
-    for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text);
-    const kustomize = await peer('kustomize');
-    const { stdout } = await exec(kustomize, ['build', '--load-restrictor', 'LoadRestrictionsNone', dir], { maxBuffer: 16 << 20 });
-    const docs = parseYamlDocs(stdout, dir);
-    return { deployment: docs.find((d) => d.kind === 'Deployment')!, configMaps: docs.filter((d) => d.kind === 'ConfigMap') };
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+async function renderFiles(files: Record<string, string>): Promise<{ deployment: Doc; configMaps: Doc[] }> {
+  const docs = parseYamlDocs(await kustomizeFiles(files), 'a kustomization over deploy/base');
+  return { deployment: docs.find((d) => d.kind === 'Deployment')!, configMaps: docs.filter((d) => d.kind === 'ConfigMap') };
 }
 
 function images(app: string): Record<string, string> {
@@ -124,6 +113,7 @@ async function heapProfile(pod: Pod, minBytes: number): Promise<{ raw: Buffer; p
 }
 
 async function topLines(raw: Buffer, n: number): Promise<string[]> {
+  await mkdir(join(root, 'build'), { recursive: true });
   const dir = await mkdtemp(join(root, 'build', 'pod-profile-'));
   try {
     const file = join(dir, 'heap.pb.gz');
@@ -269,7 +259,7 @@ test.serial('heaptap added by the component follows the pod\'s user, and a strip
   const e = engine!;
   // A user's kustomization over the demo: the pod runs as uid/gid 1000; heaptap's containers
   // set no user, so they run as 1000 too.
-  const { deployment, configMaps } = await renderKustomization({
+  const { deployment, configMaps } = await renderFiles({
     'kustomization.yaml': `resources:\n  - ../../deploy/base\npatches:\n  - path: user.yaml\n`,
     'user.yaml': 'apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: heaptap-demo\nspec:\n  template:\n    spec:\n' +
       '      securityContext:\n        runAsUser: 1000\n        runAsGroup: 1000\n        fsGroup: 1000\n',
@@ -296,3 +286,24 @@ test.serial('heaptap added by the component follows the pod\'s user, and a strip
   const py = profile.mapping.find((m) => /python3\.11$/.test(str(profile, m.filename)));
   t.truthy(py && str(profile, py.buildId).length >= 40, 'python3.11\'s mapping has its build id');
 });
+
+for (const [what, rendered] of [
+  ['deploy/helm/heaptap with the demo values', () => helmTemplate('heaptap-demo', HELM_DEMO_ARGS)],
+  ['a plain chart of the demo through deploy/helm/heaptap-post-renderer', () => postRendered()],
+] as const) {
+  test.serial(`${what} runs as a pod whose agent serves the application's heap`, async (t) => {
+    t.timeout(5 * 60_000);
+    const docs = parseYamlDocs(await rendered(), what);
+    const pod = await runPod(engine!, docs.find((d) => d.kind === 'Deployment')!, {
+      images: images(bases['python-dbg']!), pauseImage: bases.debian!, configMaps: docs.filter((d) => d.kind === 'ConfigMap'),
+      name: what.startsWith('deploy/helm/heaptap ') ? 'heaptap-helm' : 'heaptap-post',
+    });
+    t.teardown(() => pod.remove());
+    t.regex(pod.initLogs['heaptap-init']!, /uid 10001, gid 10001/);
+    await until(async () => (await regionFiles(pod)).length > 0, 30_000, 'the application\'s region file');
+    await until(async () => (await pod.get(PORT, '/readyz').catch(() => undefined))?.status === 200, 60_000, '/readyz');
+    const { profile } = await heapProfile(pod, 4 << 20);
+    const { total, byFunction } = inuse(profile);
+    t.true((byFunction.get('_PyBytes_FromSize') ?? 0) / total > 0.5);
+  });
+}
