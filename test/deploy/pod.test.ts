@@ -12,8 +12,8 @@
 // Time: the first run on a machine makes the stand-ins (about 4 to 8 minutes) and builds the
 // image (3 to 5 minutes); later runs reuse both from ~/.cache/heaptap/docker and rebuild
 // only the image's last steps (about a minute), then about 2 minutes of pods.
-import { existsSync, readdirSync, statSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import test from 'ava';
@@ -21,9 +21,9 @@ import type { Profile } from 'pprof-format';
 
 import { decodeProfile, str } from '../../src/profile.ts';
 import { readRegion } from '../../src/region.ts';
-import { pprof } from '../helpers/heaptap.ts';
+import { findGo, pprof } from '../helpers/heaptap.ts';
 import { until } from '../helpers/procs.ts';
-import { HELM_DEMO_ARGS, IMAGE_UID, helmTemplate, kustomizeBuild, kustomizeFiles, parseYamlDocs, postRendered, root, type Doc } from './helpers.ts';
+import { HELM_DEMO_ARGS, IMAGE_UID, exec, helmTemplate, kustomizeBuild, kustomizeFiles, parseYamlDocs, peer, postRendered, root, type Doc } from './helpers.ts';
 import { buildImage, imageBases, podProcesses, rootReadOnly, runPod, startEngine, type Engine, type Pod } from './pod.ts';
 
 const TAG = 'heaptap:0.1.0';
@@ -307,3 +307,73 @@ for (const [what, rendered] of [
     t.true((byFunction.get('_PyBytes_FromSize') ?? 0) / total > 0.5);
   });
 }
+
+/** The shell block under the heading `## From a Deployment to a flame graph` in
+ * docs/kubernetes.md, as command lines. */
+function walkthrough(): string[] {
+  const doc = readFileSync(join(root, 'docs/kubernetes.md'), 'utf8');
+  const m = /^## From a Deployment to a flame graph\n[\s\S]*?```sh\n([\s\S]*?)```/m.exec(doc);
+  if (!m) throw new Error('docs/kubernetes.md has no "From a Deployment to a flame graph" block');
+  return m[1]!.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+}
+
+test.serial('the walkthrough of docs/kubernetes.md, run: a plain Deployment, the component added with kustomize edit, the pod, go tool pprof on its heap', async (t) => {
+  t.timeout(5 * 60_000);
+  const lines = walkthrough();
+  const at = (re: RegExp) => {
+    const l = lines.find((x) => re.test(x));
+    if (!l) throw new Error(`the walkthrough has no line matching ${re}: ${lines.join(' | ')}`);
+    return l;
+  };
+  // Step 1, the image: the same Dockerfile the before hook built (on the stand-ins; no
+  // registry to push to here).
+  t.regex(at(/^docker build /), /^docker build -t \S+\/heaptap:0\.1\.0 \. && docker push \S+\/heaptap:0\.1\.0$/);
+
+  // "You have": my-app/ with a Deployment and its kustomization, heaptap's checkout beside it.
+  await mkdir(join(root, 'build'), { recursive: true });
+  const dir = await mkdtemp(join(root, 'build', 'walkthrough-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const app = join(dir, 'my-app');
+  await mkdir(app);
+  await symlink(root, join(dir, 'heaptap'));
+  await writeFile(join(app, 'deployment.yaml'), readFileSync(join(root, 'deploy/base/deployment.yaml')));
+  await writeFile(join(app, 'app.py'), readFileSync(join(root, 'deploy/base/app.py')));
+  await writeFile(join(app, 'kustomization.yaml'), 'resources:\n  - deployment.yaml\nconfigMapGenerator:\n  - name: heaptap-demo-app\n    files:\n      - app.py\n');
+
+  // Step 2, as written: kustomize edit, twice.
+  const kustomize = await peer('kustomize');
+  t.is(at(/^cd /), 'cd my-app');
+  const edits = lines.filter((l) => l.startsWith('kustomize edit '));
+  t.is(edits.length, 2);
+  for (const l of edits) await exec(kustomize, l.split(/\s+/).slice(1), { cwd: app });
+  // Step 3: what `kubectl apply -k .` applies, run as the kubelet would run it.
+  t.is(at(/^kubectl apply /), 'kubectl apply -k .');
+  const docs = parseYamlDocs((await exec(kustomize, ['build', '.'], { cwd: app })).stdout, 'my-app');
+  const deployment = docs.find((d) => d.kind === 'Deployment')!;
+  const image = deployment.spec.template.spec.containers.find((c: Doc) => c.name === 'heaptap').image as string;
+  t.regex(image, /^registry\.example\.com\/heaptap:0\.1\.0$/);
+  const pod = await runPod(engine!, deployment, {
+    images: { [image]: TAG, 'python:3.12-slim-bookworm': bases['python-dbg']! }, pauseImage: bases.debian!,
+    configMaps: docs.filter((d) => d.kind === 'ConfigMap'), name: 'heaptap-walkthrough',
+  });
+  t.teardown(() => pod.remove());
+  // Step 4: the port-forward's end is the pod's network namespace; go tool pprof as written,
+  // from there (after the heap has grown past 4 MiB).
+  t.regex(at(/^kubectl port-forward /), /^kubectl port-forward deploy\/\S+ 6060:heaptap &$/);
+  const pprofLine = at(/^go tool pprof /);
+  const [, , ...pprofArgs] = pprofLine.split(/\s+/);
+  await heapProfile(pod, 4 << 20);
+  const go = findGo();
+  const { stdout } = await exec('nsenter', ['-t', String(pod.pausePid), '-n', '--', go, 'tool', ...pprofArgs.map((a) => a.replace('localhost', '127.0.0.1'))],
+    { env: { ...process.env, PPROF_TMPDIR: dir }, timeout: 120_000 });
+  for (const l of stdout.trim().split('\n').slice(0, 10)) t.log(`${pprofLine}: ${l}`);
+  t.regex(stdout, /_PyBytes_FromSize/);
+  // Step 5, Grafana: what Alloy's pull.alloy keys on is on the pod (Alloy, Pyroscope and
+  // Grafana themselves cannot run here).
+  const a = deployment.spec.template.metadata.annotations;
+  t.is(a['profiles.grafana.com/memory.scrape'], 'true');
+  t.is(a['profiles.grafana.com/memory.port_name'], 'heaptap');
+  const alloy = readFileSync(join(root, 'deploy/configs/alloy/pull.alloy'), 'utf8');
+  t.regex(alloy, /profiles_grafana_com_memory_scrape/);
+  t.true(at(/alloy/).includes('deploy/configs/alloy/pull.alloy'));
+});
