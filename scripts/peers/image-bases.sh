@@ -61,11 +61,13 @@ fi
 . "$here/dockerd.sh"
 work=""
 cleanup() {
+  local status=$?
   dockerd_stop
   if [ -n "$work" ]; then
-    findmnt -rn -o TARGET | grep -F "$work/" | sort -r | while read -r m; do umount -l "$m" || true; done
-    rm -rf --one-file-system "$work"
+    { findmnt -rn -o TARGET | grep -F "$work/" || true; } | sort -r | while read -r m; do umount -l "$m" || true; done
+    rm -rf --one-file-system "$work" || true
   fi
+  return $status
 }
 trap cleanup EXIT
 dockerd_start

@@ -3,7 +3,8 @@
 // these tests check that tree and the Dockerfile around it: libheaptap.so where the init
 // step copies it from, needing only glibc; the addon loading with the staged dependencies
 // and reading a region the staged library wrote; the entrypoint running the CLI; the
-// runtime stage installing what the addon links; the user the manifests run as.
+// runtime stage installing what the addon links; the user the manifests run as. (The image
+// itself is built and run by test/deploy/pod.test.ts, in a Docker engine of its own.)
 import { accessSync, constants as fsConstants, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

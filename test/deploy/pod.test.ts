@@ -29,6 +29,13 @@ import { buildImage, imageBases, podProcesses, rootReadOnly, runPod, startEngine
 const TAG = 'heaptap:0.1.0';
 const PORT = 6060;
 const BUILD_TIMEOUT = 60 * 60_000;
+/** In-use bytes a profile must reach before its shares are checked. The demo's cache of
+ * bytes objects grows by about 32 KiB per 10 ms tick; its live bytearrays are at most 1 MiB
+ * (about 0.6 samples at the default mean of 512 KiB between samples). At 16 MiB the bytes
+ * objects are over 90% of the estimate; for their share to fall under the 50% the tests ask,
+ * 32 or more bytearray samples would have to be live at once (Poisson with mean under 2:
+ * a false failure well under 1e-9 per run). At 4 MiB one of the first runs here failed. */
+const MIN_INUSE = 16 << 20;
 
 let engine: Engine | undefined;
 let bases: Record<string, string> = {};
@@ -187,7 +194,7 @@ test.serial('deploy/base runs as the pod it describes: libraries copied, the reg
   // /usr/lib/debug/.build-id/ files in the application's image: the agent finds them through
   // /proc/<pid>/root and names CPython's own functions: the bytes objects of load_entry()
   // and the bytearrays of handle_request() in app.py.
-  const { raw, profile } = await heapProfile(pod, 4 << 20);
+  const { raw, profile } = await heapProfile(pod, MIN_INUSE);
   const { total, byFunction, leaves } = inuse(profile);
   for (const line of await topLines(raw, 8)) t.log(`go tool pprof -top: ${line}`);
   // In use: the cache's bytes objects. Allocated so far: the bytearrays too (each request's
@@ -274,7 +281,7 @@ test.serial('heaptap added by the component follows the pod\'s user, and a strip
   t.is(statSync(join(vol, 'regions')).uid, 1000);
   for (const c of ['app', 'heaptap']) t.is(pod.containers.get(c)!.user, '1000:1000');
 
-  const { raw, profile } = await heapProfile(pod, 4 << 20);
+  const { raw, profile } = await heapProfile(pod, MIN_INUSE);
   const { total, leaves } = inuse(profile);
   for (const line of await topLines(raw, 5)) t.log(`go tool pprof -top (stripped python3.11): ${line}`);
   // Without symbols for CPython's static functions, most in-use bytes end in a frame named
@@ -302,7 +309,7 @@ for (const [what, rendered] of [
     t.regex(pod.initLogs['heaptap-init']!, /uid 10001, gid 10001/);
     await until(async () => (await regionFiles(pod)).length > 0, 30_000, 'the application\'s region file');
     await until(async () => (await pod.get(PORT, '/readyz').catch(() => undefined))?.status === 200, 60_000, '/readyz');
-    const { profile } = await heapProfile(pod, 4 << 20);
+    const { profile } = await heapProfile(pod, MIN_INUSE);
     const { total, byFunction } = inuse(profile);
     t.true((byFunction.get('_PyBytes_FromSize') ?? 0) / total > 0.5);
   });
@@ -362,7 +369,7 @@ test.serial('the walkthrough of docs/kubernetes.md, run: a plain Deployment, the
   t.regex(at(/^kubectl port-forward /), /^kubectl port-forward deploy\/\S+ 6060:heaptap &$/);
   const pprofLine = at(/^go tool pprof /);
   const [, , ...pprofArgs] = pprofLine.split(/\s+/);
-  await heapProfile(pod, 4 << 20);
+  await heapProfile(pod, MIN_INUSE);
   const go = findGo();
   const { stdout } = await exec('nsenter', ['-t', String(pod.pausePid), '-n', '--', go, 'tool', ...pprofArgs.map((a) => a.replace('localhost', '127.0.0.1'))],
     { env: { ...process.env, PPROF_TMPDIR: dir }, timeout: 120_000 });
@@ -376,4 +383,92 @@ test.serial('the walkthrough of docs/kubernetes.md, run: a plain Deployment, the
   const alloy = readFileSync(join(root, 'deploy/configs/alloy/pull.alloy'), 'utf8');
   t.regex(alloy, /profiles_grafana_com_memory_scrape/);
   t.true(at(/alloy/).includes('deploy/configs/alloy/pull.alloy'));
+});
+
+/** An application image based on musl, as an Alpine one is: the stand-in Debian with
+ * Debian's musl (its loader is /lib/ld-musl-x86_64.so.1) and the churn fixture built with
+ * musl-gcc (make -C test/fixtures musl). */
+async function muslApp(): Promise<string> {
+  await exec('make', ['-s', '-C', join(root, 'test/fixtures'), 'musl'], { timeout: 300_000 });
+  await mkdir(join(root, 'build'), { recursive: true });
+  const dir = await mkdtemp(join(root, 'build', 'musl-app-'));
+  try {
+    await writeFile(join(dir, 'churn'), readFileSync(join(root, 'test/fixtures/build-musl/churn')), { mode: 0o755 });
+    await writeFile(join(dir, 'Dockerfile'), `FROM ${bases.debian}\n` +
+      'RUN apt-get update && apt-get install -y --no-install-recommends musl && rm -rf /var/lib/apt/lists/*\n' +
+      'COPY churn /usr/local/bin/churn\n');
+    const tag = 'heaptap-test/musl-app:1';
+    await engine!.docker(['build', '-q', '--network', 'host', '-t', tag, dir], { timeout: 10 * 60_000 });
+    return tag;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const MUSL_DEPLOYMENT = `apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: churn
+spec:
+  selector:
+    matchLabels: {app: churn}
+  template:
+    metadata:
+      labels: {app: churn}
+    spec:
+      securityContext: {runAsNonRoot: true, runAsUser: 10001, runAsGroup: 10001}
+      containers:
+        - name: churn
+          image: musl-app:1
+          # 4 threads leaving 8 MiB each in use, then waiting for a line on stdin.
+          command: [/usr/local/bin/churn, --threads, "4", --mib, "2", --leak-mib, "8", --hold]
+          stdin: true
+`;
+
+test.serial('a musl application with deploy/components/heaptap-musl is profiled; with the glibc library it cannot start', async (t) => {
+  t.timeout(10 * 60_000);
+  const e = engine!;
+  const app = await muslApp();
+  const render = async (component: string) => {
+    const docs = parseYamlDocs(await kustomizeFiles({
+      'deployment.yaml': MUSL_DEPLOYMENT,
+      'kustomization.yaml': `resources: [deployment.yaml]\ncomponents: [../../deploy/components/${component}]\n`,
+    }), component);
+    return docs.find((d) => d.kind === 'Deployment')!;
+  };
+
+  const pod = await runPod(e, await render('heaptap-musl'), {
+    images: { [TAG]: TAG, 'musl-app:1': app }, pauseImage: bases.debian!, configMaps: [], name: 'heaptap-musl',
+  });
+  t.teardown(() => pod.remove());
+  const [region] = await until(async () => {
+    const f = await regionFiles(pod);
+    return f.length ? f : undefined;
+  }, 30_000, 'the musl program\'s region');
+  t.regex(readRegion(region!).header.exe, /\/churn$/);
+  await until(async () => (await pod.get(PORT, '/readyz').catch(() => undefined))?.status === 200, 60_000, '/readyz');
+  // churn prints "ready" when its threads are done and it holds (only site_leak in use).
+  await until(async () => /^ready$/m.test(await pod.logs('churn')), 60_000, 'churn to hold');
+  // site_leak holds 4 x 8 MiB once the threads are done: 512 blocks of 64 KiB, about 60
+  // samples. Waiting for 8 MiB of the 32 (an estimate that low is over 6 standard
+  // deviations off) rather than for most of it: the estimate stops changing once the
+  // program holds, so a wait for 24 MiB failed whenever it came out under (about 2%).
+  const { raw, profile } = await heapProfile(pod, 8 << 20);
+  for (const line of (await topLines(raw, 4)).slice(-3)) t.log(`go tool pprof -top (musl): ${line}`);
+  const { total, byFunction } = inuse(profile);
+  t.true((byFunction.get('site_leak') ?? 0) / total > 0.9, `site_leak: ${byFunction.get('site_leak')} of ${total}`);
+  await pod.remove();
+
+  // The glibc build preloaded into a musl program: every program of the container fails to
+  // start (docs/kubernetes.md, section 3), which the kubelet would restart in a loop.
+  const wrong = await runPod(e, await render('heaptap'), {
+    images: { [TAG]: TAG, 'musl-app:1': app }, pauseImage: bases.debian!, configMaps: [], name: 'heaptap-wronglibc', without: ['heaptap'],
+  });
+  t.teardown(() => wrong.remove());
+  const id = wrong.containers.get('churn')!.id;
+  await until(async () => !(await running(e, id)), 30_000, 'the musl program to fail');
+  const code = (await e.docker(['inspect', '-f', '{{.State.ExitCode}}', id])).stdout.trim();
+  const logs = await wrong.logs('churn');
+  t.log(`musl program under the glibc library: exit ${code}: ${logs.trim().split('\n')[0]}`);
+  t.is(code, '127');
 });

@@ -94,17 +94,17 @@ export async function startEngine(): Promise<Engine> {
   };
 }
 
-/** Builds the repository's Dockerfile on the stand-ins; returns the build's output. */
+/** Builds the repository's Dockerfile on the stand-ins; returns the build's output. The
+ * build stage is tagged too (heaptap-test/build-stage): its layers (the apt-get and npm ci
+ * steps) are then the next build's cache, and survive the prune of the untagged layers that
+ * earlier builds left, which keeps the engine's disk bounded. */
 export async function buildImage(engine: Engine, bases: Record<string, string>, tag: string): Promise<string> {
-  const { stdout } = await engine.docker([
-    'build', '--network', 'host', '--force-rm',
-    '--build-arg', `BUILD_IMAGE=${bases.node}`,
-    '--build-arg', `RUNTIME_IMAGE=${bases['node-slim']}`,
-    '-t', tag, root,
-  ], { timeout: 30 * 60_000 });
-  // The previous build's layers, now untagged.
+  const common = ['build', '--network', 'host', '--force-rm',
+    '--build-arg', `BUILD_IMAGE=${bases.node}`, '--build-arg', `RUNTIME_IMAGE=${bases['node-slim']}`];
+  const stage = await engine.docker([...common, '--target', 'build', '-t', 'heaptap-test/build-stage', root], { timeout: 30 * 60_000 });
+  const { stdout } = await engine.docker([...common, '-t', tag, root], { timeout: 30 * 60_000 });
   await engine.docker(['image', 'prune', '-f']).catch(() => undefined);
-  return stdout;
+  return stage.stdout + stdout;
 }
 
 // ---- quantities ----
@@ -284,6 +284,9 @@ export async function runPod(engine: Engine, deployment: Doc, opts: PodOptions):
       if (sc.allowPrivilegeEscalation === false) args.push('--security-opt', 'no-new-privileges');
       if (sc.privileged) throw new Error(`container ${c.name}: privileged`);
       if (sc.seccompProfile && sc.seccompProfile.type !== 'RuntimeDefault') throw new Error(`container ${c.name}: seccomp ${sc.seccompProfile.type}`);
+      // stdin: true keeps the container's stdin open (the kubelet's -i).
+      if (c.stdin) args.push('--interactive');
+      if (c.tty) throw new Error(`container ${c.name}: tty is not supported by the test's pod runner`);
       if (c.resources?.limits?.memory) args.push('--memory', String(bytes(c.resources.limits.memory)));
       if (c.resources?.limits?.cpu) args.push('--cpus', String(cores(c.resources.limits.cpu)));
       for (const [k, v] of containerEnv(c, meta, podName)) args.push('--env', `${k}=${v}`);
