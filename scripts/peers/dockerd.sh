@@ -77,8 +77,16 @@ dockerd_start() {
     _hd_log "another test's engine held $HEAPTAP_DOCKER_DIR/lock for ${HEAPTAP_DOCKERD_WAIT:-1800} s"
     return 1
   fi
-  # Shims of a killed run (their engine is gone): their containers are ours and over.
-  local p
+  # An engine of a killed run that outlived it (we hold the lock: no one uses it), then
+  # the shims of such runs: their containers are ours and over.
+  local p old
+  old=$(cat "$HEAPTAP_DOCKER_DIR/run/dockerd.pid" 2>/dev/null || true)
+  if [ -n "$old" ] && { tr '\0' ' ' <"/proc/$old/cmdline"; } 2>/dev/null | grep -qF -- "--data-root $HEAPTAP_DOCKER_DIR/data"; then
+    _hd_log "stopping the engine a killed run left (pid $old)"
+    kill -TERM "$old" 2>/dev/null || true
+    for p in $(seq 1 150); do kill -0 "$old" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$old" 2>/dev/null || true
+  fi
   for p in $(_hd_shims); do kill -KILL "$p" 2>/dev/null || true; done
   export DOCKER_HOST="unix://$sock"
   rm -f "$sock"

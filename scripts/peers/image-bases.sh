@@ -57,6 +57,10 @@ if [ "$(id -u)" != 0 ]; then
   echo "image-bases.sh: need root (debootstrap, dockerd)" >&2
   exit 1
 fi
+if ! command -v npm >/dev/null 2>&1; then
+  echo "image-bases.sh: needs npm on PATH (npm pack fetches Node.js and npm; npm run peers has it)" >&2
+  exit 1
+fi
 
 . "$here/dockerd.sh"
 work=""
