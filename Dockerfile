@@ -9,10 +9,21 @@
 # the Debian packages and the user.
 #
 #   docker build -t heaptap:0.1.0 .
+#
+# The base images are build arguments, the official Node.js images by default; the image
+# test (test/deploy/pod.test.ts) builds on local stand-ins made from Debian's packages
+# (scripts/peers/image-bases.sh), with the legacy builder:
+#   DOCKER_BUILDKIT=0 docker build --network host \
+#     --build-arg BUILD_IMAGE=heaptap-standin/node:24-bookworm \
+#     --build-arg RUNTIME_IMAGE=heaptap-standin/node:24-bookworm-slim -t heaptap:0.1.0 .
 
 ARG NODE_MAJOR=24
+# Debian 12 with Node.js, a C toolchain (buildpack-deps) and npm.
+ARG BUILD_IMAGE=node:${NODE_MAJOR}-bookworm
+# Debian 12 slim with Node.js: the image the agent runs in.
+ARG RUNTIME_IMAGE=node:${NODE_MAJOR}-bookworm-slim
 
-FROM node:${NODE_MAJOR}-bookworm AS build
+FROM ${BUILD_IMAGE} AS build
 # The C toolchain comes with the image (buildpack-deps); the addon links elfutils and zlib;
 # musl-tools (musl-gcc) builds libheaptap-musl.so.
 RUN apt-get update \
@@ -24,7 +35,7 @@ RUN npm ci --no-audit --no-fund --loglevel=error
 COPY . .
 RUN scripts/image-build.sh /image-root
 
-FROM node:${NODE_MAJOR}-bookworm-slim
+FROM ${RUNTIME_IMAGE}
 # What the addon (src/addon/build/heaptap.node) needs at run time beyond the base image's
 # libc6, libstdc++6 and libgcc-s1; test/deploy/image.test.ts checks this list against the
 # addon's NEEDED entries.

@@ -481,6 +481,32 @@ int FindDebuginfo(Dwfl_Module *mod, void **userdata, const char *modname, Dwarf_
 	return -1;
 }
 
+// The debug dirs for a file: the configured ones (the agent's own file system) and, for a
+// file reached through /proc/<pid>/root/ or /proc/<pid>/exe, the same dirs inside that
+// process's root, where an application image's debug packages put their files
+// (/usr/lib/debug/.build-id/xx/yyyy.debug): in a pod, the agent's container does not have
+// them, the application's does.
+std::vector<std::string> DebugDirsFor(const std::string &path, const std::vector<std::string> &dirs)
+{
+	std::vector<std::string> out = dirs;
+	static const std::string proc = "/proc/";
+	if (path.compare(0, proc.size(), proc) != 0)
+		return out;
+	size_t end = proc.size();
+	while (end < path.size() && path[end] >= '0' && path[end] <= '9')
+		end++;
+	if (end == proc.size() || end - proc.size() > 10)
+		return out;
+	std::string rest = path.substr(end);
+	if (rest.compare(0, 6, "/root/") != 0 && rest != "/exe")
+		return out;
+	std::string root = path.substr(0, end) + "/root";
+	for (const std::string &d : dirs)
+		if (!d.empty() && d[0] == '/')
+			out.push_back(root + d);
+	return out;
+}
+
 // Opens path with libdwfl. On failure returns nullptr and sets *err.
 std::shared_ptr<ModuleFile> LoadFile(const std::string &path, const std::string &orig_path,
 				     const std::vector<std::string> &debug_dirs, std::string *err)
@@ -1279,7 +1305,7 @@ std::shared_ptr<ModuleFile> Acquire(Core &core, const Request &q, Result &r)
 			key = "b:" + q.build_id;
 		}
 		std::string err;
-		auto m = LoadFile(path, q.orig_path, core.debug_dirs, &err);
+		auto m = LoadFile(path, q.orig_path, DebugDirsFor(path, core.debug_dirs), &err);
 		if (!m) {
 			errors.push_back(err);
 			continue;

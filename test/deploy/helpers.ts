@@ -3,7 +3,7 @@
 // ~/.cache/heaptap), YAML loading, a TypeScript typecheck of generated files, and the
 // metric names the agent exposes.
 import { mkdirSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
 import ts from 'typescript';
@@ -40,7 +40,7 @@ export const METRIC_LABELS = new Set([
 
 /** Runs scripts/peers/<name>.sh (builds the tool the first time, a no-op later) and
  * returns the path it prints. */
-export async function peer(name: 'kustomize' | 'promtool' | 'otelcol'): Promise<string> {
+export async function peer(name: 'kustomize' | 'promtool' | 'otelcol' | 'helm'): Promise<string> {
   const script = join(root, 'scripts/peers', `${name}.sh`);
   try {
     const { stdout } = await exec('bash', [script], { maxBuffer: 1 << 20, timeout: 15 * 60_000 });
@@ -66,6 +66,104 @@ export function kustomizeBuild(dir: string): Promise<string> {
     renders.set(dir, p);
   }
   return p;
+}
+
+/** `helm template <release> deploy/helm/heaptap <args>` (or another chart), once per
+ * argument list and process. */
+const helmRenders = new Map<string, Promise<string>>();
+export function helmTemplate(release: string, args: readonly string[] = [], chart = join(deployDir, 'helm/heaptap')): Promise<string> {
+  const key = JSON.stringify([release, chart, args]);
+  let p = helmRenders.get(key);
+  if (!p) {
+    p = (async () => {
+      const helm = await peer('helm');
+      const { stdout } = await exec(helm, ['template', release, chart, ...args], { maxBuffer: 16 << 20, cwd: root });
+      return stdout;
+    })();
+    helmRenders.set(key, p);
+  }
+  return p;
+}
+
+/** The demo of deploy/base as a release of the chart (deploy/helm/demo-values.yaml). */
+export const HELM_DEMO_ARGS = ['-f', join(deployDir, 'helm/demo-values.yaml'), '--set-file', `app.files.app\\.py=${join(deployDir, 'base/app.py')}`];
+
+/** A chart of the demo's plain Deployment (deploy/base/deployment.yaml, no heaptap in it)
+ * and its ConfigMap, rendered through deploy/helm/heaptap-post-renderer with these arguments: what a user's
+ * existing chart gets. */
+export async function postRendered(args: readonly string[] = []): Promise<string> {
+  await mkdir(join(root, 'build'), { recursive: true });
+  const dir = await mkdtemp(join(root, 'build', 'chart-'));
+  try {
+    await mkdir(join(dir, 'templates'));
+    await writeFile(join(dir, 'Chart.yaml'), 'apiVersion: v2\nname: heaptap-demo\nversion: 1.0.0\n');
+    await writeFile(join(dir, 'templates/deployment.yaml'), await readFile(join(deployDir, 'base/deployment.yaml')));
+    const app = await readFile(join(deployDir, 'base/app.py'), 'utf8');
+    if (app.includes('{{')) throw new Error('deploy/base/app.py has {{, which Helm would take for a template');
+    await writeFile(join(dir, 'templates/configmap.yaml'), JSON.stringify({
+      apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'heaptap-demo-app' }, data: { 'app.py': app },
+    }));
+    const kustomize = await peer('kustomize');
+    const helm = await peer('helm');
+    const postArgs = args.flatMap((a) => ['--post-renderer-args', a]);
+    const { stdout } = await exec(helm, ['template', 'heaptap-demo', dir, '--post-renderer', join(deployDir, 'helm/heaptap-post-renderer'), ...postArgs], {
+      maxBuffer: 16 << 20, env: { ...process.env, KUSTOMIZE: kustomize },
+    });
+    return stdout;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** `kustomize build` of a kustomization written to a temporary directory under build/,
+ * given as file name -> text: what a user's own kustomization over deploy/ renders (paths
+ * in it are relative to build/<tmp>/, so deploy/ is ../../deploy). */
+export async function kustomizeFiles(files: Record<string, string>): Promise<string> {
+  await mkdir(join(root, 'build'), { recursive: true });
+  const dir = await mkdtemp(join(root, 'build', 'kustomization-'));
+  try {
+    for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text);
+    const kustomize = await peer('kustomize');
+    const { stdout } = await exec(kustomize, ['build', dir], { maxBuffer: 16 << 20 });
+    return stdout;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+export interface Kubeconform { bin: string; schemas: string; kubernetes: string }
+let kc: Promise<Kubeconform> | undefined;
+/** scripts/peers/kubeconform.sh: the binary and the offline, strict schemas. */
+export function kubeconformPeer(): Promise<Kubeconform> {
+  kc ??= (async () => {
+    const script = join(root, 'scripts/peers/kubeconform.sh');
+    try {
+      const { stdout } = await exec('bash', [script], { maxBuffer: 1 << 20, timeout: 15 * 60_000 });
+      const get = (k: string) => new RegExp(`^${k}=(.+)$`, 'm').exec(stdout)?.[1] ?? '';
+      const out = { bin: get('kubeconform'), schemas: get('schemas'), kubernetes: get('kubernetes') };
+      if (!out.bin || !out.schemas) throw new Error(`it printed no paths: ${stdout}`);
+      return out;
+    } catch (e) {
+      const err = e as Error & { stderr?: string };
+      throw new Error(`scripts/peers/kubeconform.sh failed (run \`npm run peers\` to see why): ${err.message}\n${err.stderr ?? ''}`);
+    }
+  })();
+  return kc;
+}
+
+/** kubeconform -strict over a YAML stream: { ok, output } (ok false on any invalid or
+ * unknown resource: a kind without a schema is an error, not skipped). */
+export async function kubeconform(yaml: string): Promise<{ ok: boolean; output: string }> {
+  const { bin, schemas, kubernetes } = await kubeconformPeer();
+  try {
+    const { stdout, stderr } = await exec(bin, ['-strict', '-summary', '-output', 'text', '-kubernetes-version', kubernetes,
+      '-schema-location', `${schemas}/{{ .ResourceKind }}{{ .KindSuffix }}.json`, '-'], { input: yaml });
+    return { ok: true, output: stdout + stderr };
+  } catch (e) {
+    const err = e as Error & { stdout?: string; stderr?: string };
+    if (err.stdout === undefined) throw e;
+    return { ok: false, output: `${err.stdout}${err.stderr ?? ''}` };
+  }
 }
 
 export type Doc = Record<string, any>;

@@ -3,7 +3,8 @@
 // these tests check that tree and the Dockerfile around it: libheaptap.so where the init
 // step copies it from, needing only glibc; the addon loading with the staged dependencies
 // and reading a region the staged library wrote; the entrypoint running the CLI; the
-// runtime stage installing what the addon links; the user the manifests run as.
+// runtime stage installing what the addon links; the user the manifests run as. (The image
+// itself is built and run by test/deploy/pod.test.ts, in a Docker engine of its own.)
 import { accessSync, constants as fsConstants, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -59,7 +60,7 @@ function dockerfile(): { args: Record<string, string>; stages: Stage[] } {
     const ins = { cmd: cmd!.toUpperCase(), args: rest!.replace(/\s+/g, ' ') };
     if (ins.cmd === 'ARG' && stages.length === 0) {
       const [k, v] = ins.args.split('=');
-      args[k!] = v ?? '';
+      args[k!] = (v ?? '').replace(/\$\{(\w+)\}/g, (_, a: string) => args[a] ?? '');
     } else if (ins.cmd === 'FROM') {
       const m = /^(\S+)(?:\s+AS\s+(\S+))?$/i.exec(ins.args)!;
       const from = m[1]!.replace(/\$\{(\w+)\}/g, (_, k: string) => args[k] ?? '');
@@ -79,7 +80,11 @@ function aptPackages(stage: Stage): string[] {
 }
 
 test('the Dockerfile builds with scripts/image-build.sh and copies the tree it stages', (t) => {
-  const { stages } = dockerfile();
+  const { args, stages } = dockerfile();
+  // The base images are build arguments (the image test builds on local stand-ins),
+  // defaulting to the official Node.js images.
+  t.is(args.BUILD_IMAGE, `node:${args.NODE_MAJOR}-bookworm`);
+  t.is(args.RUNTIME_IMAGE, `node:${args.NODE_MAJOR}-bookworm-slim`);
   t.is(stages.length, 2);
   const [build, runtime] = stages as [Stage, Stage];
   t.regex(build.from, /^node:\d+-bookworm$/);

@@ -7,8 +7,12 @@
 import test from 'ava';
 
 import {
+  HELM_DEMO_ARGS,
   IMAGE_UID,
+  helmTemplate,
   kustomizeBuild,
+  kustomizeFiles,
+  postRendered,
   k8sModel,
   parseYamlDocs,
   typecheck,
@@ -16,10 +20,23 @@ import {
   type Doc,
 } from './helpers.ts';
 
-const TARGETS = ['base', 'overlays/example', 'overlays/push'] as const;
+/** Everything that renders a pod with heaptap: the kustomize base and overlays (heaptap
+ * added by deploy/components/heaptap), the Helm chart, and a chart of the user's own through
+ * the post-renderer (the same component). */
+const RENDERS: Record<string, () => Promise<string>> = {
+  base: () => kustomizeBuild('base'),
+  'overlays/example': () => kustomizeBuild('overlays/example'),
+  'overlays/push': () => kustomizeBuild('overlays/push'),
+  'helm/heaptap': () => helmTemplate('heaptap-demo', HELM_DEMO_ARGS),
+  'helm/heaptap-post-renderer': () => postRendered(),
+};
+const TARGETS = Object.keys(RENDERS);
 
+const rendered = new Map<string, Promise<string>>();
 async function render(dir: string): Promise<Doc[]> {
-  return parseYamlDocs(await kustomizeBuild(dir), `kustomize build deploy/${dir}`);
+  let p = rendered.get(dir);
+  if (!p) rendered.set(dir, (p = RENDERS[dir]!()));
+  return parseYamlDocs(await p, `deploy/${dir}`);
 }
 
 /** The rendered Deployment and the containers heaptap's setup consists of. */
@@ -83,7 +100,7 @@ for (const dir of TARGETS) {
   });
 }
 
-const slug = (dir: string) => dir.replace(/\//g, '-');
+const slug = (dir: string) => dir.replace(/[^\w]/g, '-');
 
 let typechecked: Promise<{ files: string[]; diagnostics: string[] }> | undefined;
 /** One TypeScript program over every rendered resource (each as an object literal typed
@@ -154,9 +171,15 @@ for (const dir of TARGETS) {
       'the agent writes the control area and deletes regions after retention');
   });
 
-  test(`deploy/${dir}: HEAPTAP_SERVICE_NAME comes from a label the pod has`, async (t) => {
+  test(`deploy/${dir}: HEAPTAP_SERVICE_NAME is set, or comes from a label the pod has`, async (t) => {
     const { template, app } = await pod(dir);
-    const path: string | undefined = env(app, 'HEAPTAP_SERVICE_NAME')?.valueFrom?.fieldRef?.fieldPath;
+    const e = env(app, 'HEAPTAP_SERVICE_NAME');
+    if (e?.value !== undefined) {
+      t.regex(e.value, /^[\w.-]+$/);
+      t.is(e.value, template.metadata.annotations['profiles.grafana.com/service_name'], 'the same name in Pyroscope');
+      return;
+    }
+    const path: string | undefined = e?.valueFrom?.fieldRef?.fieldPath;
     const m = /^metadata\.labels\['([^']+)'\]$/.exec(path ?? '');
     t.truthy(m, `fieldPath ${path}`);
     t.truthy(template.metadata.labels[m![1]!], `the pod has the label ${m![1]}`);
@@ -239,4 +262,112 @@ test('deploy/overlays/example: everything lands in its namespace, which enforces
   for (const d of docs) if (d.kind !== 'Namespace') t.is(d.metadata.namespace, ns!.metadata.name, `${d.kind} ${d.metadata.name}`);
   const { agent } = await pod('overlays/example');
   t.regex(agent.image, /^registry\.example\.com\/heaptap:/);
+});
+
+// ---- deploy/components/heaptap on a Deployment of a user's ----
+
+const USER_DEPLOYMENTS = `apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+spec:
+  selector:
+    matchLabels: {app: shop}
+  template:
+    metadata:
+      labels: {app: shop}
+    spec:
+      securityContext: {runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000}
+      initContainers:
+        - name: migrate
+          image: shop:1
+          args: [migrate]
+      volumes:
+        - name: data
+          emptyDir: {}
+      containers:
+        - name: web
+          image: shop:1
+          env:
+            - {name: PORT, value: "8080"}
+            - {name: PRELOAD_HINT, value: keep}
+          volumeMounts:
+            - {name: data, mountPath: /data}
+        - name: proxy
+          image: envoy:1
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: worker
+spec:
+  selector:
+    matchLabels: {app: worker}
+  template:
+    metadata:
+      labels: {app: worker}
+    spec:
+      containers:
+        - name: worker
+          image: worker:1
+`;
+
+async function withComponent(component: string): Promise<Doc[]> {
+  return parseYamlDocs(await kustomizeFiles({
+    'deployments.yaml': USER_DEPLOYMENTS,
+    'kustomization.yaml': `resources: [deployments.yaml]\ncomponents: [../../deploy/components/${component}]\n` +
+      'images:\n  - name: heaptap\n    newName: registry.example.com/heaptap\n    newTag: 0.1.0\n',
+  }), component);
+}
+
+test('deploy/components/heaptap adds heaptap to every Deployment, preloading into the first container and keeping what was there', async (t) => {
+  const docs = await withComponent('heaptap');
+  t.deepEqual(docs.map((d) => `${d.kind}/${d.metadata.name}`), ['Deployment/shop', 'Deployment/worker'], 'no other resource (the settings are local config)');
+  const [shop, worker] = docs.map((d) => d.spec.template.spec) as [Doc, Doc];
+  // The application's own env and mounts first, heaptap's appended.
+  const web = shop.containers[0];
+  t.deepEqual(web.env.map((e: Doc) => e.name), ['PORT', 'PRELOAD_HINT', 'LD_PRELOAD', 'HEAPTAP_DIR']);
+  t.is(env(web, 'LD_PRELOAD')!.value, '/heaptap/libheaptap.so');
+  t.is(env(web, 'PRELOAD_HINT')!.value, 'keep');
+  t.deepEqual(web.volumeMounts, [{ name: 'data', mountPath: '/data' }, { name: 'heaptap', mountPath: '/heaptap' }]);
+  // Only the first container preloads; the agent comes last.
+  t.deepEqual(shop.containers.map((c: Doc) => c.name), ['web', 'proxy', 'heaptap']);
+  t.is(shop.containers[1].env, undefined);
+  t.is(env(shop.containers[2], 'LD_PRELOAD'), undefined, 'the agent does not profile itself');
+  t.is(env(shop.containers[2], 'HEAPTAP_DIR')!.value, env(web, 'HEAPTAP_DIR')!.value);
+  // heaptap-init runs before the user's init containers; the user's volumes stay.
+  t.deepEqual(shop.initContainers.map((c: Doc) => c.name), ['heaptap-init', 'migrate']);
+  t.deepEqual(shop.volumes.map((v: Doc) => v.name).sort(), ['data', 'heaptap', 'heaptap-tmp']);
+  t.true(shop.shareProcessNamespace);
+  // heaptap's containers set no user: they run as the pod's (1000 here), the application's.
+  for (const c of [shop.initContainers[0], shop.containers[2]]) {
+    t.is(c.securityContext.runAsUser, undefined);
+    t.is(c.image, 'registry.example.com/heaptap:0.1.0');
+  }
+  t.deepEqual(shop.securityContext, { runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000 });
+  // The second Deployment too, whose container had no env or mounts at all.
+  t.deepEqual(worker.containers.map((c: Doc) => c.name), ['worker', 'heaptap']);
+  t.deepEqual(worker.containers[0].env.map((e: Doc) => e.name), ['LD_PRELOAD', 'HEAPTAP_DIR']);
+  t.deepEqual(worker.containers[0].volumeMounts, [{ name: 'heaptap', mountPath: '/heaptap' }]);
+});
+
+test('deploy/components/heaptap-musl preloads the musl build, and is otherwise the same', async (t) => {
+  const glibc = await withComponent('heaptap');
+  const musl = await withComponent('heaptap-musl');
+  for (const [i, d] of musl.entries()) {
+    const app = d.spec.template.spec.containers[0];
+    t.is(env(app, 'LD_PRELOAD')!.value, '/heaptap/libheaptap-musl.so');
+    const same = structuredClone(d);
+    env(same.spec.template.spec.containers[0], 'LD_PRELOAD')!.value = '/heaptap/libheaptap.so';
+    t.deepEqual(same, glibc[i]);
+  }
+});
+
+test('deploy/helm/heaptap: heaptap.libc chooses the library the application preloads', async (t) => {
+  for (const [libc, file] of [['glibc', 'libheaptap.so'], ['musl', 'libheaptap-musl.so']]) {
+    const docs = parseYamlDocs(await helmTemplate('shop', ['--set', 'app.image=shop:1', '--set', `heaptap.libc=${libc}`]), libc!);
+    const spec = docs.find((d) => d.kind === 'Deployment')!.spec.template.spec;
+    t.is(env(spec.containers[0], 'LD_PRELOAD')!.value, `/heaptap/${file}`);
+    t.deepEqual(spec.initContainers[0].command, ['/opt/heaptap/bin/heaptap-init', '/heaptap']);
+  }
 });
