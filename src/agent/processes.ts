@@ -82,6 +82,9 @@ export class Tracked {
    * the last poll that found the process running */
   oom: OomCounter | null | undefined = undefined;
   oomCount: number | null = null;
+  /** when the count was seen to go up while the process still looked alive (ms), else 0:
+   * the kill may be this process's own, still dying (see readResident) */
+  oomRiseMs = 0;
   /** how it ended, once it has */
   end: ProcessEnd | null = null;
   /** reads of this region are serialized through this chain */
@@ -548,7 +551,23 @@ export class Watcher {
     // is found gone without exiting, the OOM killer ended it.
     if (rss !== null) {
       if (p.oom === undefined) p.oom = await oomCounterOf(h.pid, root, this.opts.cgroupRoot);
-      if (p.oom) p.oomCount = await oomKills(p.oom);
+      if (p.oom) {
+        const n = await oomKills(p.oom);
+        // A process the OOM killer has chosen can still look alive for a while (its
+        // region locked, its /proc entry there) while it dies, on a busy machine for
+        // several polls: a count that went up is taken as the new baseline only once the
+        // process has lived on for 3 s after it (then the kill was another process's).
+        const now = this.opts.now();
+        if (p.oomCount === null || n === null || n <= p.oomCount) {
+          p.oomCount = n;
+          p.oomRiseMs = 0;
+        } else if (!p.oomRiseMs) {
+          p.oomRiseMs = now;
+        } else if (now - p.oomRiseMs >= 3000) {
+          p.oomCount = n;
+          p.oomRiseMs = 0;
+        }
+      }
     }
   }
 
