@@ -31,33 +31,12 @@ command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || deps+=("/usr/bin
 missing() { local d; for d in "${deps[@]}"; do [ -e "${d%% *}" ] || echo "${d#* }"; done | sort -u; }
 mapfile -t need < <(missing)
 if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || die "need root to apt-get install ${need[*]}"
-  # Test files run in parallel, and other peers' scripts use apt too: one at a time.
-  exec 9>/tmp/heaptap-apt-install.lock
-  flock 9
-  mapfile -t need < <(missing)
-  if [ ${#need[@]} -gt 0 ]; then
-    echo "battery.sh: installing Debian packages: ${need[*]}" >&2
-    # redis-server's package would start a system instance: keep services from starting
-    # (the policy-rc.d convention), and put back whatever was there.
-    policy=/usr/sbin/policy-rc.d
-    made_policy=0
-    if [ ! -e "$policy" ]; then
-      printf '#!/bin/sh\nexit 101\n' >"$policy"
-      chmod 0755 "$policy"
-      made_policy=1
-    fi
-    trap '[ "$made_policy" = 1 ] && rm -f "$policy"' EXIT
-    export DEBIAN_FRONTEND=noninteractive
-    log=$(mktemp)
-    apt-get update -qq -o DPkg::Lock::Timeout=600 >"$log" 2>&1 || die "apt-get update failed: $(tail -3 "$log" | tr '\n' ' ')"
-    apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${need[@]}" >>"$log" 2>&1 ||
-      die "apt-get install ${need[*]} failed: $(tail -3 "$log" | tr '\n' ' ')"
-    rm -f "$log"
-  fi
+  # redis-server's package would start a system instance: install_service_debs keeps
+  # services from starting, and takes the lock the other peers' installs take.
+  . scripts/debs.sh
+  install_service_debs battery.sh "${need[@]}"
   mapfile -t need < <(missing)
   [ ${#need[@]} -eq 0 ] || die "installed, but still missing what these packages bring: ${need[*]}"
-  flock -u 9
 fi
 rustc=$(command -v rustc 2>/dev/null || echo /usr/bin/rustc)
 rustc_ok || rustc=/usr/bin/rustc
