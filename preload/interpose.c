@@ -1,8 +1,9 @@
 /* The allocator shims: the only code on the application's malloc/free path, and the
  * bootstrap that serves allocations made before the next allocator is resolved.
  *
- * Fast path, malloc: one TLS load, compare, subtract, store, and a tail call to the real
- * allocator. free: a hash, one load from the live filter, and the tail call. No lock, no
+ * Fast path, malloc: one subtract from the TLS countdown, a branch on its flags, and a tail
+ * call to the real allocator (TAKE below). free: a hash, one load from the live filter,
+ * and the tail call. No lock, no
  * atomic read-modify-write, no syscall, no call out of the library but the allocator.
  * Everything else (sampling, unwinding, recording) is in core.c, behind HT_UNLIKELY. */
 #include <dlfcn.h>
@@ -142,19 +143,53 @@ static int resolve(void)
 
 /* ---- the shims ----------------------------------------------------------------------- */
 
+/* The countdown test, TAKE(n, label): takes n bytes off this thread's countdown and goes
+ * to label when they reach the sample point (n >= countdown before). On x86-64 that is
+ * one subtract from the %fs-relative word and one branch on its flags (jbe: borrow or
+ * zero), where the C form costs a load, a compare, a subtract and a store. The bytes are
+ * taken on both paths, so the label's code first gives them back (GIVE_BACK), which
+ * leaves the countdown as the C form leaves it.
+ *
+ * Between the subtract and GIVE_BACK a signal handler that allocates sees the countdown
+ * wrapped to a huge value, and its bytes are taken from it; given back, the countdown
+ * would then wrap the other way and this thread would never sample again. GIVE_BACK
+ * catches that (a countdown above 2^63, which no drawn interval and not HT_COUNTDOWN_OFF
+ * reaches) and sets it to 0: the next allocation goes to the slow path. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define TAKE(n, label) \
+	__asm__ goto("subq %1, %0\n\tjbe %l[" #label "]" \
+		     : : "m"(ht_self.countdown), "r"((uint64_t)(n)) : "cc", "memory" : label)
+#else
+#define TAKE(n, label) do { \
+	struct ht_thread *t_ = &ht_self; \
+	uint64_t c_ = t_->countdown; \
+	t_->countdown = c_ - (uint64_t)(n); \
+	if (HT_UNLIKELY((uint64_t)(n) >= c_)) \
+		goto label; } while (0)
+#endif
+
+static inline void give_back(size_t n)
+{
+	struct ht_thread *t = &ht_self;
+	uint64_t c = t->countdown + n;
+	t->countdown = (int64_t)c < 0 ? 0 : c;
+}
+
 /* Counts an allocation of n bytes that returned p against this thread's countdown; goes
  * to the core when it reaches the sample point. */
 static inline void account(void *p, size_t n)
 {
-	struct ht_thread *t = &ht_self;
-	if (HT_LIKELY(n < t->countdown))
-		t->countdown -= n;
-	else if (p)
+	TAKE(n, slow);
+	return;
+slow:
+	give_back(n);
+	if (p)
 		ht_core_alloc(p, n);
 }
 
 static HT_NOINLINE void *malloc_slow(size_t n)
 {
+	give_back(n);
 	if (HT_UNLIKELY(!resolve()))
 		return boot_alloc(n, 16);
 	void *p = real.malloc(n);
@@ -165,11 +200,9 @@ static HT_NOINLINE void *malloc_slow(size_t n)
 
 HT_EXPORT void *malloc(size_t n)
 {
-	struct ht_thread *t = &ht_self;
-	if (HT_LIKELY(n < t->countdown)) {
-		t->countdown -= n;
-		return real.malloc(n);
-	}
+	TAKE(n, slow);
+	return real.malloc(n);
+slow:
 	return malloc_slow(n);
 }
 
@@ -199,24 +232,33 @@ HT_EXPORT void free(void *p)
 	free_slow(p);
 }
 
-HT_EXPORT void *calloc(size_t n, size_t m)
+static HT_COLD void *no_memory(void)
 {
-	size_t bytes;
-	if (__builtin_mul_overflow(n, m, &bytes)) {
-		errno = ENOMEM;
-		return NULL;
-	}
-	struct ht_thread *t = &ht_self;
-	if (HT_LIKELY(bytes < t->countdown)) {
-		t->countdown -= bytes;
-		return real.calloc(n, m);
-	}
+	errno = ENOMEM;
+	return NULL;
+}
+
+/* Out of line so that calloc's fast path needs no frame. */
+static HT_NOINLINE void *calloc_slow(size_t n, size_t m, size_t bytes)
+{
+	give_back(bytes);
 	if (HT_UNLIKELY(!resolve()))
 		return boot_alloc(bytes, 16); /* static arena: already zero */
 	void *p = real.calloc(n, m);
 	if (p)
 		ht_core_alloc(p, bytes);
 	return p;
+}
+
+HT_EXPORT void *calloc(size_t n, size_t m)
+{
+	size_t bytes;
+	if (__builtin_mul_overflow(n, m, &bytes))
+		return no_memory();
+	TAKE(bytes, slow);
+	return real.calloc(n, m);
+slow:
+	return calloc_slow(n, m, bytes);
 }
 
 static HT_NOINLINE void *realloc_slow(void *p, size_t n)
@@ -249,14 +291,26 @@ static HT_NOINLINE void *realloc_slow(void *p, size_t n)
 	return q;
 }
 
+/* An ordinary block whose new size reaches the sample point (TAKE took n already). */
+static HT_NOINLINE void *realloc_sampled(void *p, size_t n)
+{
+	give_back(n);
+	void *q = real.realloc(p, n);
+	if (q)
+		ht_core_alloc(q, n);
+	return q;
+}
+
 /* The common case: p is an ordinary block (not a live sample, not a bootstrap block: the
- * filter says so), hence the allocator is resolved. */
+ * filter says so), hence the allocator is resolved. The countdown is taken before the
+ * call, so that the fast path ends in a tail call. */
 static inline void *realloc_impl(void *p, size_t n)
 {
 	if (HT_LIKELY(p && !ht_live_maybe(p))) {
-		void *q = real.realloc(p, n);
-		account(q, n);
-		return q;
+		TAKE(n, sampled);
+		return real.realloc(p, n);
+	sampled:
+		return realloc_sampled(p, n);
 	}
 	return realloc_slow(p, n);
 }

@@ -15,7 +15,7 @@ struct gen {
 	uint64_t live;   /* entries live now */
 };
 
-HT_HIDDEN uint32_t ht_live_filter[1u << HT_LIVE_FILTER_BITS];
+HT_HIDDEN uint16_t ht_live_filter[1u << HT_LIVE_FILTER_BITS];
 static struct gen gens[MAX_GENS];
 static uint32_t ngens;            /* published with release after gens[ngens-1] is set */
 static ht_spin_t grow_lock;
@@ -96,7 +96,7 @@ HT_HIDDEN int ht_live_insert(const void *ptr, uint32_t stack_id, uint32_t epoch,
 		return -1;
 	/* The filter goes up first: a free that follows this allocation (after the program's
 	 * own synchronisation) then always looks in the tables. */
-	add_relaxed(&ht_live_filter[ht_live_hash(p)], 1);
+	ht_live_filter_inc(ptr);
 	for (int attempt = 0; attempt < 2; attempt++) {
 		uint32_t n = ld_acquire(&ngens);
 		struct gen *g = &gens[n - 1];
@@ -109,7 +109,7 @@ HT_HIDDEN int ht_live_insert(const void *ptr, uint32_t stack_id, uint32_t epoch,
 			add_gen(FIRST_BITS + n);
 		ht_spin_unlock(&grow_lock);
 	}
-	__atomic_fetch_sub(&ht_live_filter[ht_live_hash(p)], 1, __ATOMIC_RELAXED);
+	ht_live_filter_dec(ptr);
 	return -1;
 }
 
@@ -133,7 +133,7 @@ HT_HIDDEN int ht_live_remove(const void *ptr, struct ht_live_entry *out)
 			out->key = p;
 			st_release(&e->key, TOMBSTONE);
 			__atomic_fetch_sub(&g->live, 1, __ATOMIC_RELAXED);
-			__atomic_fetch_sub(&ht_live_filter[ht_live_hash(p)], 1, __ATOMIC_RELAXED);
+			ht_live_filter_dec(ptr);
 			return 1;
 		}
 	}

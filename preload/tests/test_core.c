@@ -353,6 +353,40 @@ CHILD_CASE(live_table_grows_and_frees_every_entry)
 	htr_snapshot_free(&s);
 }
 
+/* The filter's counters are 16 bits: one that reaches its maximum must stay there (a
+ * wrap to 0 would make free() skip the table, and that block's free would never count). */
+CHILD_CASE(a_full_filter_counter_sticks_and_still_sends_frees_to_the_table)
+{
+	core_up(1, 1024, 8, 1024);
+	uint64_t pcs[1] = { 0xD00000 };
+	void *a = PTR(0), *b = NULL;
+	uint32_t slot = ht_live_hash((uintptr_t)a);
+	for (uintptr_t i = 1; i < (1u << 24) && !b; i++)
+		if (ht_live_hash((uintptr_t)PTR(i)) == slot)
+			b = PTR(i);
+	CHECK(b != NULL, "a second pointer in the same slot");
+	if (!b)
+		return;
+	ht_live_filter[slot] = HT_LIVE_FILTER_STUCK - 1;
+	ht_core_record(a, 8, pcs, 1, 0);
+	CHECK(ht_live_filter[slot] == HT_LIVE_FILTER_STUCK, "counter at its maximum (%u)",
+	      ht_live_filter[slot]);
+	ht_core_record(b, 8, pcs, 1, 0);
+	CHECK(ht_live_filter[slot] == HT_LIVE_FILTER_STUCK, "no wrap (%u)", ht_live_filter[slot]);
+	ht_core_free(a);
+	CHECK(ht_live_filter[slot] == HT_LIVE_FILTER_STUCK, "stuck after a free (%u)",
+	      ht_live_filter[slot]);
+	CHECK(ht_live_maybe(b), "b still flagged");
+	ht_core_free(b);
+	CHECK(ht_live_count() == 0, "both frees found their entries");
+	struct htr_snapshot s;
+	if (read_region(&s))
+		return;
+	int r = row(&s, s.counters.count ? s.counters.ids[0] : 0);
+	CHECK(r >= 0 && s.counters.free_bytes[r] == 16, "both frees counted");
+	htr_snapshot_free(&s);
+}
+
 CHILD_CASE(a_fork_child_writes_its_own_region_and_ignores_the_parents_frees)
 {
 	core_up(1, 1024, 8, 1024);
@@ -680,6 +714,7 @@ static const struct ct_case cases[] = {
 	CT_CASE(threads_adding_the_same_stacks_at_once_get_one_id_each),
 	CT_CASE(a_thread_that_loses_the_race_to_add_a_stack_uses_the_winners_id),
 	CT_CASE(live_table_grows_and_frees_every_entry),
+	CT_CASE(a_full_filter_counter_sticks_and_still_sends_frees_to_the_table),
 	CT_CASE(a_fork_child_writes_its_own_region_and_ignores_the_parents_frees),
 	CT_CASE(a_sample_point_hit_inside_heaptap_redraws_instead_of_sampling),
 	CT_CASE(the_control_area_pauses_and_changes_the_rate),
