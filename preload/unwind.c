@@ -363,6 +363,7 @@ struct ht_walk {
 	int snap;               /* find objects in the dl_iterate_phdr snapshot */
 	int full;               /* track every register: no cache reads, no simple rules */
 	int need_regs;          /* a rule needed a register this walk had stopped tracking */
+	const uint64_t *regs;   /* the captured registers it started from (ht_walk_init) */
 };
 
 enum {
@@ -1337,13 +1338,47 @@ static int ht_step_slow(struct ht_walk *w, uint64_t *v, struct ht_cie_memo *m)
 	return ht_apply_row(w, &row, &f);
 }
 
+/* The registers ht_unwind captures, in this order. */
+static const uint8_t ht_captured[] = { HT_RIP, HT_RSP, HT_RBP, 3 /* rbx */, 12, 13, 14, 15 };
+#define HT_NCAPTURED (sizeof ht_captured)
+
+/* The walk's first frame, from the captured registers. At every walk: the fields are set
+ * one by one (clearing the whole struct and a loop over ht_captured cost about 100
+ * instructions a sample), and a walk redone tracking every register starts from here
+ * again instead of from a copy taken in advance. */
+static inline void ht_walk_init(struct ht_walk *w, const uint64_t *regs)
+{
+	_Static_assert(HT_NCAPTURED == 8 && HT_NREG == 17, "ht_captured");
+	for (int r = 0; r < 3; r++)
+		w->reg[r] = 0;
+	for (int r = 4; r < 12; r++)
+		w->reg[r] = 0;
+	w->reg[HT_RIP] = 0;
+	w->reg[HT_RSP] = regs[1];
+	w->reg[HT_RBP] = regs[2];
+	w->reg[3] = regs[3];
+	w->reg[12] = regs[4];
+	w->reg[13] = regs[5];
+	w->reg[14] = regs[6];
+	w->reg[15] = regs[7];
+	w->known = HT_BIT(HT_RSP) | HT_BIT(HT_RBP) | HT_BIT(3) | HT_BIT(12) | HT_BIT(13) |
+		   HT_BIT(14) | HT_BIT(15);
+	w->pc = regs[0];
+	w->exact = 1;
+	w->cfa = regs[1];
+	w->snap = 0;
+	w->need_regs = 0;
+	w->regs = regs;
+	w->full = __atomic_load_n(&ht_no_cache, __ATOMIC_RELAXED);
+	ht_window_for(&w->win, (uintptr_t)regs[1]);
+}
+
 /* A walk through cached rules keeps only rsp and rbp. A frame whose CFA is based on
  * another callee-saved register (glibc's _dl_runtime_resolve uses rbx, some hand-written
  * assembly does the same) then fails, and the walk is redone from the start tracking every
  * register: its result is the one a cache-less walk gives, at the cost of one full walk. */
 HT_UNW_NOASAN static int ht_walk_frames(struct ht_walk *w, uint64_t *pcs, int max, int *truncated)
 {
-	struct ht_walk start = *w;
 	struct ht_cie_memo memo;
 	int n, r, slow = 0;
 	memo.f.cie = NULL;
@@ -1373,7 +1408,9 @@ again:
 		pcs[n++] = w->pc + (uint64_t)w->exact;
 	}
 	if (r == HT_STEP_ERR && w->need_regs && !w->full) {
-		*w = start;
+		int snap = w->snap;
+		ht_walk_init(w, w->regs);
+		w->snap = snap;
 		w->full = 1;
 		goto again;
 	}
@@ -1443,25 +1480,11 @@ static int ht_phdr_first(struct dl_phdr_info *info, size_t size, void *arg)
 	return 1;
 }
 
-/* The registers ht_unwind captures, in this order. */
-static const uint8_t ht_captured[] = { HT_RIP, HT_RSP, HT_RBP, 3 /* rbx */, 12, 13, 14, 15 };
-#define HT_NCAPTURED (sizeof ht_captured)
-
 __attribute__((noinline)) static int ht_unwind_from(const uint64_t *regs, uint64_t *pcs,
 						     int max, int *truncated)
 {
 	struct ht_walk w;
-	memset(&w, 0, sizeof w);
-	w.known = 0;
-	for (unsigned i = 1; i < HT_NCAPTURED; i++) {
-		w.reg[ht_captured[i]] = regs[i];
-		w.known |= HT_BIT(ht_captured[i]);
-	}
-	w.pc = regs[0];
-	w.exact = 1;
-	w.cfa = regs[1];
-	w.full = __atomic_load_n(&ht_no_cache, __ATOMIC_RELAXED);
-	ht_window_for(&w.win, (uintptr_t)regs[1]);
+	ht_walk_init(&w, regs);
 	if (HT_UNW_LIKELY(__atomic_load_n(&ht_dlfo, __ATOMIC_RELAXED) != NULL &&
 			  !__atomic_load_n(&ht_force_phdr, __ATOMIC_RELAXED)))
 		return ht_walk_frames(&w, pcs, max, truncated);
