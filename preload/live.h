@@ -7,10 +7,12 @@
  * live samples, so almost every free stops at the filter.
  *
  * Every free reads a random slot of the filter, so all of it is the working set of free():
- * it is kept small enough to stay in the first-level data cache beside the program's own
- * data (2^14 16-bit counters, 32 KiB; it was 2^16 32-bit ones, 256 KiB, and under
- * callgrind's cache model that added 45% to churn's D1 read misses, its own and those of
- * the allocator's lines it pushed out). A false positive costs one table lookup; a false
+ * 2^14 16-bit counters, 32 KiB, fit the first-level data cache beside the program's data
+ * (it was 2^16 32-bit ones, 256 KiB: under callgrind's cache model on churn the smaller
+ * one cut the library's extra last-level misses by two thirds; first-level misses barely
+ * moved, a program that streams through memory evicts the filter between frees either
+ * way; bench/RESULTS.md, issue 13). Fewer slots would mean more false positives: n live
+ * samples flag about n/16384 of all frees. A false positive costs one table lookup; a false
  * negative would lose a free, so a counter that reaches its maximum stays there for good
  * (ht_live_filter_inc/dec): the slot then always answers "maybe". With 16 bits that takes
  * 65535 live samples in one slot, about a billion in all.
