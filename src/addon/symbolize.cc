@@ -29,6 +29,9 @@
 #include "symbolize.h"
 
 #include <cxxabi.h>
+// rust_demangle: Debian libiberty-dev (libiberty.a, PIC). glibc declares basename already.
+#define HAVE_DECL_BASENAME 1
+#include <libiberty/demangle.h>
 #include <dwarf.h>
 #include <elfutils/libdw.h>
 #include <elfutils/libdwelf.h>
@@ -956,6 +959,21 @@ struct FrameKeyHash {
 	}
 };
 
+// Names that a demangler can read: Itanium C++ and Rust legacy (_Z...), Rust v0 (_R...).
+bool IsMangled(const std::string &s)
+{
+	return s.compare(0, 2, "_Z") == 0 || (s.compare(0, 2, "_R") == 0 && s.size() > 2 && s[2] >= 'A' && s[2] <= 'Z');
+}
+
+// Worth a try with the Rust demangler: v0 names, and _ZN names whose last part looks like
+// a legacy hash ("17h" + 16 hex digits + "E"); the demangler checks the rest.
+bool IsRustCandidate(const std::string &s)
+{
+	if (s.compare(0, 2, "_R") == 0)
+		return IsMangled(s);
+	return s.size() > 24 && s.compare(0, 3, "_ZN") == 0 && s.compare(s.size() - 20, 3, "17h") == 0 && s.back() == 'E';
+}
+
 struct Result {
 	std::string path, debug_file, error, file_build_id;
 	bool found = false, loaded = false, has_dwarf = false;
@@ -1012,7 +1030,15 @@ struct Result {
 		uint32_t i;
 		char *d = nullptr;
 		int status = -1;
-		if (mangled.size() <= kMaxNameBytes && mangled.compare(0, 2, "_Z") == 0)
+		if (mangled.size() <= kMaxNameBytes && IsRustCandidate(mangled)) {
+			// Rust: v0 (_R...) and legacy (_ZN...17h<16 hex>E), printed as rustfilt and
+			// rustc-demangle print them, the legacy hash dropped (DMGL_VERBOSE would keep
+			// it). NULL for a name that is not Rust's: a plain C++ _ZN name goes on below.
+			d = rust_demangle(mangled.c_str(), DMGL_PARAMS | DMGL_ANSI);
+			if (d)
+				status = 0;
+		}
+		if (!d && mangled.size() <= kMaxNameBytes && mangled.compare(0, 2, "_Z") == 0)
 			d = abi::__cxa_demangle(mangled.c_str(), nullptr, nullptr, &status);
 		if (d && status == 0)
 			i = Intern(std::string(d));
@@ -1141,7 +1167,7 @@ bool DieNames(ModuleFile &m, Result &r, Dwarf_Die *d, Dwarf_Addr a, bool outermo
 	}
 	if (outermost) {
 		uint32_t efn, esys;
-		if (ElfSymbol(m, r, a, &efn, &esys) && r.strings[esys].compare(0, 2, "_Z") == 0) {
+		if (ElfSymbol(m, r, a, &efn, &esys) && IsMangled(r.strings[esys])) {
 			*fn = efn;
 			*sys = esys;
 			return true;

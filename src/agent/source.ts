@@ -6,7 +6,7 @@ import { Profile } from 'pprof-format';
 
 import { OVERFLOW_FUNCTION, UNKNOWN_STACK_FUNCTION, type AsyncProfileSymbolizer } from '../profile.ts';
 import { constants, trimNativeMemory, type RegionSnapshot } from '../region.ts';
-import { isAllocatorFrame } from '../sites.ts';
+import { siteOf, type StackFrame } from '../sites.ts';
 import type { Logger } from './log.ts';
 import { encodeHeapProfile, gzipProfile, SymbolTables, type EncodeInput } from './pprof.ts';
 import type { Tracked, Watcher } from './processes.ts';
@@ -33,8 +33,10 @@ export interface SourceOptions {
   consumerIdleMs?: number;
 }
 
-/** How deep a site search looks for a named frame before falling back to an address. */
-const SITE_DEPTH = 6;
+/** How many locations a site search looks at (C++ standard-library plumbing, not inlined at
+ * -O0, takes ten frames between operator new and the caller: std::map<…>::operator[] ->
+ * _M_emplace_hint_unique -> _M_create_node -> ... -> allocate). */
+const SITE_DEPTH = 24;
 
 /** /debug/heaptap/timeline's JSON for one process: a point at most every 10 ms (the
  * library's), the oldest thinned past 8192 (the higher of each pair kept). */
@@ -299,27 +301,25 @@ export class AgentSource implements HeapSource {
 
 
 
-  /** A stack's site: the innermost function name past allocator entry points, within
-   * SITE_DEPTH frames; else the innermost location as module+offset. */
+  /** A stack's site (src/sites.ts, short name) within SITE_DEPTH locations. */
   private siteName(id: number, t: SymbolTables): string {
     if (id === constants.STACK_OVERFLOW) return OVERFLOW_FUNCTION;
     const locs = t.locationsOf(id);
     if (!locs) return UNKNOWN_STACK_FUNCTION;
-    let fallback = '';
+    const frames: StackFrame[] = [];
     for (let d = 0; d < Math.min(locs.length, SITE_DEPTH); d++) {
-      for (const nm of t.functionName(locs[d]!)) {
-        if (!nm) continue;
-        if (!isAllocatorFrame(nm)) return nm;
-        fallback ||= nm;
+      const loc = locs[d]! - 1;
+      const mapping = t.locMapping.data[loc]!;
+      const m = mapping ? t.mappings[mapping - 1]!.module : undefined;
+      const module = m ? basename(m.path) : undefined;
+      const names = t.functionName(locs[d]!).filter(Boolean);
+      if (names.length) for (const name of names) frames.push({ name, module });
+      else {
+        const address = BigInt(t.locAddress.data[loc]!);
+        frames.push({ name: '', module, offset: m ? address - m.loadBias : address });
       }
     }
-    if (fallback) return fallback;
-    const loc = locs[0]! - 1;
-    const mapping = t.locMapping.data[loc]!;
-    const address = t.locAddress.data[loc]!;
-    if (!mapping) return `0x${address.toString(16)}`;
-    const m = t.mappings[mapping - 1]!.module;
-    return `${basename(m.path)}+0x${(BigInt(address) - m.loadBias).toString(16)}`;
+    return siteOf(frames).short;
   }
 }
 

@@ -31,6 +31,7 @@ import {
 } from './common.ts';
 import { RUN_USAGE } from './usage.ts';
 import { siteTable, formatValue, type SiteTable } from './top.ts';
+import { frameName, shortName, type StackFrame } from '../sites.ts';
 import { bucketMax, concurrentPeak, renderChart, seriesOf, type PointLog, type Series } from '../timeline.ts';
 import { describeEnd, type ProcessEnd } from '../ends.ts';
 import { Watcher } from '../agent/processes.ts';
@@ -414,7 +415,11 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   lines.push('');
   lines.push(`  profiles: ${displayPath(heapPath)}  (in use at exit, all allocations)`);
   lines.push(`            ${displayPath(peakPath)}  (in use at the peak)`);
-  lines.push(`  explore:  go tool pprof -http=: ${displayPath(heapPath)}`);
+  // What to run next, none of it needing Go: the profile that holds the story (the peak's
+  // when nothing was left in use at exit), and the HTML report when run wrote one.
+  const story = inuseExit === 0n && Number.isFinite(cp.ms) ? peakPath : heapPath;
+  const reportPath = join(o.outDir, `heaptap.${rootPid}.html`);
+  lines.push(...exploreBlock(displayPath(story), existsSync(reportPath) ? displayPath(reportPath) : undefined));
   for (const w of warnings) lines.push(`  warning: ${w}`);
   err(lines.join('\n') + '\n');
 }
@@ -462,10 +467,30 @@ function sitesBlock(title: string, table: SiteTable): string[] {
   const rows = table.rows.filter((r) => r.flat > 0).slice(0, 10);
   if (!rows.length) return [`  ${title}: none`];
   const out = [`  ${title}:`];
+  const indent = ' '.repeat(4 + 9 + 1 + 6 + 2);
   for (const r of rows) {
     const p = table.total ? ((100 * r.flat) / table.total).toFixed(1) : '0.0';
-    out.push(`    ${formatValue(r.flat, table.unit).padStart(9)} ${`${p}%`.padStart(6)}  ${r.name}`);
+    const [site, ...callers] = r.path ?? [];
+    out.push(`    ${formatValue(r.flat, table.unit).padStart(9)} ${`${p}%`.padStart(6)}  ${r.name}${site ? where(site) : ''}`);
+    // two callers of its heaviest stack, outward
+    const up = callers.filter((f, i) => i === 0 || f.name !== callers[i - 1]!.name).slice(0, 2);
+    if (up.length) out.push(`${indent}${up.map((f) => `← ${f.name ? shortName(f.name) : frameName(f)}${where(f)}`).join(' ')}`);
   }
+  return out;
+}
+
+/** "  file.cc:42" for a frame with a source line. */
+function where(f: StackFrame): string {
+  return f.file && f.line ? `  ${basename(f.file)}:${f.line}` : '';
+}
+
+/** The summary's last lines: commands to explore the profile, and the report. */
+export function exploreBlock(profile: string, report?: string): string[] {
+  const out = [
+    `  explore:  heaptap top ${profile}        (-n 40; --sample-index alloc_space)`,
+    `            heaptap export --format folded ${profile} > heap.folded   (flame graphs; callgrind for KCachegrind)`,
+  ];
+  if (report) out.push(`            ${report}  (the report: open it in a browser)`);
   return out;
 }
 
