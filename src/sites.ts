@@ -77,10 +77,35 @@ const PLUMBING = new RegExp(
     ')$',
 );
 
-/** A Rust qualified path `<Type as Trait>::method`: plumbing when the type is the standard
- * crates', or a generic or primitive (`<T as alloc::…>`, `<[T] as …>`) under their trait. */
-const RUST_QPATH = /^<(&?(?:mut )?\[?)([^<>\s]*?)(?:<…>)?\]?(?: as ([\w:]+)(?:<…>)?)?>::/;
 const STD_CRATE = /^(alloc|core|std|hashbrown)::/;
+
+/** Whether a Rust qualified path `<Type as Trait>::method` or `<Type>::method` (short form)
+ * is the standard crates': its type is theirs, or it is a primitive or a generic parameter
+ * (`<[u8]>::to_vec`, `<T as alloc::slice::…::ConvertVec>::to_vec`: no one else can have
+ * methods on those) under one of their traits or none. */
+function stdQualifiedPath(s: string): boolean {
+  if (!s.startsWith('<')) return false;
+  const end = matching(s, 0, '<', '>');
+  if (!s.startsWith('>::', end)) return false;
+  const inner = s.slice(1, end);
+  const as = topLevelAs(inner);
+  const type = (as < 0 ? inner : inner.slice(0, as)).replace(/^&(mut )?/, '').replace(/^\[|\]$/g, '');
+  const trait = as < 0 ? '' : inner.slice(as + 4);
+  if (STD_CRATE.test(type)) return true;
+  return !type.includes('::') && (trait === '' || STD_CRATE.test(trait) || trait.startsWith('<'));
+}
+
+/** The position of " as " outside brackets, or -1. */
+function topLevelAs(s: string): number {
+  let depth = 0;
+  for (let k = 0; k < s.length; k++) {
+    const c = s[k]!;
+    if (c === '<' || c === '(' || c === '[') depth++;
+    else if ((c === '>' && s[k - 1] !== '-') || c === ')' || c === ']') depth--;
+    else if (depth === 0 && s.startsWith(' as ', k)) return k;
+  }
+  return -1;
+}
 
 /** Modules that are a profiler's or an allocator's own. */
 const PLUMBING_MODULE = /^lib(heaptap|jemalloc|tcmalloc|heaptrack_preload)[^/]*\.so/;
@@ -89,14 +114,7 @@ const PLUMBING_MODULE = /^lib(heaptap|jemalloc|tcmalloc|heaptrack_preload)[^/]*\
 export function isAllocatorFrame(name: string, module?: string): boolean {
   if (module && PLUMBING_MODULE.test(basename(module))) return true;
   const s = shortName(name);
-  if (PLUMBING.test(s)) return true;
-  const q = RUST_QPATH.exec(s);
-  if (q) {
-    const type = q[2]!;
-    if (STD_CRATE.test(type)) return true;
-    if (!type.includes('::') && q[3] && STD_CRATE.test(q[3])) return true;
-  }
-  return false;
+  return PLUMBING.test(s) || stdQualifiedPath(s);
 }
 
 const UNNAMED = /^(?:(\S+)[ +])?0x[0-9a-f]+$/;
@@ -166,7 +184,7 @@ export function labelName(short: string): string {
  * Kept whole: operator names (operator<<, operator()), `(anonymous namespace)`, and
  * `{lambda(int)#1}` / `{closure#0}` / `{{closure}}` parts. C names pass through as they are.
  */
-export function shortName(name: string): string {
+export function shortName(name: string, inner = false): string {
   if (!/[<(\s]/.test(name)) return name;
   let out = '';
   let i = 0;
@@ -198,10 +216,17 @@ export function shortName(name: string): string {
       const prev = out.endsWith('::') ? '::' : out.length === 0 || /[\s(&*,[]$/.test(out) ? 'open' : 'args';
       if (prev === 'open') {
         // a qualified path <Type as Trait>: kept, its own arguments elided
-        out += '<' + shortName(name.slice(i + 1, end)) + '>';
+        out += '<' + shortName(name.slice(i + 1, end), true) + '>';
       } else {
         out += '<…>';
       }
+      i = end + 1;
+      continue;
+    }
+    if (c === '(' && inner) {
+      // inside <Type as Trait>: a type's parentheses (fn(), tuples) are kept
+      const end = matching(name, i, '(', ')');
+      out += name.slice(i, end + 1);
       i = end + 1;
       continue;
     }
