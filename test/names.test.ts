@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import type { Profile } from 'pprof-format';
 
 import { formatBytes } from '../src/cli/common.ts';
+import { exploreBlock } from '../src/cli/run.ts';
 import { decodeProfile, str } from '../src/profile.ts';
 import { ProfileStacks, isAllocatorFrame } from '../src/sites.ts';
 import { fixtures, heaptap, profilesIn, removeDir, root, tempDir } from './helpers/heaptap.ts';
@@ -294,4 +295,13 @@ test('perl\'s and sqlite3\'s allocator wrappers are not sites', async (t) => {
     t.false(isAllocatorFrame(s.name), s.name);
     t.notRegex(s.name, /^libsqlite3\.so[\d.]*\+0x/, sq.stderr);
   }
+});
+
+test('the summary\'s explore lines name heaptap commands on the profile, and the report when there is one', (t) => {
+  const without = exploreBlock('heaptap.7.peak.pb.gz');
+  t.regex(without[0]!, /^ {2}explore: {2}heaptap top heaptap\.7\.peak\.pb\.gz /);
+  t.regex(without[1]!, /heaptap export --format folded heaptap\.7\.peak\.pb\.gz /);
+  t.false(without.some((l) => /\.html|go tool/.test(l)));
+  const withReport = exploreBlock('heaptap.7.heap.pb.gz', 'heaptap.7.html');
+  t.regex(withReport[2]!, /^ {12}heaptap\.7\.html {2}\(the report/);
 });
