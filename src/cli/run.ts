@@ -416,8 +416,9 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   lines.push(`  profiles: ${displayPath(heapPath)}  (in use at exit, all allocations)`);
   lines.push(`            ${displayPath(peakPath)}  (in use at the peak)`);
   // What to run next, none of it needing Go: the profile that holds the story (the peak's
-  // when nothing was left in use at exit), and the HTML report when run wrote one.
-  const story = inuseExit === 0n && Number.isFinite(cp.ms) ? peakPath : heapPath;
+  // when next to nothing, under 1% of the peak, was left in use at exit), and the HTML
+  // report when run wrote one.
+  const story = Number.isFinite(cp.ms) && Number(inuseExit) * 100 < cp.bytes ? peakPath : heapPath;
   const reportPath = join(o.outDir, `heaptap.${rootPid}.html`);
   lines.push(...exploreBlock(displayPath(story), existsSync(reportPath) ? displayPath(reportPath) : undefined));
   for (const w of warnings) lines.push(`  warning: ${w}`);

@@ -3,7 +3,6 @@
 // legacy hash, not alloc::raw_vec, hashbrown or __rust_alloc. Built twice by
 // scripts/peers/battery.sh: with the legacy mangling and with v0.
 use std::collections::HashMap;
-use std::hint::black_box;
 
 #[inline(never)]
 fn build_index(n: usize) -> HashMap<String, Vec<u64>> {
@@ -27,7 +26,7 @@ fn render_report(index: &HashMap<String, Vec<u64>>) -> String {
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(50_000);
-    let index = black_box(build_index(n));
-    let report = black_box(render_report(&index));
+    let index = build_index(n);
+    let report = render_report(&index);
     println!("{} documents, report of {} bytes", index.len(), report.len());
 }
