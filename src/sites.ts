@@ -184,8 +184,20 @@ export function labelName(short: string): string {
  * Kept whole: operator names (operator<<, operator()), `(anonymous namespace)`, and
  * `{lambda(int)#1}` / `{closure#0}` / `{{closure}}` parts. C names pass through as they are.
  */
-export function shortName(name: string, inner = false): string {
+export function shortName(name: string): string {
   if (!/[<(\s]/.test(name)) return name;
+  let v = shortCache.get(name);
+  if (v === undefined) {
+    // a profile names the same functions over and over: remembered, up to a bound
+    if (shortCache.size >= 65536) shortCache.clear();
+    shortCache.set(name, (v = shorten(name, false)));
+  }
+  return v;
+}
+
+const shortCache = new Map<string, string>();
+
+function shorten(name: string, inner: boolean): string {
   let out = '';
   let i = 0;
   const n = name.length;
@@ -216,7 +228,7 @@ export function shortName(name: string, inner = false): string {
       const prev = out.endsWith('::') ? '::' : out.length === 0 || /[\s(&*,[]$/.test(out) ? 'open' : 'args';
       if (prev === 'open') {
         // a qualified path <Type as Trait>: kept, its own arguments elided
-        out += '<' + shortName(name.slice(i + 1, end), true) + '>';
+        out += '<' + shorten(name.slice(i + 1, end), true) + '>';
       } else {
         out += '<…>';
       }

@@ -474,7 +474,8 @@ function sitesBlock(title: string, table: SiteTable): string[] {
     const [site, ...callers] = r.path ?? [];
     out.push(`    ${formatValue(r.flat, table.unit).padStart(9)} ${`${p}%`.padStart(6)}  ${r.name}${site ? where(site) : ''}`);
     // two callers of its heaviest stack, outward
-    const up = callers.filter((f, i) => i === 0 || f.name !== callers[i - 1]!.name).slice(0, 2);
+    // (a function inlined into itself, or a recursion, is shown once)
+    const up = callers.filter((f, i) => !f.name || f.name !== (i === 0 ? site : callers[i - 1])!.name).slice(0, 2);
     if (up.length) out.push(`${indent}${up.map((f) => `← ${f.name ? shortName(f.name) : frameName(f)}${where(f)}`).join(' ')}`);
   }
   return out;
