@@ -10,7 +10,7 @@ Commands:
   run [options] -- <command> [args]   run a command under heaptap; write its heap
                                       profiles (at exit and at the peak) and a summary
   list [--dir DIR]                    the regions in the directory: pid, state, samples
-  snapshot <pid|region> [-o FILE]     write a pprof profile of a region as it is now
+  snapshot <pid|region|profile>       write a pprof profile of a region as it is now
   top <pid|region|profile>            the top sites, as go tool pprof -top prints them
   diff OLD NEW                        the sites whose in use (or allocated) grew most
   export --format folded|callgrind P  a profile's stacks for flame graphs (folded) or
@@ -21,7 +21,8 @@ Commands:
 
 A <profile> is a pprof file (heaptap.<pid>.heap.pb.gz from run, or what the agent's
 /debug/pprof/heap serves, saved or as an http:// URL). Nothing here needs Go.
-Environment: HEAPTAP_DIR is where list, snapshot and top look for a pid (default /dev/shm/heaptap).
+Environment: HEAPTAP_DIR is where list, snapshot, top, diff and export look for a pid's
+region (default /dev/shm/heaptap).
 Exit codes: 2 for a usage error, an unreadable region or a directory that does not
 exist; 1 for a failure while running; run exits with its command's.
 `;
