@@ -12,6 +12,7 @@ Commands:
   list [--dir DIR]                    the regions in the directory: pid, state, samples
   snapshot <pid|region> [-o FILE]     write a pprof profile of a region as it is now
   top <pid|region>                    its top sites, as go tool pprof -top prints them
+  report PROFILE [--base OLD] [-o F]  an HTML page: timeline, flame graph, top sites
   agent [options]                     the sidecar: pprof endpoints, metrics, exporters
   ctl <pid> pause|resume|rate <bytes> control sampling in a running process
   help [command]                      the options of a command (also: <command> --help)
