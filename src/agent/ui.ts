@@ -108,6 +108,12 @@ export async function uiPage(source: AgentSource, history: UiHistory, url: URL, 
     { id: 'inuse_objects', profile: now, sampleType: 'inuse_objects', label: 'objects in use now' },
     { id: 'alloc_objects', profile: now, sampleType: 'alloc_objects' });
   const tl = source.timeline(key);
+  if (tl.ms.length && chosen.alive) {
+    // in use as the last read saw it, now: the chart runs to the present
+    tl.ms.push(Date.now());
+    tl.inuse_bytes.push(chosen.inuseBytes);
+    tl.rss_bytes.push(tl.rss_bytes.at(-1)!);
+  }
   const timeline = tl.ms.length ? thinTimeline(chosen.startMs, tl.ms, tl.inuse_bytes, tl.rss_bytes, tl.peak && tl.peak.ms !== null ? { ms: tl.peak.ms, bytes: tl.peak.bytes } : null) : null;
   const state = chosen.alive ? 'running' : chosen.end ? chosen.end.reason : 'ended';
   facts.unshift(

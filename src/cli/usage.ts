@@ -29,6 +29,7 @@ set), follows every process it starts (fork, exec), and when the command ends wr
 
   heaptap.<pid>.heap.pb.gz   in use at exit and everything allocated (cumulative)
   heaptap.<pid>.peak.pb.gz   in use at the moment the total in use was highest
+  heaptap.<pid>.html         a page for a browser: the timeline, flame graphs, top sites
 
 (<pid> is the command's pid), then prints a summary: the peak and when it happened,
 the bytes and objects allocated, what was still in use at exit, each large process's

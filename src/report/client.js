@@ -44,6 +44,18 @@
       box.append(el('p', { class: 'empty' }, 'No timeline: this profile carries none (it was not written by heaptap run, or by an older heaptap).'));
       return;
     }
+    // the peak as a point of its own, so that it is inside the chart (the library writes a
+    // point at most every 10 ms; a peak after the last one would fall off the end)
+    if (tl.peak) {
+      let i = tl.t.findIndex((t) => t > tl.peak.t);
+      if (i < 0) i = tl.t.length;
+      if (tl.t[i - 1] !== tl.peak.t) {
+        const rss = i > 0 ? tl.rss[i - 1] : 0;
+        tl.t.splice(i, 0, tl.peak.t);
+        tl.inuse.splice(i, 0, tl.peak.bytes);
+        tl.rss.splice(i, 0, rss);
+      }
+    }
     const xs = tl.t.map((t) => t / 1000);
     const hasRss = tl.rss.some((v) => v > 0);
     const series = [{ label: 'time' }, { label: 'in use', stroke: '#c0392b', fill: 'rgba(192,57,43,0.25)', width: 1.5, value: (u, v) => (v == null ? '-' : fmtBytes(v)) }];
@@ -250,7 +262,7 @@
     for (const b of document.querySelectorAll('#views button')) b.classList.toggle('on', b.dataset.view === view.id);
     const note = document.getElementById('flame-note');
     note.textContent = 'Total ' + fmt(view.total, view.unit) + ' ' + view.label + '.' +
-      (view.hiddenNodes > 0 ? ' ' + fmtCount(view.hiddenNodes) + ' call-tree nodes smaller than ' + (view.nodes.length / 3 >= 12000 ? 'the 12,000 largest' : '0.01% of the total') + ' are left out of this page (their bytes still count in their callers).' : '');
+      (view.hiddenNodes > 0 ? ' ' + fmtCount(view.hiddenNodes) + ' call-tree nodes smaller than ' + (view.nodes.length / 3 >= view.maxNodes ? 'the ' + fmtCount(view.maxNodes) + ' largest' : (100 * view.minFraction) + '% of the total') + ' are left out of this page (their bytes still count in their callers).' : '');
     draw();
     drawSites();
   }

@@ -82,6 +82,7 @@ export function reportHtml(data: ReportData, opts: PageOptions = {}): string {
   return `<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>${escapeHtml(data.title)}</title>
 <style>${a.uplotCss}</style>
 <style>${STYLE}</style>

@@ -1,7 +1,7 @@
 // The data of a report page (src/report/html.ts draws it): heaptap profiles aggregated, in
 // Node, into one call tree (by function, as pprof's flame graph), the top sites with their
 // call paths, and the growth against a base profile. The page gets the tree already pruned
-// to what can be seen (nodes under 1/10000 of a view's total, and past MAX_NODES per view,
+// to what can be seen (nodes under 1/100000 of a view's total, and past MAX_NODES per view,
 // are left out and counted in a note), so that a 100k-stack profile opens in a browser in
 // about a second instead of shipping every stack.
 import { basename } from 'node:path';
@@ -57,8 +57,10 @@ export interface ReportView {
   total: number;
   /** the pruned tree in preorder: per node [name index, value, number of children] */
   nodes: number[];
-  /** what pruning left out */
+  /** what pruning left out: nodes under minFraction of the total or past the maxNodes largest */
   hiddenNodes: number;
+  minFraction: number;
+  maxNodes: number;
 }
 
 export interface SitePath {
@@ -163,7 +165,7 @@ export interface ViewSource {
 }
 
 const MAX_NODES = 12_000;
-const MIN_FRACTION = 1e-4;
+const MIN_FRACTION = 1e-5;
 const MAX_SITES = 120;
 const PATHS_PER_SITE = 3;
 const MAX_DIFF_ROWS = 100;
@@ -427,6 +429,8 @@ export function buildReport(input: ModelInput): ReportData {
       total: tree.vals[v]![0]!,
       nodes,
       hiddenNodes: hidden,
+      minFraction: MIN_FRACTION,
+      maxNodes: MAX_NODES,
     };
   });
   // names: only those some view shows (the rest stay in Node), renumbered
