@@ -41,7 +41,7 @@
     const box = document.getElementById('timeline');
     const tl = D.timeline;
     if (!tl || !tl.t.length) {
-      box.append(el('p', { class: 'empty' }, 'No timeline: this profile carries none (it was not written by heaptap run, or by an older heaptap).'));
+      box.append(el('p', { class: 'empty' }, 'No timeline: only heaptap run\'s profiles carry one (and the agent\'s /ui shows each process\'s).'));
       return;
     }
     // the peak as a point of its own, so that it is inside the chart (the library writes a
@@ -77,7 +77,8 @@
       series,
       axes: [
         { values: (u, vals) => vals.map((v) => fmtSecs(v * 1000)) },
-        { size: 70, values: (u, vals) => vals.map((v) => fmtBytes(v)) },
+        // ticks at powers of two (4 MiB, 8 MiB...), not at decimal steps of binary units
+        { size: 70, incrs: Array.from({ length: 60 }, (_, i) => 2 ** i), values: (u, vals) => vals.map((v) => fmtBytes(v)) },
       ],
       cursor: { drag: { x: true, y: false } },
       hooks: {
@@ -163,7 +164,7 @@
   function draw() {
     const width = canvas.parentElement.clientWidth;
     let depth = 0;
-    (function walk(n) { if (n.d > depth) depth = n.d; for (const c of n.c) walk(c); })(root);
+    (function walk(n) { if (n.d > depth) depth = n.d; for (const c of n.c) walk(c); })(focus); // as tall as what is shown
     const height = (depth + 1) * ROW;
     const dpr = window.devicePixelRatio || 1;
     canvas.width = width * dpr;
@@ -327,6 +328,9 @@
   drawTimeline();
   drawDiff();
   if (D.views.length) selectView(D.views[0].id);
-  else document.getElementById('flame-note').textContent = 'This profile has no samples.';
+  else {
+    canvas.hidden = true;
+    document.getElementById('flame-note').textContent = 'Nothing to show: no samples.';
+  }
   state.ready = true;
 })();
