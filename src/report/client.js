@@ -162,7 +162,7 @@
   function matches(name) { return searchRx !== null && searchRx.test(name); }
 
   function draw() {
-    const width = canvas.parentElement.clientWidth;
+    const width = canvas.parentElement.clientWidth; // (deep stacks scroll inside the box: max-height)
     let depth = 0;
     (function walk(n) { if (n.d > depth) depth = n.d; for (const c of n.c) walk(c); })(focus); // as tall as what is shown
     const height = (depth + 1) * ROW;
@@ -240,7 +240,7 @@
     tip.style.display = 'block';
     const host = canvas.parentElement.getBoundingClientRect();
     tip.style.left = Math.min(ev.clientX - host.left + 12, host.width - 320) + 'px';
-    tip.style.top = (ev.clientY - host.top + 16) + 'px';
+    tip.style.top = (ev.clientY - host.top + canvas.parentElement.scrollTop + 16) + 'px';
   });
   canvas.addEventListener('mouseleave', () => { tip.style.display = 'none'; });
   document.getElementById('reset').addEventListener('click', () => { focus = root; draw(); });

@@ -49,7 +49,7 @@ ul.facts { margin: 4px 0; padding-left: 18px; color: #444; }
 #search { font: inherit; padding: 3px 6px; width: 220px; }
 #match { color: #7a1f8a; }
 #crumbs { font-size: 12px; color: #555; margin: 4px 0; word-break: break-all; }
-.flamebox { position: relative; width: 100%; }
+.flamebox { position: relative; width: 100%; max-height: 75vh; overflow-y: auto; border-bottom: 1px solid #eee; }
 #flame { display: block; cursor: pointer; }
 #tip { display: none; position: absolute; max-width: 300px; background: #fffbe6; border: 1px solid #aaa; padding: 4px 6px; font-size: 12px; pointer-events: none; word-break: break-all; z-index: 5; }
 #flame-note { font-size: 12px; color: #555; }
