@@ -199,3 +199,25 @@ test('a report of a 100k-stack profile is written and opens in Chromium within a
   t.true(openMs < bound(10_000), `opened in ${openMs} ms`);
   t.true(size < 8 * MiB, `${size} bytes`);
 });
+
+test('function names with markup in them are shown as text, not run', async (t) => {
+  const dir = await tempDir();
+  t.teardown(() => removeDir(dir));
+  const evil = '</script><script>window.pwned=1</script><img src=x onerror="window.pwned=2">';
+  const file = join(dir, 'evil.pb.gz');
+  await writeFile(file, await synthProfileBytes([
+    { frames: ['main', evil], allocBytes: 4 * MiB, inuseBytes: 2 * MiB },
+    { frames: ['main', 'operator<<(std::ostream&, Foo const&)'], allocBytes: 2 * MiB, inuseBytes: MiB },
+  ]));
+  const r = await heaptap(['report', file]);
+  t.is(r.code, 0, r.stderr);
+  const browser = await launch();
+  t.teardown(() => browser.close());
+  const { page, errors } = await openReport(browser, join(dir, 'evil.html'));
+  t.is(await page.evaluate(() => (window as unknown as { pwned?: number }).pwned), undefined);
+  const s = await flameState(page);
+  t.true(s.drawn.some((d) => d.name === evil));
+  t.true(s.drawn.some((d) => d.name === 'operator<<(std::ostream&, Foo const&)'));
+  t.regex(await page.locator('#sites').innerText(), /operator<<\(std::ostream&, Foo const&\)/);
+  t.deepEqual(errors, []);
+});
