@@ -19,6 +19,10 @@ const COMMANDS: Record<string, { usage: () => Promise<string>; run: (args: strin
     usage: async () => (await import('./cli/agent.ts')).AGENT_USAGE,
     run: async (a) => (await import('./cli/agent.ts')).agentCommand(a),
   },
+  report: {
+    usage: async () => (await import('./cli/report.ts')).REPORT_USAGE,
+    run: async (a) => (await import('./cli/report.ts')).reportCommand(a),
+  },
   ctl: {
     usage: async () => (await import('./cli/ctl.ts')).CTL_USAGE,
     run: async (a) => (await import('./cli/ctl.ts')).ctlCommand(a),

@@ -303,5 +303,6 @@ test('the summary\'s explore lines name heaptap commands on the profile, and the
   t.regex(without[1]!, /heaptap export --format folded heaptap\.7\.peak\.pb\.gz /);
   t.false(without.some((l) => /\.html|go tool/.test(l)));
   const withReport = exploreBlock('heaptap.7.heap.pb.gz', 'heaptap.7.html');
-  t.regex(withReport[2]!, /^ {12}heaptap\.7\.html {2}\(the report/);
+  t.regex(withReport[0]!, /^ {2}report: {3}heaptap\.7\.html {2}\(open it in a browser/);
+  t.regex(withReport[1]!, /^ {2}explore: {2}heaptap top heaptap\.7\.heap\.pb\.gz /);
 });

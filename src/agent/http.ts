@@ -17,6 +17,8 @@
 //   GET  /debug/heaptap/processes        JSON: the processes served
 //   GET  /debug/heaptap/timeline         JSON: in use, allocated and RSS over time and the
 //                                        peak, per process (?pid=N / ?region=FILE: one)
+//   GET  /ui                             HTML: the processes, each one's timeline and flame
+//                                        graphs (now, peak, growth; src/agent/ui.ts)
 //   POST /debug/heaptap/control          ?pid=N&action=pause|resume|rate&bytes=N (or the
 //                                        same fields form- or JSON-encoded in the body)
 // Errors are text/plain, with X-Go-Pprof: 1 (pprof shows the body only then). With a
@@ -31,6 +33,7 @@ import type { Logger } from './log.ts';
 import { NotFound, type AgentSource, type View } from './source.ts';
 import { profileText } from './text.ts';
 import type { HeapProcess } from './types.ts';
+import { UiHistory, uiPage } from './ui.ts';
 
 export interface ServerOptions {
   source: AgentSource;
@@ -91,6 +94,7 @@ class Semaphore {
 
 export function createAgentServer(opts: ServerOptions): Server {
   const builds = new Semaphore(opts.maxBuilds ?? 2);
+  const ui = new UiHistory(opts.source.watcher);
   const server = createServer((req, res) => {
     handle(req, res).catch((e) => {
       const status = e instanceof HttpError ? e.status : e instanceof NotFound ? 404 : 500;
@@ -106,6 +110,7 @@ export function createAgentServer(opts: ServerOptions): Server {
   server.requestTimeout = (opts.maxSeconds + 120) * 1000;
   server.headersTimeout = 30_000;
   server.keepAliveTimeout = 65_000;
+  server.on('close', () => ui.dispose());
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://agent');
@@ -137,6 +142,12 @@ export function createAgentServer(opts: ServerOptions): Server {
       return;
     }
     if (path === '/debug/pprof' || path === '/debug/pprof/') return index(res);
+    if (path === '/ui' || path === '/ui/') {
+      const html = await builds.run(() => uiPage(opts.source, ui, url, select));
+      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
+      res.end(req.method === 'HEAD' ? undefined : html);
+      return;
+    }
     if (path === '/debug/heaptap/processes') {
       res.writeHead(200, { 'Content-Type': 'application/json' });
       res.end(JSON.stringify(opts.source.processes(), null, 1));
@@ -269,7 +280,7 @@ Without ?pid= a profile is the one running process's, or all of them merged (wit
 <tr><th>pid</th><th>exe</th><th>service</th><th>state</th><th>in use (bytes)</th><th>allocated (bytes)</th><th>peak (bytes)</th><th>profiles</th></tr>
 ${rows.join('\n')}
 </table>
-<p><a href="/metrics">/metrics</a> &middot; <a href="/debug/heaptap/processes">/debug/heaptap/processes</a> &middot; <a href="/debug/heaptap/timeline">/debug/heaptap/timeline</a> (in use, allocated and RSS over time, JSON)</p>
+<p><a href="/ui">/ui</a> (timeline and flame graphs in the browser) &middot; <a href="/metrics">/metrics</a> &middot; <a href="/debug/heaptap/processes">/debug/heaptap/processes</a> &middot; <a href="/debug/heaptap/timeline">/debug/heaptap/timeline</a> (in use, allocated and RSS over time, JSON)</p>
 </body></html>
 `;
     res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });

@@ -201,6 +201,13 @@ export class AgentSource implements HeapSource {
     return this.encode(inputs, { view, exeLabel: keys.length > 1, fullDelta: true, durationNanos: BigInt(ms) * 1_000_000n });
   }
 
+  /** p1 - p0 of one process since `base`, an earlier snapshot of it (the /ui growth view). */
+  async growthBytes(key: string, base: RegionSnapshot): Promise<Uint8Array> {
+    const p = this.need(key);
+    if (!p.snapshot) throw new NotFound(`no process ${key}`);
+    return this.encode([{ p, snapshot: p.snapshot, base }], { view: 'heap', exeLabel: false, fullDelta: true });
+  }
+
   /** The served form: gzipped at BestSpeed, as Go writes profiles. */
   gzip(raw: Uint8Array): Promise<Buffer> {
     return gzipProfile(raw);

@@ -36,6 +36,10 @@ import { bucketMax, concurrentPeak, renderChart, seriesOf, type PointLog, type S
 import { describeEnd, type ProcessEnd } from '../ends.ts';
 import { Watcher } from '../agent/processes.ts';
 import { createLogger } from '../agent/log.ts';
+import { reportHtml } from '../report/html.ts';
+import { addTimelineComment, timelineOf, type ReportTimeline } from '../report/model.ts';
+import { reportFromProfiles } from '../report/profiles.ts';
+import { reportFacts } from './report.ts';
 
 
 /** preload/build/libheaptap.so of this package. */
@@ -382,10 +386,20 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
     timeNanos: BigInt(Math.round(Number.isFinite(cp.ms) ? cp.ms : start)) * 1_000_000n,
   });
   symbolizer.close();
+  // The timeline travels in both profiles (a '#' comment pprof does not show), so that
+  // `heaptap report` can draw it from either.
+  const timeline = runTimeline(all.map((x) => x.s), start, start + elapsedMs, cp);
+  addTimelineComment(heap, timeline);
+  addTimelineComment(peak, timeline);
   const heapPath = join(o.outDir, `heaptap.${rootPid}.heap.pb.gz`);
   const peakPath = join(o.outDir, `heaptap.${rootPid}.peak.pb.gz`);
+  const htmlPath = join(o.outDir, `heaptap.${rootPid}.html`);
   await writeFile(heapPath, await encodeProfile(heap));
   await writeFile(peakPath, await encodeProfile(peak));
+  // the page draws what the profiles carry (rounded as stored), so `heaptap report` agrees
+  const page = reportFromProfiles({ title: `heaptap run: ${name}`, heap, peak: peakInputs.length ? peak : null, timeline: timelineOf(heap) });
+  page.facts = [`${name} ${how} after ${formatSeconds(elapsedMs)}`, ...reportFacts(page)];
+  await writeFile(htmlPath, reportHtml(page));
 
   let allocBytes = 0n, allocObjects = 0, inuseExit = 0n;
   const drops = new Map<string, bigint>();
@@ -419,10 +433,23 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   // when next to nothing, under 1% of the peak, was left in use at exit), and the HTML
   // report when run wrote one.
   const story = Number.isFinite(cp.ms) && Number(inuseExit) * 100 < cp.bytes ? peakPath : heapPath;
-  const reportPath = join(o.outDir, `heaptap.${rootPid}.html`);
-  lines.push(...exploreBlock(displayPath(story), existsSync(reportPath) ? displayPath(reportPath) : undefined));
+  lines.push(...exploreBlock(displayPath(story), existsSync(htmlPath) ? displayPath(htmlPath) : undefined));
   for (const w of warnings) lines.push(`  warning: ${w}`);
   err(lines.join('\n') + '\n');
+}
+
+/** In use and RSS of every process summed, at most 800 points (each the highest of its
+ * span of time), and the run's peak: the report's timeline. */
+function runTimeline(series: Series[], fromMs: number, toMs: number, cp: { bytes: number; ms: number }): ReportTimeline {
+  const cols = 800;
+  const b = bucketMax(series, fromMs, toMs, cols);
+  const span = Math.max(toMs - fromMs, 1e-9);
+  const t: number[] = [];
+  for (let c = 0; c < cols; c++) t.push((c * span) / cols);
+  return {
+    startMs: fromMs, t, inuse: [...b.inuse], rss: [...b.rss],
+    peak: Number.isFinite(cp.ms) && cp.bytes > 0 ? { t: cp.ms - fromMs, bytes: cp.bytes } : null,
+  };
 }
 
 /** Each large image's own peak: those that reached 1% of the run's peak, largest first. */
@@ -488,11 +515,11 @@ function where(f: StackFrame): string {
 
 /** The summary's last lines: commands to explore the profile, and the report. */
 export function exploreBlock(profile: string, report?: string): string[] {
-  const out = [
+  const out = report ? [`  report:   ${report}  (open it in a browser: timeline, flame graph, top sites)`] : [];
+  out.push(
     `  explore:  heaptap top ${profile}        (-n 40; --sample-index alloc_space)`,
     `            heaptap export --format folded ${profile} > heap.folded   (flame graphs; callgrind for KCachegrind)`,
-  ];
-  if (report) out.push(`            ${report}  (the report: open it in a browser)`);
+  );
   return out;
 }
 

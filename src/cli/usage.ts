@@ -15,6 +15,7 @@ Commands:
   diff OLD NEW                        the sites whose in use (or allocated) grew most
   export --format folded|callgrind P  a profile's stacks for flame graphs (folded) or
                                       KCachegrind / callgrind_annotate (callgrind)
+  report PROFILE [--base OLD] [-o F]  an HTML page: timeline, flame graph, top sites
   agent [options]                     the sidecar: pprof endpoints, metrics, exporters
   ctl <pid> pause|resume|rate <bytes> control sampling in a running process
   help [command]                      the options of a command (also: <command> --help)
@@ -34,6 +35,7 @@ set), follows every process it starts (fork, exec), and when the command ends wr
 
   heaptap.<pid>.heap.pb.gz   in use at exit and everything allocated (cumulative)
   heaptap.<pid>.peak.pb.gz   in use at the moment the total in use was highest
+  heaptap.<pid>.html         a page for a browser: the timeline, flame graphs, top sites
 
 (<pid> is the command's pid), then prints a summary: the peak and when it happened,
 the bytes and objects allocated, what was still in use at exit, each large process's
