@@ -562,7 +562,7 @@ test('encodeSamples: out-of-range stack arrays make a row unknown, never a bad r
     // stack 2: its packed bytes run past the buffer; stack 3: they start past it;
     // stack 5: beyond the per-stack arrays
     packed: Uint8Array.from([7]), packedStart: Uint32Array.from([0, 0, 0, 5]), packedLen: Uint32Array.from([0, 0, 2, 1]),
-    locBase: 0, overflowLoc: 0, unknownLoc: 42, bytesKey: 1, pidKey: 2, pid: 7, exeLabel: false, exeKey: 0, exeStr: 0,
+    locBase: 0, overflowLoc: 0, unknownLoc: 42, pidKey: 2, pid: 7, exeLabel: false, exeKey: 0, exeStr: 0,
   };
   // Three samples, each with the single location id 42 (field 1 packed: 0x0a 0x01 0x2a).
   const count42 = (out: Uint8Array) => {
