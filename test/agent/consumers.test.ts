@@ -73,3 +73,53 @@ test('Alloy\'s delta of two /allocs scrapes is exactly what was allocated betwee
   const third = await decodeProfile((await get(url)).body);
   t.is(alloy.next(third)!.reduce((a, s) => a + s.values[1]!, 0), 0, 'nothing allocated, nothing reported');
 });
+
+// Through Alloy's profile.godeltaprof_memory, /debug/pprof/delta_heap reaches Pyroscope as
+// a `memory` profile whose alloc_* are already deltas; Pyroscope keeps them as the
+// allocations of the interval only when the series says __delta__="false" (Alloy's
+// godeltaprof appender sets it; Pyroscope's ingester otherwise subtracts consecutive
+// profiles itself, pkg/phlaredb/head.go Ingest and delta.go: first profile dropped, any stack lower than
+// before taken as a reset and the profile's alloc samples dropped). What Pyroscope then
+// relies on from us: the sample types and period type that make the series
+// memory:alloc_objects:count:space:bytes and memory:alloc_space:bytes:space:bytes, and
+// alloc values that are the allocations since the scraper's previous call: never negative,
+// never counted in two calls, none missing.
+test('delta_heap: consecutive calls of one scraper add up to exactly what was allocated, as Pyroscope\'s alloc series', async (t) => {
+  const { dir, cleanup } = await tempDir();
+  const fx = await startFixture([join(fixtures, 'stepper')], dir, { HEAPTAP_SAMPLE_RATE: '1' }, t);
+  const agent = await inProcessAgent(dir);
+  t.teardown(async () => {
+    await agent.stop();
+    fx.kill();
+    await cleanup();
+  });
+  const allocs = `${agent.url}/debug/pprof/allocs?pid=${fx.pid}`;
+  const delta = (consumer: string) => get(`${agent.url}/debug/pprof/delta_heap?pid=${fx.pid}&consumer=${consumer}`).then((r) => decodeProfile(r.body));
+  const seen = (bytes: number) => until(async () => {
+    const p = await decodeProfile((await get(allocs)).body);
+    return site(p, 'site_step').bytes === bytes ? p : null;
+  }, 15_000, `/allocs to show site_step at ${bytes} bytes`);
+  const sum = (p: Profile, i: number) => p.sample.reduce((a, s) => a + Number(s.value[i]), 0);
+
+  await step(fx, 'a 100 10');
+  const c0 = sum(await seen(1000), 1);
+  const d0 = await delta('alloy');
+  const series = d0.sampleType.map((st) => `memory:${str(d0, st.type)}:${str(d0, st.unit)}:${str(d0, d0.periodType!.type)}:${str(d0, d0.periodType!.unit)}`);
+  t.deepEqual(series, ['memory:alloc_objects:count:space:bytes', 'memory:alloc_space:bytes:space:bytes',
+    'memory:inuse_objects:count:space:bytes', 'memory:inuse_space:bytes:space:bytes']);
+  t.is(Number(d0.defaultSampleType), 0, 'no default type, as godeltaprof writes it');
+  t.is(sum(d0, 1), c0, 'a scraper\'s first call: everything since the process started, as godeltaprof\'s first profile');
+
+  await step(fx, 'a 3000 5');
+  await seen(16_000);
+  const d1 = await delta('alloy');
+  const d2 = await delta('alloy');
+  const other = await delta('another-scraper');
+  t.is(sum(d1, 1), 15_000, 'the next call: just the 5 blocks of 3000 bytes');
+  t.is(sum(d1, 0), 5);
+  t.is(site(d1, 'site_step').bytes, 15_000);
+  t.is(sum(d2, 1), 0, 'nothing allocated since: nothing, not the same again');
+  t.true([d0, d1, d2].every((p) => p.sample.every((s) => s.value.every((v) => Number(v) >= 0))), 'no negative value');
+  t.is(sum(d1, 3), sum(d0, 3) + 15_000, 'in use absolute in every call');
+  t.is(sum(other, 1), c0 + 15_000, 'another scraper has its own baseline');
+});
