@@ -112,10 +112,12 @@ test('delta_heap: consecutive calls of one scraper add up to exactly what was al
 
   await step(fx, 'a 3000 5');
   await seen(16_000);
+  const head = await get(`${agent.url}/debug/pprof/delta_heap?pid=${fx.pid}&consumer=alloy`, { method: 'HEAD' });
+  t.is(head.status, 200);
   const d1 = await delta('alloy');
   const d2 = await delta('alloy');
   const other = await delta('another-scraper');
-  t.is(sum(d1, 1), 15_000, 'the next call: just the 5 blocks of 3000 bytes');
+  t.is(sum(d1, 1), 15_000, 'the next call (a HEAD between takes nothing): just the 5 blocks of 3000 bytes');
   t.is(sum(d1, 0), 5);
   t.is(site(d1, 'site_step').bytes, 15_000);
   t.is(sum(d2, 1), 0, 'nothing allocated since: nothing, not the same again');
