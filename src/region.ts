@@ -335,7 +335,6 @@ export interface EncodeSamplesArgs {
   overflowLoc: number;
   unknownLoc: number;
   /** string indices of the label keys; exeStr the exe path's */
-  bytesKey: number;
   pidKey: number;
   pid: number;
   exeLabel: boolean;

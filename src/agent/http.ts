@@ -225,6 +225,15 @@ export function createAgentServer(opts: ServerOptions): Server {
       } finally {
         res.off('close', onClose);
       }
+    } else if (view === 'delta' && req.method === 'HEAD') {
+      // A HEAD gets no body: building one would move this consumer's baseline, and the
+      // allocations since its previous call would reach nobody.
+      res.writeHead(200, {
+        'Content-Type': debug !== null && Number(debug) > 0 ? 'text/plain; charset=utf-8' : 'application/octet-stream',
+        'Cache-Control': 'no-store',
+      });
+      res.end();
+      return;
     } else {
       raw = await builds.run(() => opts.source.profileBytes(keys, atPeak ? 'peak' : view, consumer));
     }

@@ -62,6 +62,10 @@ interface Consumer {
   lastUsed: number;
   /** per process key: the snapshot the previous delta ended at */
   bases: Map<string, RegionSnapshot>;
+  /** per process key: the base before the previous delta (undefined: there was none), until
+   * settleDelta; kept only for a consumer that asked (trackDelta): a push exporter */
+  previous: Map<string, RegionSnapshot | undefined>;
+  track: boolean;
 }
 
 export class AgentSource implements HeapSource {
@@ -163,7 +167,8 @@ export class AgentSource implements HeapSource {
    * labels), as raw protobuf; gzipProfile() makes the served form. */
   async profileBytes(keys: readonly string[], view: View, consumer = ''): Promise<Uint8Array> {
     const tracked = keys.map((k) => this.need(k));
-    const bases = view === 'delta' ? this.consumer(consumer).bases : undefined;
+    const c = view === 'delta' ? this.consumer(consumer) : undefined;
+    const bases = c?.bases;
     // The snapshots and the delta baselines are taken synchronously, now: a process
     // forgotten while symbols are looked up still builds from what it had.
     const inputs: { p: Tracked; snapshot: RegionSnapshot; base?: RegionSnapshot }[] = [];
@@ -176,12 +181,43 @@ export class AgentSource implements HeapSource {
       }
       const base = bases?.get(p.key);
       inputs.push({ p, snapshot: p.snapshot, base });
-      bases?.set(p.key, p.snapshot);
+      if (c) {
+        if (c.track) c.previous.set(p.key, base);
+        c.bases.set(p.key, p.snapshot);
+      }
     }
     if (view === 'peak' && inputs.length === 0) {
       throw new NotFound(`no peak data: ${keys.length === 1 ? 'the region of this process was' : 'the regions of these processes were'} made by a heaptap library older than the peak (HT_FEATURE_PEAK)`);
     }
     return this.encode(inputs, { view: view === 'allocs' ? 'allocs' : 'heap', exeLabel: keys.length > 1 });
+  }
+
+  /** HeapSource.primeDelta: the consumer's baseline of this process becomes its snapshot now. */
+  primeDelta(key: string, consumer: string): boolean {
+    const p = this.watcher.get(key);
+    if (!p?.snapshot) return false;
+    const c = this.consumer(consumer);
+    c.previous.delete(key);
+    c.bases.set(key, p.snapshot);
+    return true;
+  }
+
+  /** HeapSource.trackDelta: keep what settleDelta needs for this consumer. */
+  trackDelta(consumer: string): void {
+    this.consumer(consumer).track = true;
+  }
+
+  /** HeapSource.settleDelta: the consumer's last delta of this process was delivered (its
+   * earlier baseline is let go) or not (the earlier baseline comes back). */
+  settleDelta(key: string, consumer: string, delivered: boolean): boolean {
+    const c = this.consumers.get(consumer);
+    if (!c || !c.previous.has(key)) return false;
+    const before = c.previous.get(key);
+    c.previous.delete(key);
+    if (delivered) return true;
+    if (before) c.bases.set(key, before);
+    else c.bases.delete(key);
+    return true;
   }
 
   /** Go's ?seconds=N: every value is p1 - p0 over the interval (in-use may be negative).
@@ -280,7 +316,10 @@ export class AgentSource implements HeapSource {
     const now = Date.now();
     for (const [id, c] of this.consumers) {
       if (now - c.lastUsed > this.opts.consumerIdleMs) this.consumers.delete(id);
-      else for (const key of [...c.bases.keys()]) if (!this.watcher.get(key)) c.bases.delete(key);
+      else {
+        for (const key of [...c.bases.keys()]) if (!this.watcher.get(key)) c.bases.delete(key);
+        for (const key of [...c.previous.keys()]) if (!this.watcher.get(key)) c.previous.delete(key);
+      }
     }
   }
 
@@ -296,7 +335,7 @@ export class AgentSource implements HeapSource {
       // Most recently used last, so the first one is the one to evict.
       this.consumers.delete(id);
     } else {
-      c = { lastUsed: 0, bases: new Map() };
+      c = { lastUsed: 0, bases: new Map(), previous: new Map(), track: false };
       while (this.consumers.size >= this.opts.maxConsumers) this.consumers.delete(this.consumers.keys().next().value!);
     }
     c.lastUsed = Date.now();
