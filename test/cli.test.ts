@@ -61,7 +61,7 @@ test('an unreadable region is a clear message and exit code 2', async (t) => {
 test('--help documents every option and environment variable', async (t) => {
   const want: Record<string, string[]> = {
     run: ['--output', '-o', '--rate', '--depth', '--interval', '--chart', '--no-chart', '--keep-regions', '--help', 'HEAPTAP_DIR', 'HEAPTAP_SAMPLE_RATE', 'HEAPTAP_MAX_DEPTH', 'LD_PRELOAD', 'SIGTERM', '128', 'heaptap.<pid>.heap.pb.gz', 'heaptap.<pid>.peak.pb.gz', 'heaptap.<pid>.html'],
-    report: ['--peak', '--base', '--output', '-o', '--help'],
+    report: ['--peak', '--base', '--output', '-o', '--dir', '--help'],
     list: ['--dir', '--help', 'HEAPTAP_DIR'],
     snapshot: ['--output', '-o', '--view', 'heap', 'allocs', '--dir', '--help', 'HEAPTAP_DIR'],
     top: ['--sample-index', '--nodes', '-n', '--dir', '--help', 'HEAPTAP_DIR', '.pb.gz', 'http'],

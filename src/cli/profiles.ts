@@ -1,7 +1,7 @@
 // What the profile-reading commands (top, snapshot, diff, export) accept: a pprof file
 // (.pb.gz as heaptap run writes it, or as fetched from the agent's /debug/pprof/heap; gzipped
 // or not), an http(s) URL that serves one, a pid (its newest region in the directory) or the
-// path of a region file.
+// path of a region file. A URL is fetched with $HEAPTAP_TOKEN as its bearer token when set.
 import { open, readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Profile } from 'pprof-format';
@@ -55,7 +55,9 @@ export async function loadProfile(spec: string, dir: string, view: ProfileView =
   if (/^https?:\/\//.test(spec)) {
     let res: Response;
     try {
-      res = await fetch(spec, { signal: AbortSignal.timeout(60_000) });
+      // an agent started with a token wants it on every request but /healthz and /readyz
+      const token = process.env.HEAPTAP_TOKEN;
+      res = await fetch(spec, { signal: AbortSignal.timeout(60_000), headers: token ? { Authorization: `Bearer ${token}` } : {} });
     } catch (e) {
       throw new UsageError(`cannot fetch ${spec}: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`);
     }

@@ -8,9 +8,10 @@ import { decodeProfile } from '../profile.ts';
 import { reportHtml } from '../report/html.ts';
 import type { ReportData } from '../report/model.ts';
 import { reportFromProfiles } from '../report/profiles.ts';
-import { UsageError, displayPath, errnoText, formatBytes, formatCount, formatSeconds, parse, unwritableDir } from './common.ts';
+import { loadProfile } from './profiles.ts';
+import { UsageError, displayPath, regionDir, errnoText, formatBytes, formatCount, formatSeconds, parse, unwritableDir } from './common.ts';
 
-export const REPORT_USAGE = `Usage: heaptap report PROFILE.pb.gz [--peak FILE] [--base OLDER.pb.gz] [-o FILE]
+export const REPORT_USAGE = `Usage: heaptap report PROFILE [--peak FILE] [--base OLDER] [-o FILE]
 
 Writes one HTML page about a heaptap heap profile (from heaptap run, snapshot, or the
 agent's /debug/pprof/heap): the heap in use and resident over time with the peak marked
@@ -19,17 +20,31 @@ between bytes allocated, in use at the end, in use at the peak (with --peak) and
 (click to zoom, search to highlight), and the top sites with their call paths. The page
 is self-contained: open it from disk in any browser, offline.
 
+PROFILE (and --peak, --base) is a .pb.gz file, an http(s) URL of one (the agent's
+/debug/pprof/heap, or ?peak=1), or a pid or region file in the region directory.
+
 Options:
   --peak FILE          the peak profile of the same run (heaptap.<pid>.peak.pb.gz)
   --base FILE          an older profile of the same program: the page lists the sites
                        whose in use grew since it, largest growth first
-  -o, --output FILE    where to write it (default: PROFILE with .pb.gz replaced by .html)
+  -o, --output FILE    where to write it (default: PROFILE with .pb.gz replaced by .html;
+                       heaptap.<pid>.html for a pid, heaptap-report.html for a URL)
+  --dir DIR            the region directory, for a pid (default: $HEAPTAP_DIR or /dev/shm/heaptap)
   -h, --help           this text
 
 heaptap run writes heaptap.<pid>.html itself, beside its profiles.
 `;
 
-async function load(what: string, path: string): Promise<Profile> {
+/** A profile the way top, diff and export take one: an http(s) URL (the agent's
+ * /debug/pprof/heap), a pid or region (read now), or a file. */
+async function load(what: string, path: string, dir: string): Promise<Profile> {
+  if (/^https?:\/\//.test(path) || /^\d+$/.test(path) || /\.heaptap$/.test(path)) {
+    try {
+      return (await loadProfile(path, dir)).profile;
+    } catch (e) {
+      throw new UsageError(`report: ${what} ${(e as Error).message}`);
+    }
+  }
   let data: Buffer;
   try {
     data = await readFile(path);
@@ -61,6 +76,7 @@ export async function reportCommand(args: string[]): Promise<number> {
     peak: { type: 'string' },
     base: { type: 'string' },
     output: { type: 'string', short: 'o' },
+    dir: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
   if (values.help) {
@@ -69,12 +85,14 @@ export async function reportCommand(args: string[]): Promise<number> {
   }
   if (positionals.length !== 1) throw new UsageError('report: give one PROFILE.pb.gz (see heaptap report --help)');
   const file = positionals[0]!;
-  const out = resolve(values.output ?? (/\.pb(\.gz)?$/.test(file) ? file.replace(/\.pb(\.gz)?$/, '.html') : `${file}.html`));
+  const dir = regionDir(values.dir);
+  const remote = /^https?:\/\//.test(file) || /^\d+$/.test(file);
+  const out = resolve(values.output ?? (remote ? (/^\d+$/.test(file) ? `heaptap.${file}.html` : 'heaptap-report.html') : /\.pb(\.gz)?$/.test(file) ? file.replace(/\.pb(\.gz)?$/, '.html') : `${file}.html`));
   const why = await unwritableDir(dirname(out));
   if (why) throw new UsageError(`report: -o ${out}: ${dirname(out)} ${why}`);
-  const heap = await load('profile', file);
-  const peak = values.peak !== undefined ? await load('--peak', values.peak) : null;
-  const base = values.base !== undefined ? await load('--base', values.base) : null;
+  const heap = await load('profile', file, dir);
+  const peak = values.peak !== undefined ? await load('--peak', values.peak, dir) : null;
+  const base = values.base !== undefined ? await load('--base', values.base, dir) : null;
   let data: ReportData;
   try {
     data = reportFromProfiles({

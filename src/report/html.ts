@@ -106,7 +106,7 @@ ${opts.headerHtml ?? ''}
 <table id="diff" class="sites"></table>
 </section>
 <section id="sites-section"><h2>Top sites</h2>
-<p class="where">A site is the first function past allocator entry points (malloc, operator new, strdup...); call paths go from it out to main, with file:line where the debug information has it.</p>
+<p class="where">A site is the first function past allocator and standard-library plumbing (malloc, operator new, std:: containers, Rust's alloc, the allocation wrappers of CPython, Perl, sqlite and GLib: one list, src/sites.ts); call paths go from it out to main, with file:line where the debug information has it.</p>
 <table id="sites" class="sites"></table>
 </section>
 <script id="heaptap-data" type="application/json">${scriptJson(data)}</script>

@@ -2,11 +2,12 @@
 // timeline with its peak, and flame graphs of now, of the peak and of the growth since the
 // agent's earlier snapshot; behind the token like every other endpoint.
 import test from 'ava';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { artifactsDir, flameState, launch, openPage } from '../helpers/browser.ts';
 import { bound } from '../helpers/procs.ts';
-import { fixtures, spawnAgent, startFixture, tempDir, until } from './helpers.ts';
+import { cli, exec, fixtures, node, spawnAgent, startFixture, tempDir, until } from './helpers.ts';
 
 const TOKEN = 'ui-s3cret';
 const auth = { Authorization: `Bearer ${TOKEN}` };
@@ -77,5 +78,17 @@ test('the agent serves /ui: a process with its timeline and peak, and flame grap
   t.is(missing.status, 404);
   t.deepEqual(errors, []);
   t.log(`screenshots: ${artifactsDir()}/ui-*.png`);
+
+  // heaptap report on the agent's /debug/pprof/heap (the token from HEAPTAP_TOKEN): the
+  // same process's page, made without Go and without the region
+  const html = join(dir, 'from-agent.html');
+  const env = { ...process.env, HEAPTAP_TOKEN: TOKEN };
+  const r = await exec(node, [cli, 'report', `${agent.url}/debug/pprof/heap?pid=${fx.pid}`, '-o', html], { env, timeout: bound(60_000) });
+  t.regex(r.stderr, /wrote .*from-agent\.html/);
+  const fromAgent = await readFile(html, 'utf8');
+  t.true(fromAgent.includes('spike_alloc') && fromAgent.includes('base_alloc'));
+  const noToken = await exec(node, [cli, 'report', `${agent.url}/debug/pprof/heap`, '-o', html], { env: { ...process.env, HEAPTAP_TOKEN: '' } }).then(() => ({ code: 0, stderr: '' }), (e: { code: number; stderr: string }) => e);
+  t.is(noToken.code, 2);
+  t.regex(noToken.stderr, /HTTP 401/);
   fx.kill();
 });
