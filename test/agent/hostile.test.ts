@@ -2,13 +2,13 @@
 // write (anyone could rewrite what the agent reads and the control area), and one whose
 // owner is neither root, the agent's user, nor the user of the process it names.
 import { chmodSync, chownSync } from 'node:fs';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 
 import { createLogger } from '../../src/agent/log.ts';
 import { listRegions } from '../../src/region.ts';
 import { get, inProcessAgent, startTicker, tempDir, until } from './helpers.ts';
 
-async function setup(t: Parameters<Parameters<typeof test>[1]>[0]) {
+async function setup(t: ExecutionContext) {
   const { dir, cleanup } = await tempDir();
   t.teardown(cleanup);
   const fx = await startTicker(dir, { keepKib: 4, periodUs: 1000, t });
@@ -16,7 +16,7 @@ async function setup(t: Parameters<Parameters<typeof test>[1]>[0]) {
   return { dir, fx, region: region! };
 }
 
-async function agentOn(t: Parameters<Parameters<typeof test>[1]>[0], dir: string) {
+async function agentOn(t: ExecutionContext, dir: string) {
   const lines: Record<string, unknown>[] = [];
   const log = createLogger({ format: 'json', write: (l) => lines.push(JSON.parse(l) as Record<string, unknown>) });
   const agent = await inProcessAgent(dir, [], { log, symbolize: false });
