@@ -52,7 +52,11 @@ export async function listCommand(args: string[]): Promise<number> {
 
 async function profileOf(spec: string, dir: string, view: ProfileView) {
   const { path, snapshot } = await resolveRegion(spec, dir);
-  const symbolizer = new Symbolizer();
+  // A region written by this same user (an ended process's, typically) may name module
+  // paths to open on this host: its writer could read them itself. Anyone else's region
+  // is symbolized only through its live process (src/moduleFiles.ts).
+  const owner = await stat(path).then((s) => s.uid, () => -1);
+  const symbolizer = new Symbolizer({ trustRegionPaths: owner === process.geteuid?.() });
   const warnings: string[] = [];
   try {
     const profile = await buildProfileAsync([{ snapshot }], { view, symbolizer, onWarning: (m) => warnings.push(m) });
