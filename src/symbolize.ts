@@ -144,7 +144,8 @@ interface Plan {
   origPath: string;
   info?: ModuleSymbolInfo;
   /** no file may be opened now (the process is gone), but addresses resolved before
-   * under this key are answered */
+   * under this key are answered, and new ones from the file still open for the build id
+   * (opened and checked for a live process earlier; nothing is opened: no candidates) */
   cachedOnly?: boolean;
 }
 
@@ -219,10 +220,10 @@ export class Symbolizer {
     if (plan.info) return { info: plan.info, frames: addresses.length ? Array.from(addresses, () => EMPTY) : [] };
     const vaddrs = elfAddresses(module, addresses);
     const entry = this.#entries.get(plan.key);
-    if (plan.cachedOnly) return this.#answer(entry!, vaddrs);
     const misses = this.#misses(entry, vaddrs);
     if (misses === null) return this.#answer(entry!, vaddrs);
     const res = this.#native.resolve(plan.candidates, plan.origPath, module.buildId, misses, plan.identities);
+    if (plan.cachedOnly && !res.found) return this.#answer(entry!, vaddrs);
     return this.#answer(this.#merge(plan, module, misses, res), vaddrs);
   }
 
@@ -236,11 +237,11 @@ export class Symbolizer {
     const plan = this.#plan(module, pid);
     if (plan.info) return { info: plan.info, frames: addresses.length ? Array.from(addresses, () => EMPTY) : [] };
     const vaddrs = elfAddresses(module, addresses);
-    if (plan.cachedOnly) return this.#answer(this.#entries.get(plan.key)!, vaddrs);
     const misses = this.#misses(this.#entries.get(plan.key), vaddrs);
     if (misses === null) return this.#answer(this.#entries.get(plan.key)!, vaddrs);
     const res = await this.#native.resolveAsync(plan.candidates, plan.origPath, module.buildId, misses, plan.identities);
     this.#checkOpen();
+    if (plan.cachedOnly && !res.found) return this.#answer(this.#entries.get(plan.key) ?? this.#put0(plan.key, module), vaddrs);
     return this.#answer(this.#merge(plan, module, misses, res), vaddrs);
   }
 
@@ -397,6 +398,13 @@ export class Symbolizer {
       entry.addrs.set(addrKey(misses[i]!), frames);
     }
     this.#resolved += misses.length;
+    return entry;
+  }
+
+  /** An empty entry (an entry dropped while an async lookup ran). */
+  #put0(key: string, module: RegionModule): Entry {
+    const entry: Entry = { key, info: emptyInfo(module.buildId), addrs: new Map(), names: new Map(), failedAt: 0 };
+    this.#put(entry);
     return entry;
   }
 

@@ -123,6 +123,7 @@ export function usage(): string {
     '  GET  /debug/heaptap/processes JSON list of the processes served',
     '  GET  /debug/heaptap/timeline  JSON: in use, allocated, RSS over time and the peak',
     '  POST /debug/heaptap/control?pid=N&action=pause|resume|rate[&bytes=N]',
+    '       without a token only while listening on loopback (else 403)',
     '',
     'Exit codes: 0 after SIGINT/SIGTERM, 2 for an invalid option or value.',
   ].join('\n');
