@@ -48,7 +48,7 @@ export async function startAgent(config: AgentConfig, opts: StartOptions): Promi
     stats: () => ({ scans: watcher.scans, lastScanMs: watcher.lastScanMs, readErrors: watcher.readErrors, ends: watcher.ends }),
   });
   const server = createAgentServer({
-    source, registry, log, token: config.token, maxSeconds: config.maxSeconds, isReady: () =>
+    source, registry, log, token: config.token, loopbackOnly: config.loopbackOnly, maxSeconds: config.maxSeconds, isReady: () =>
       !watcher.isReady ? 'first scan of the region directory not done' :
       watcher.dirMissing ? `the region directory ${config.dir} does not exist` : true,
   });
@@ -63,6 +63,9 @@ export async function startAgent(config: AgentConfig, opts: StartOptions): Promi
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${host}:${addr.port}`;
   log.info('listening', { url, dir: config.dir, poll_ms: config.pollMs, retention_s: Math.round(config.retentionMs / 1000), token: config.token ? 'required' : 'none' });
+  if (!config.token && !config.loopbackOnly) {
+    log.warn('no token: profiles and metrics are served to anyone who can reach this port; control is refused (--insecure-no-token)', { url });
+  }
 
   const pruneTimer = setInterval(() => source.prune(), 10_000);
   pruneTimer.unref();

@@ -23,6 +23,8 @@
 //                                        same fields form- or JSON-encoded in the body)
 // Errors are text/plain, with X-Go-Pprof: 1 (pprof shows the body only then). With a
 // token, every endpoint but /healthz and /readyz wants `Authorization: Bearer <token>`.
+// Without one, what changes anything (control) is answered only when the server listens
+// on loopback alone; beyond loopback (--insecure-no-token) it is a 403 and reads stay open.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { Profile } from 'pprof-format';
@@ -41,6 +43,10 @@ export interface ServerOptions {
   log: Logger;
   /** '' = no authentication */
   token: string;
+  /** the server listens on loopback only: without a token, control is then allowed (a
+   * process on this machine could write the region's control area anyway); beyond
+   * loopback control needs the token */
+  loopbackOnly: boolean;
   maxSeconds: number;
   /** true, or why not (the text /readyz answers with 503) */
   isReady: () => true | string;
@@ -128,6 +134,9 @@ export function createAgentServer(opts: ServerOptions): Server {
       if (req.method !== 'POST') {
         res.setHeader('Allow', 'POST');
         throw new HttpError(405, 'use POST');
+      }
+      if (!opts.token && !opts.loopbackOnly) {
+        throw new HttpError(403, 'forbidden: control needs a token when the agent listens beyond loopback (it was started with --insecure-no-token); start it with --token or --token-file');
       }
       return control(req, res, url);
     }

@@ -15,7 +15,7 @@
 // Counters in a region only grow and are never reset, so an agent that starts late or
 // restarts loses nothing: it reads the same cumulative totals.
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile, stat, unlink } from 'node:fs/promises';
+import { lstat, readFile, stat, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 
 import type { HeapProcess } from './types.ts';
@@ -90,6 +90,9 @@ export class Tracked {
   /** reads of this region are serialized through this chain */
   private chain: Promise<unknown> = Promise.resolve();
 
+  /** the region file's owner when it was found */
+  fileUid = -1;
+
   constructor(key: string, path: string) {
     this.key = key;
     this.path = path;
@@ -152,6 +155,8 @@ export class Watcher {
   private readonly tracked = new Map<string, Tracked>();
   /** files that failed to read for good, by name: the (mtime, size) they had */
   private readonly bad = new Map<string, string>();
+  /** region files refused (refusal below), by name: the owner, mode and inode they had */
+  private readonly refused = new Map<string, string>();
   private readonly endListeners = new Set<(p: Tracked) => void>();
   private readonly seenListeners = new Set<(p: Tracked) => void>();
   private readonly stackListeners = new Set<(p: Tracked) => void>();
@@ -299,6 +304,7 @@ export class Watcher {
       this.forget(p, 'file gone');
     }
     for (const name of [...this.bad.keys()]) if (!names.has(name)) this.bad.delete(name);
+    for (const name of [...this.refused.keys()]) if (!names.has(name)) this.refused.delete(name);
 
     const work: Tracked[] = [];
     for (const path of paths) {
@@ -313,7 +319,18 @@ export class Watcher {
         if (sig === this.bad.get(key)) continue;
         this.bad.delete(key);
       }
+      const st = await lstat(path).catch(() => null);
+      if (!st) continue;
+      const ident = `${st.uid}:${st.mode}:${st.ino}`;
+      if (this.refused.get(key) === ident) continue;
+      this.refused.delete(key);
+      const why = fileRefusal(st);
+      if (why) {
+        this.refuse(key, path, ident, why, { mode: (st.mode & 0o7777).toString(8).padStart(4, '0'), uid: st.uid });
+        continue;
+      }
       const p = new Tracked(key, path);
+      p.fileUid = st.uid;
       this.tracked.set(key, p);
       work.push(p);
     }
@@ -347,6 +364,15 @@ export class Watcher {
       } catch (e) {
         await this.readFailed(p, e);
         return;
+      }
+      if (first && snap.alive) {
+        const why = await this.ownerRefusal(p, snap.header.pid);
+        if (why) {
+          this.forget(p, 'refused');
+          const st = await lstat(p.path).catch(() => null);
+          this.refuse(p.key, p.path, st ? `${st.uid}:${st.mode}:${st.ino}` : '', why, { pid: snap.header.pid, uid: p.fileUid });
+          return;
+        }
       }
       this.apply(p, snap);
       if (first) this.seen(p);
@@ -409,6 +435,32 @@ export class Watcher {
         region: p.key, pid: h.pid, count: snap.malformed, first: snap.firstMalformed,
       });
     }
+  }
+
+  private refuse(key: string, path: string, ident: string, why: string, fields: Record<string, unknown>): void {
+    this.refused.set(key, ident);
+    this.opts.log.warn(`region refused: ${why}`, { region: key, path, ...fields });
+  }
+
+  /** Why the region of a running process is not believed, or ''. Its file must belong to
+   * root, to the agent's own user, or to one of the process's user ids (real, effective,
+   * saved, file system: a process that starts as root and drops to a user keeps the
+   * root-owned region it made first). Anyone else could write a region naming another
+   * user's process, and the agent would serve made-up data as that process's and open
+   * the files that process maps on their behalf. A process already gone is not checked
+   * (nothing of it is opened: src/modules.ts). */
+  private async ownerRefusal(p: Tracked, pid: number): Promise<string> {
+    if (p.fileUid < 0 || p.fileUid === 0 || p.fileUid === process.geteuid?.()) return '';
+    let status: string;
+    try {
+      status = await readFile(join(this.opts.procRoot, String(pid), 'status'), 'utf8');
+    } catch {
+      return '';
+    }
+    const m = /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(status);
+    if (!m) return '';
+    if (m.slice(1).map(Number).includes(p.fileUid)) return '';
+    return `its file belongs to uid ${p.fileUid}, process ${pid} runs as uid ${m[1]}`;
   }
 
   private seen(p: Tracked): void {
@@ -589,6 +641,16 @@ export class Watcher {
       this.fsWatcher = null;
     }
   }
+}
+
+/** Why a file in the region directory is not read, or '': anything but a regular file,
+ * and a file that group or others may write (they could rewrite what the agent reads and
+ * the control area; the library never makes one: HEAPTAP_FILE_MODE with such bits is
+ * ignored). */
+export function fileRefusal(st: { mode: number; isFile(): boolean }): string {
+  if (!st.isFile()) return 'not a regular file';
+  if (st.mode & 0o022) return `mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')} lets group or others write it`;
+  return '';
 }
 
 async function fileSig(path: string): Promise<string | null> {

@@ -2,7 +2,7 @@
 // (.pb.gz as heaptap run writes it, or as fetched from the agent's /debug/pprof/heap; gzipped
 // or not), an http(s) URL that serves one, a pid (its newest region in the directory) or the
 // path of a region file. A URL is fetched with $HEAPTAP_TOKEN as its bearer token when set.
-import { open, readFile } from 'node:fs/promises';
+import { open, readFile, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Profile } from 'pprof-format';
 
@@ -73,8 +73,12 @@ export async function loadProfile(spec: string, dir: string, view: ProfileView =
     }
     return { profile: await decode(data, spec), what: spec };
   }
-  const { snapshot } = await resolveRegion(spec, dir);
-  const symbolizer = new Symbolizer();
+  const { path, snapshot } = await resolveRegion(spec, dir);
+  // A region written by this same user (an ended process's, typically) may name module
+  // paths to open on this host: its writer could read them itself. Anyone else's region
+  // is symbolized only through its live process (src/moduleFiles.ts).
+  const owner = await stat(path).then((s) => s.uid, () => -1);
+  const symbolizer = new Symbolizer({ trustRegionPaths: owner === process.geteuid?.() });
   const warnings: string[] = [];
   try {
     const profile = await buildProfileAsync([{ snapshot }], { view, symbolizer, onWarning: (m) => warnings.push(m) });

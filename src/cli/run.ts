@@ -376,7 +376,9 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   const peakInputs = cp.byKey.size ? ordered(f, rootPid, peakSnap) : [];
   const peakAtMs = Number.isFinite(cp.ms) ? cp.ms - start : 0;
 
-  const symbolizer = new Symbolizer();
+  // The command's processes have exited by now: their regions are this run's own (it
+  // started them), so their module paths may be opened on this host (src/moduleFiles.ts).
+  const symbolizer = new Symbolizer({ trustRegionPaths: true });
   const warnings = new Set<string>();
   const onWarning = (m: string) => warnings.add(m);
   const now = BigInt(Date.now()) * 1_000_000n;
