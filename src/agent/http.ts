@@ -68,10 +68,23 @@ function digest(s: string): Buffer {
   return createHash('sha256').update(s).digest();
 }
 
-/** Compares in constant time (digests of equal length, whatever the inputs' lengths). */
-export function tokenMatches(header: string | undefined, token: string): boolean {
-  const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
-  const given = m ? m[1]! : '';
+/** Compares in constant time (digests of equal length, whatever the inputs' lengths).
+ * `Authorization: Bearer <token>`; with allowBasic also `Basic base64(<any user>:<token>)`,
+ * which is what a browser sends after its own password prompt: that is how a person opens
+ * /ui on an agent with a token. Basic is for reads only (GET, HEAD): a browser re-sends
+ * remembered Basic credentials on any page's cross-site form POST, so control wants Bearer,
+ * which no page can make a browser send. */
+export function tokenMatches(header: string | undefined, token: string, allowBasic = false): boolean {
+  let given = '';
+  const bearer = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
+  if (bearer) given = bearer[1]!;
+  else if (allowBasic) {
+    const basic = /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(header ?? '');
+    if (basic) {
+      const pair = Buffer.from(basic[1]!, 'base64').toString('utf8');
+      given = pair.slice(pair.indexOf(':') + 1);
+    }
+  }
   return timingSafeEqual(digest(given), digest(token)) && given.length > 0;
 }
 
@@ -126,9 +139,12 @@ export function createAgentServer(opts: ServerOptions): Server {
       const ready = opts.isReady();
       return ready === true ? sendText(res, 200, 'ready') : sendText(res, 503, `not ready: ${ready}`);
     }
-    if (opts.token && !tokenMatches(req.headers.authorization, opts.token)) {
-      res.setHeader('WWW-Authenticate', 'Bearer realm="heaptap"');
-      throw new HttpError(401, 'unauthorized: send Authorization: Bearer <token>');
+    const read = req.method === 'GET' || req.method === 'HEAD';
+    if (opts.token && !tokenMatches(req.headers.authorization, opts.token, read)) {
+      // /ui is opened by a person in a browser: a Basic challenge makes it ask for the
+      // token (any user name, the token as password)
+      res.setHeader('WWW-Authenticate', path === '/ui' ? ['Bearer realm="heaptap"', 'Basic realm="heaptap", charset="UTF-8"'] : 'Bearer realm="heaptap"');
+      throw new HttpError(401, path === '/ui' ? 'unauthorized: give the agent\'s token as the password (any user name)' : 'unauthorized: send Authorization: Bearer <token>');
     }
     if (path === '/debug/heaptap/control') {
       if (req.method !== 'POST') {

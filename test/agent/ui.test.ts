@@ -28,7 +28,15 @@ test('the agent serves /ui: a process with its timeline and peak, and flame grap
 
   const denied = await fetch(`${agent.url}/ui`);
   t.is(denied.status, 401);
-  t.is(denied.headers.get('www-authenticate'), 'Bearer realm="heaptap"');
+  // a browser asks for the token itself (Basic: any user, the token as password)
+  t.is(denied.headers.get('www-authenticate'), 'Bearer realm="heaptap", Basic realm="heaptap", charset="UTF-8"');
+  const basic = (user: string, pw: string) => ({ Authorization: `Basic ${Buffer.from(`${user}:${pw}`).toString('base64')}` });
+  t.is((await fetch(`${agent.url}/ui`, { headers: basic('anyone', TOKEN) })).status, 200);
+  t.is((await fetch(`${agent.url}/ui`, { headers: basic('anyone', 'wrong') })).status, 401);
+  // Basic is for reads: a cross-site form POST would carry a browser's remembered Basic
+  // credentials, so control wants Bearer
+  const post = await fetch(`${agent.url}/debug/heaptap/control`, { method: 'POST', headers: { ...basic('x', TOKEN), 'content-type': 'application/x-www-form-urlencoded' }, body: `pid=${fx.pid}&action=pause` });
+  t.is(post.status, 401);
 
   const browser = await launch();
   t.teardown(() => browser.close());
