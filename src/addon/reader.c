@@ -1423,10 +1423,15 @@ static int read_modules(const struct htr_region *r, const struct pages *pg, stru
 	uint64_t at = 0;
 	for (uint32_t i = 0; i < k; i++) {
 		struct htr_module *mo = &s->modules[i];
-		memcpy(s->strings + at, pool + mo->path_off, mo->path_len);
-		s->strings[at + mo->path_len] = '\0';
+		uint32_t len = mo->path_len;
+		memcpy(s->strings + at, pool + mo->path_off, len);
+		s->strings[at + len] = '\0';
 		mo->path = s->strings + at;
-		at += (uint64_t)mo->path_len + 1;
+		/* The pool was checked in the loop above and is read again here: a writer that
+		 * rewrote it in between (or truncated the file and grew it back) may have put a
+		 * NUL inside. The copy is what we return: its length is what it holds. */
+		mo->path_len = (uint32_t)strnlen(mo->path, len);
+		at += (uint64_t)len + 1;
 	}
 	return 0;
 }

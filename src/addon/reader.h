@@ -55,7 +55,7 @@ extern "C" {
 					   * is accepted unsettled (struct htr_peak) */
 /* Bytes of data (allocated blocks) a region may hold before it is refused: 1 GiB, or
  * HEAPTAP_MAX_REGION_BYTES from the environment (read once; at least 1 MiB). A region of
- * the default size with every table full holds about 150 MiB. */
+ * the library's default sizes is 57 MiB apparent, so it holds at most that. */
 #define HTR_MAX_DATA_BYTES   (1ull << 30)
 
 /* What kind of failure an htr_error describes (the addon maps these to error codes). */

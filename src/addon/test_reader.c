@@ -562,7 +562,8 @@ int main(int argc, char **argv)
 	}
 	free(mut);
 	printf("fuzz: %ld mutants (%ld read, %ld refused); %ld resized mutants, %ld size changes "
-	       "during %ld reads (%ld returned, %ld said the file changed); crashes 0, hangs "
+	       "during %ld reads (%ld returned, %ld said the file changed); crashes 0 (one would "
+	       "have ended the run), hangs "
 	       "(reads over 1 s) %ld, worst read %.1f ms, max RSS %ld KiB%s\n",
 	       rounds, returned, refused, resize_rounds, changes, resize_rounds * 3, resized_reads,
 	       resized_changed, hangs, worst, max_rss_kb(), ASAN_NOTE);
