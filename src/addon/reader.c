@@ -837,11 +837,15 @@ static uint8_t *data_pages(int fd, uint64_t off, uint64_t len)
 struct pages {
 	uint8_t *bits;            /* NULL: take every page as data */
 	uint64_t n;               /* pages covered */
+	uint8_t *asked;           /* pages looked at again by has_now (NULL until then) */
+	int fd;
 };
 
 static void pages_scan(struct pages *pg, int fd, uint64_t file_bytes)
 {
 	pg->n = (file_bytes + HT_SECTION_ALIGN - 1) / HT_SECTION_ALIGN;
+	pg->fd = fd;
+	pg->asked = NULL;
 	pg->bits = data_pages(fd, 0, file_bytes);
 }
 
@@ -857,6 +861,38 @@ static inline int has(const struct pages *pg, uint64_t off, uint64_t len)
 	for (uint64_t p = first; p <= last; p++)
 		if (!((pg->bits[p / 8] >> (p % 8)) & 1))
 			return 0;
+	return 1;
+}
+
+/* has(), for what the writer must have written before something we have already seen
+ * published (the record of an id that has counts, the frames of a READY record, the path
+ * of a published module): a page that was a hole when we looked may have been reserved
+ * and written since, so each such page is asked about again, once per snapshot. */
+static int has_now(struct pages *pg, uint64_t off, uint64_t len)
+{
+	if (has(pg, off, len))
+		return 1;
+	uint64_t first = off / HT_SECTION_ALIGN;
+	uint64_t last = (off + (len ? len - 1 : 0)) / HT_SECTION_ALIGN;
+	if (!pg->bits || last >= pg->n || last < first)
+		return 0;
+	if (!pg->asked) {
+		pg->asked = calloc((pg->n + 7) / 8, 1);
+		KEEP();
+		if (!pg->asked)
+			return 0;
+	}
+	for (uint64_t p = first; p <= last; p++) {
+		if ((pg->bits[p / 8] >> (p % 8)) & 1)
+			continue;
+		if ((pg->asked[p / 8] >> (p % 8)) & 1)
+			return 0; /* asked already: a hole */
+		pg->asked[p / 8] |= (uint8_t)(1u << (p % 8));
+		off_t d = lseek(pg->fd, (off_t)(p * HT_SECTION_ALIGN), SEEK_DATA);
+		if (d < 0 || (uint64_t)d != p * HT_SECTION_ALIGN)
+			return 0;
+		pg->bits[p / 8] |= (uint8_t)(1u << (p % 8));
+	}
 	return 1;
 }
 
@@ -1075,7 +1111,7 @@ static const unsigned char *stack_rec(const struct htr_region *r, uint32_t id)
 	return r->map + r->hdr.stacks.offset + (uint64_t)id * sizeof(struct ht_stack);
 }
 
-static int emit_counters(const struct htr_region *r, const struct pages *pg, struct acc *a,
+static int emit_counters(const struct htr_region *r, struct pages *pg, struct acc *a,
 			 uint32_t used, struct htr_snapshot *s, struct htr_error *err)
 {
 	struct htr_counters *out = &s->counters;
@@ -1113,8 +1149,8 @@ static int emit_counters(const struct htr_region *r, const struct pages *pg, str
 			continue;
 		}
 		uint32_t fl = 0;
-		if (has(pg, r->hdr.stacks.offset + (uint64_t)id * sizeof(struct ht_stack),
-			sizeof(struct ht_stack)))
+		if (has_now(pg, r->hdr.stacks.offset + (uint64_t)id * sizeof(struct ht_stack),
+			    sizeof(struct ht_stack)))
 			fl = ld32_acq(stack_rec(r, id) + offsetof(struct ht_stack, flags));
 		if (!(fl & HT_STACK_READY) || (fl & HT_STACK_DUPLICATE)) {
 			note_malformed(s, "counts for stack id %u whose record is %s", id,
@@ -1242,7 +1278,7 @@ static int stacks_reserve(struct htr_stacks *out, uint32_t *cap, uint64_t want)
 	return 0;
 }
 
-static int read_stacks(const struct htr_region *r, const struct pages *pg, uint32_t since,
+static int read_stacks(const struct htr_region *r, struct pages *pg, uint32_t since,
 		       struct htr_snapshot *s, struct htr_error *err)
 {
 	const struct ht_header *h = &r->hdr;
@@ -1304,7 +1340,7 @@ static int read_stacks(const struct htr_region *r, const struct pages *pg, uint3
 			note_malformed(s, "stack %u: records claim more frames than the pool holds", id);
 			continue;
 		}
-		if (depth && !has(pg, h->frames.offset + off * sizeof(uint64_t), (uint64_t)depth * sizeof(uint64_t))) {
+		if (depth && !has_now(pg, h->frames.offset + off * sizeof(uint64_t), (uint64_t)depth * sizeof(uint64_t))) {
 			/* the writer wrote them before READY: a hole there is no writer's doing */
 			note_malformed(s, "stack %u: frames [%llu, +%u) lie on a hole", id,
 				       (unsigned long long)off, depth);
@@ -1340,7 +1376,7 @@ static int read_stacks(const struct htr_region *r, const struct pages *pg, uint3
 	return 0;
 }
 
-static int read_modules(const struct htr_region *r, const struct pages *pg, struct htr_snapshot *s,
+static int read_modules(const struct htr_region *r, struct pages *pg, struct htr_snapshot *s,
 			struct htr_error *err)
 {
 	const struct ht_header *h = &r->hdr;
@@ -1388,7 +1424,7 @@ static int read_modules(const struct htr_region *r, const struct pages *pg, stru
 				       i, off, len, (unsigned long long)h->paths.bytes);
 			continue;
 		}
-		if (!has(pg, h->paths.offset + off, (uint64_t)len + 1)) {
+		if (!has_now(pg, h->paths.offset + off, (uint64_t)len + 1)) {
 			note_malformed(s, "module %u: path [%u, +%u] lies on a hole", i, off, len);
 			continue;
 		}
@@ -1523,10 +1559,11 @@ int htr_snapshot_take2(const struct htr_region *r, uint32_t since, uint64_t sinc
 		return -1;
 
 	s->hdr = r->hdr;
-	struct take_ctx c = {r, since, since_point, s, err, {NULL, 0}, {NULL, 0, 0}};
+	struct take_ctx c = {r, since, since_point, s, err, {NULL, 0, NULL, -1}, {NULL, 0, 0}};
 	int rc = guarded(r->map, r->map_bytes, take_body, &c);
 	free(c.a.slots);
 	free(c.pg.bits);
+	free(c.pg.asked);
 	if (rc == 1)
 		fail_changed(err);
 	if (rc != 0) {
