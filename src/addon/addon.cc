@@ -54,6 +54,8 @@ const char *ErrorCode(const htr_error &err)
 	case HTR_E_NOT_READY: return "ERR_HEAPTAP_NOT_READY";
 	case HTR_E_BUSY: return "ERR_HEAPTAP_BUSY";
 	case HTR_E_NOMEM: return "ERR_HEAPTAP_NOMEM";
+	case HTR_E_CHANGED: return "ERR_HEAPTAP_CHANGED";
+	case HTR_E_LIMIT: return "ERR_HEAPTAP_LIMIT";
 	default: return "ERR_HEAPTAP_ARG";
 	}
 }

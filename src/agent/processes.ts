@@ -12,6 +12,13 @@
 //   removed  --retention after the end (for a region already dead when the agent
 //            starts: after its exit time, else its last heartbeat or mtime), the file is
 //            unlinked and the process forgotten.
+//
+// A hostile neighbour (issue 10): a region is input from another container. A read that
+// fails because of what the file is (not a region, a layout it cannot use, more data than
+// HEAPTAP_MAX_REGION_BYTES, or shrinking under the reader three reads in a row) puts the
+// region in quarantine: said once, and not read again until the file changes (inode, size
+// or mtime). A region whose read takes longer than slowReadMs is left to finish on its own
+// and skipped until it has: the scan goes on, so the other regions stay fresh.
 // Counters in a region only grow and are never reset, so an agent that starts late or
 // restarts loses nothing: it reads the same cumulative totals.
 import { watch, type FSWatcher } from 'node:fs';
@@ -48,6 +55,8 @@ export interface WatcherOptions {
   procRoot?: string;
   /** tests: the cgroup file system's root (/sys/fs/cgroup) */
   cgroupRoot?: string;
+  /** a read taking longer than this no longer holds up the scan (ms; 2000) */
+  slowReadMs?: number;
   /** delete a region file as soon as its process has ended and been read for the last
    * time, and keep the process (heaptap run: thousands of short processes must not fill
    * /dev/shm, and the report at the end needs them all; with retentionMs Infinity) */
@@ -89,6 +98,12 @@ export class Tracked {
   end: ProcessEnd | null = null;
   /** reads of this region are serialized through this chain */
   private chain: Promise<unknown> = Promise.resolve();
+  /** reads queued or under way (the scan may have stopped waiting for one) */
+  reading = 0;
+  /** in quarantine: the file's signature (fileSig) when it was put there, else null */
+  quarantine: string | null = null;
+  /** reads in a row that found the file shrinking under them */
+  changedRuns = 0;
 
   /** the region file's owner when it was found */
   fileUid = -1;
@@ -181,6 +196,7 @@ export class Watcher {
   constructor(opts: WatcherOptions) {
     this.opts = {
       readConcurrency: 2,
+      slowReadMs: 2000,
       readRegion: (p, s, pt) => readRegionAsync(p, s, pt),
       procRoot: '/proc',
       cgroupRoot: '/sys/fs/cgroup',
@@ -311,7 +327,12 @@ export class Watcher {
       const key = basename(path);
       const known = this.tracked.get(key);
       if (known) {
-        if (known.phase === 'live') work.push(known);
+        if (known.phase !== 'live' || known.reading > 0) continue; // a slow read: not waited for again
+        if (known.quarantine !== null) {
+          if ((await fileSig(known.path)) === known.quarantine) continue;
+          known.quarantine = null;
+        }
+        work.push(known);
         continue;
       }
       if (this.bad.has(key)) {
@@ -334,7 +355,7 @@ export class Watcher {
       this.tracked.set(key, p);
       work.push(p);
     }
-    await this.eachLimited(work, (p) => this.read(p));
+    await this.eachLimited(work, (p) => this.readBounded(p));
     if (this.stopped) return;
     await this.eachLimited(work.filter((p) => p.phase === 'live' && this.tracked.has(p.key)), (p) => this.readResident(p));
     await this.expire();
@@ -354,7 +375,25 @@ export class Watcher {
     await Promise.all(Array.from({ length: Math.min(this.opts.readConcurrency, items.length) }, worker));
   }
 
+  /** read(p), waited for at most slowReadMs: a region that takes longer (a hostile one can
+   * keep the reader retrying) goes on in the background, and scans skip it until it ends. */
+  private readBounded(p: Tracked): Promise<void> {
+    const run = this.read(p);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        this.opts.log.once(`slow:${p.key}`, 'warn', 'region read is slow: not waited for (the other regions are read on)', {
+          region: p.key, after_ms: this.opts.slowReadMs,
+        });
+        resolve();
+      }, this.opts.slowReadMs);
+      timer.unref();
+    });
+    return Promise.race([run, late]).finally(() => clearTimeout(timer));
+  }
+
   private read(p: Tracked): Promise<void> {
+    p.reading++;
     return p.serialize(async () => {
       if (p.phase !== 'live' || !this.tracked.has(p.key)) return;
       const first = p.snapshot === null;
@@ -374,6 +413,7 @@ export class Watcher {
           return;
         }
       }
+      p.changedRuns = 0;
       this.apply(p, snap);
       if (first) this.seen(p);
       if (!snap.alive) {
@@ -386,6 +426,8 @@ export class Watcher {
         }
         this.end(p, first ? await this.exitTime(p) : this.opts.now(), await this.howEnded(p, snap.header.state === EXITED));
       }
+    }).finally(() => {
+      p.reading--;
     });
   }
 
@@ -481,6 +523,19 @@ export class Watcher {
     const alive = isRegionError(e) ? e.alive : undefined;
     if ((code === 'ERR_HEAPTAP_NOT_READY' || code === 'ERR_HEAPTAP_BUSY') && alive !== false) {
       return; // a writer is setting up or folding: next poll
+    }
+    // Shrinking under the reader once can be a writer's accident; three reads in a row is
+    // a writer that keeps doing it.
+    if (code === 'ERR_HEAPTAP_CHANGED' && ++p.changedRuns < 3) return;
+    if (p.snapshot && QUARANTINE.has(code)) {
+      // It read before: keep serving the last good snapshot, and leave the file alone
+      // until it changes.
+      p.quarantine = (await fileSig(p.path)) ?? '';
+      p.changedRuns = 0;
+      log.once(`read:${p.key}:${code}`, 'warn', 'region quarantined: not read again until the file changes (keeping the last snapshot)', {
+        region: p.key, code, error: (e as Error).message,
+      });
+      return;
     }
     if (p.snapshot) {
       // It read before: keep serving the last good snapshot. A writer that died in the
@@ -653,10 +708,16 @@ export function fileRefusal(st: { mode: number; isFile(): boolean }): string {
   return '';
 }
 
+/** Errors that say what the file is (not what happened to a system call): a region that
+ * gives one is not read again until it changes. */
+const QUARANTINE = new Set(['ERR_HEAPTAP_FORMAT', 'ERR_HEAPTAP_VERSION', 'ERR_HEAPTAP_LIMIT', 'ERR_HEAPTAP_CHANGED', 'ERR_HEAPTAP_NOMEM']);
+
+/** What identifies a file's content for quarantine: mtime (ms, first: exitTime reads it),
+ * size, inode. */
 async function fileSig(path: string): Promise<string | null> {
   try {
     const s = await stat(path);
-    return `${Math.round(s.mtimeMs)}:${s.size}`;
+    return `${Math.round(s.mtimeMs)}:${s.size}:${s.ino}`;
   } catch {
     return null;
   }
