@@ -27,7 +27,7 @@ FROM ${BUILD_IMAGE} AS build
 # The C toolchain comes with the image (buildpack-deps); the addon links elfutils and zlib;
 # musl-tools (musl-gcc) builds libheaptap-musl.so.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libdw-dev libelf-dev zlib1g-dev libdeflate-dev musl-tools \
+ && apt-get install -y --no-install-recommends libdw-dev libelf-dev zlib1g-dev libdeflate-dev libiberty-dev musl-tools \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./

@@ -3,9 +3,9 @@
 //
 // The rule: a sample (or heaptrack's allocation, or massif's tree path) belongs to the
 // innermost frame of its stack that has a function name and is not an allocator function:
-// not malloc and its siblings, operator new, strdup, and not the allocation wrappers that
-// only pass a size on to malloc (libiberty's xmalloc in gcc, redis's zmalloc, CPython's
-// PyMem_/PyObject_ raw allocators). Frames without a name (static functions of a stripped
+// not allocator or standard-library plumbing as src/sites.ts lists it for every heaptap
+// output (malloc and its siblings, operator new, strdup, std::, the wrappers that only pass
+// a size on: libiberty's xmalloc in gcc, redis's zmalloc, CPython's PyMem_/PyObject_...). Frames without a name (static functions of a stripped
 // binary: cc1, python3.11 and redis-server keep only their dynamic symbols) are passed over
 // too, so such an allocation counts under its innermost named caller. Every tool here reads
 // the same ELF symbols, so this passes over the same frames for all of them.
@@ -24,6 +24,7 @@ import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 
 import { decodeProfile, str } from '../src/profile.ts';
+import { isAllocatorFrame } from '../src/sites.ts';
 
 /** Per-site figures; a profiler that does not report one leaves it undefined. */
 export interface Site {
@@ -35,24 +36,6 @@ export type Sites = Map<string, Site>;
 
 /** Where an allocation with no named non-allocator frame goes. */
 export const NO_SITE = '[no named frame]';
-
-// Allocation entry points (glibc's and the C++ runtime's) and the wrappers that only pass
-// a size on to them. Matched against the name without its parameter list.
-const ALLOCATOR_NAMES = new Set([
-  'malloc', 'calloc', 'realloc', 'reallocarray', 'free', 'posix_memalign', 'aligned_alloc',
-  'memalign', 'valloc', 'pvalloc', '__libc_malloc', '__libc_calloc', '__libc_realloc',
-  '__libc_memalign', '__posix_memalign', 'strdup', 'strndup', '__strdup', '__strndup', 'wcsdup',
-  // libiberty (gcc, binutils)
-  'xmalloc', 'xcalloc', 'xrealloc', 'xstrdup', 'xstrndup', 'xmemdup',
-]);
-const ALLOCATOR_PATTERNS = [
-  /^operator new(\[\])?$/, // every overload: sized, aligned, nothrow
-  /^z(try)?(malloc|calloc|realloc|strdup)(_[a-z_]+)?$/, // redis zmalloc.c (zmalloc_usable, zcalloc_num...)
-  /^_?Py(Mem|Object)_(Raw)?(Malloc|Calloc|Realloc|Strdup)$/, // CPython obmalloc.c
-  /^_PyMem_Debug/, // CPython's debug hooks (PYTHONMALLOC=malloc_debug)
-];
-// Frames in these objects are the profiler's or the allocator's own.
-const ALLOCATOR_MODULES = /\/lib(heaptap|jemalloc|tcmalloc|heaptrack_preload)[^/]*\.so/;
 
 /** A function name as every tool is compared by: demangled, without the parameter list,
  * a trailing " const", a symbol version (@@GLIBC_2.2.5) or jeprof's <address> suffix. */
@@ -73,9 +56,11 @@ export function normalizeName(name: string): string {
   return s.replace(/\[abi:[^\]]*\]$/, '');
 }
 
+/** Allocator or standard-library plumbing: src/sites.ts's one list, the one heaptap's own
+ * outputs use (the module too: frames in libheaptap, libjemalloc, libtcmalloc and
+ * heaptrack's preload are the profiler's or the allocator's own). */
 export function isAllocator(name: string, module?: string): boolean {
-  if (module && ALLOCATOR_MODULES.test(module)) return true;
-  return ALLOCATOR_NAMES.has(name) || ALLOCATOR_PATTERNS.some((re) => re.test(name));
+  return isAllocatorFrame(name, module);
 }
 
 /** The site of a stack given innermost first, as [name or undefined, module] pairs. */

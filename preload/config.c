@@ -179,11 +179,22 @@ HT_HIDDEN int ht_config_from_env(struct ht_config *c, char *err, size_t errlen)
 	if (env_u64("HEAPTAP_SLAB_ENTRIES", 10, 0, 16, 1u << 20, &v, err, errlen))
 		return -1;
 	c->slab_entries = pow2_at_least(v);
+	/* A mode that lets group or others write would let them rewrite what the agent reads
+	 * and the control area: ignored (the default kept, one line said), never fatal. */
 	v = c->file_mode;
-	if (env_u64("HEAPTAP_FILE_MODE", 8, 0, 0400, 0666, &v, err, errlen))
-		return -1;
-	if (!(v & 0400))
-		BAD("HEAPTAP_FILE_MODE=%llo must let the owner read", (unsigned long long)v);
+	c->warning[0] = 0;
+	const char *fm = getenv("HEAPTAP_FILE_MODE");
+	uint64_t fv;
+	if (fm && !parse_u64(fm, 8, 0, &fv) && fv <= 07777 && (fv & 022)) {
+		snprintf(c->warning, sizeof c->warning,
+			 "HEAPTAP_FILE_MODE=%.16s lets group or others write the region: ignored, "
+			 "region files are %04o", fm, (unsigned)c->file_mode);
+	} else {
+		if (env_u64("HEAPTAP_FILE_MODE", 8, 0, 0400, 0644, &v, err, errlen))
+			return -1;
+		if (!(v & 0400))
+			BAD("HEAPTAP_FILE_MODE=%llo must let the owner read", (unsigned long long)v);
+	}
 	c->file_mode = (uint32_t)v;
 	if (env_bool("HEAPTAP_FOLLOW_CHILDREN", &c->follow_children, err, errlen))
 		return -1;

@@ -53,10 +53,13 @@ struct ht_config {
 	int      enabled;         /* HEAPTAP_ENABLED (0 turns everything off) */
 	char     dir[256];        /* HEAPTAP_DIR */
 	char     service[128];    /* HEAPTAP_SERVICE_NAME / OTEL_SERVICE_NAME */
+	char     warning[160];    /* a setting ignored (its default kept), '' if none */
 };
 
 HT_HIDDEN void ht_config_defaults(struct ht_config *c);
-/* Reads HEAPTAP_* variables. Returns 0, or -1 with a one-line reason in err. */
+/* Reads HEAPTAP_* variables. Returns 0, or -1 with a one-line reason in err. A setting
+ * that is ignored while profiling goes on (a HEAPTAP_FILE_MODE that lets group or others
+ * write) leaves its default and a one-line reason in c->warning. */
 HT_HIDDEN int ht_config_from_env(struct ht_config *c, char *err, size_t errlen);
 
 /* stderr, one line, prefixed "heaptap: ", without stdio or malloc. */

@@ -499,6 +499,8 @@ __attribute__((constructor)) static void heaptap_init(void)
 	} else if (!c.enabled) {
 		ht_core_disable();
 	} else {
+		if (c.warning[0])
+			ht_log("%s", c.warning);
 		ht_unwind_init();
 		ht_alt_init();   /* without it samples run on the thread's own stack */
 		ht_self_range(&ht_g.self_lo, &ht_g.self_hi);

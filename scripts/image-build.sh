@@ -56,9 +56,11 @@ install -m 0755 deploy/image/heaptap "$prefix/bin/heaptap"
 install -m 0755 deploy/image/heaptap-init "$prefix/bin/heaptap-init"
 
 # The sidecar's sources, without tests or the addon's C/C++ sources (Node only needs the .ts
-# files and the built addon; src/native.ts finds it at src/addon/build/heaptap.node).
+# files, the report page's script and the built addon; src/native.ts finds it at src/addon/build/heaptap.node).
 (cd src && find . -name '*.ts' ! -name '*.d.ts' -print0 | xargs -0 -r cp --parents -t "$prefix/src")
 install -m 0755 src/addon/build/heaptap.node "$prefix/src/addon/build/heaptap.node"
+# The report page's browser script, inlined into every page the agent's /ui serves.
+install -m 0644 src/report/client.js "$prefix/src/report/client.js"
 
 install -m 0644 package.json package-lock.json "$prefix/"
 

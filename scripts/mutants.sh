@@ -24,6 +24,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 limit=${HEAPTAP_MUTANT_TIMEOUT:-300}
 
 # name | file | perl substitution (perl -0pe: the whole file is one string) | tests
+# Issue 10 (a hostile neighbour) adds: the reader's SIGBUS guard off, shared-table rows read
+# on holes, the agent's quarantine ignored.
 # Issue 14 (safe in every process) adds: a per-thread setup that asks pthread_getattr_np,
 # a sample recorded on the thread's own stack, a region made before a sample is taken, a
 # half-made region left behind, a glibc symbol no longer pinned to GLIBC_2.2.5.
@@ -44,6 +46,9 @@ region-made-before-a-sample|preload/core.c|s/(\tthread_init\(t\);\n\tuint64_t ra
 half-made-region-left-on-failure|preload/region.c|s/\tint e = errno;\n\tunlink\(tmpname\);/\tint e = errno;/|sh:preload/tests/test_safety.sh
 dlsym-pinned-no-more|preload/glibc-pins.h|s/HT_PIN\(dlsym\);\n//|sh:preload/tests/test_library.sh
 bad-configuration-changes-exit-code|preload/interpose.c|s/\A/#include <stdio.h>\n/; s/(static void heaptap_fini\(void\)\n\{\n)/$1\tif (ld_relaxed(&ht_g.state) == HT_G_DISABLED) { fflush(NULL); _exit(3); }\n/|sh:preload/tests/test_library.sh
+reader-guard-off|src/addon/reader.c|s/\tif \(!guard_ok\)\n\t\treturn fn\(arg\);/\tif (1)\n\t\treturn fn(arg);/|ava:test/agent/hostile.test.ts@*minute*
+reader-shared-rows-on-holes-read|src/addon/reader.c|s/if \(!has\(pg, coff, sizeof\(struct ht_counters\)\)\) \{/if (0) {/|ava:test/agent/hostile.test.ts@*sparse*
+agent-quarantine-ignored|src/agent/processes.ts|s/if \(\(await fileSig\(known\.path\)\) === known\.quarantine\) continue;/\/\/ quarantine ignored/|ava:test/agent/hostile.test.ts@*quarantined*
 EOF
 )
 
@@ -150,7 +155,7 @@ for line in "${selected[@]}"; do
   perl -0pi -e "$expr" "$m/$file" 2>>"$log"
   if cmp -s "$base/$file" "$m/$file"; then
     result="NOT-APPLIED"
-  elif ! (cd "$m" && make -s -C preload all >>"$log" 2>&1); then
+  elif ! (cd "$m" && make -s -C preload all >>"$log" 2>&1 && make -s -C src/addon >>"$log" 2>&1); then
     result="NO-BUILD"
   else
     result=survived

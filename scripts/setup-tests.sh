@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 
 # nm/readelf and file (packaging checks), valgrind, jemalloc (a second allocator under the
 # preload), tmux (a real terminal for the live-line test), setcap (libcap2-bin) and setpriv
-# (util-linux).
-debs=(binutils file valgrind libjemalloc2 libjemalloc-dev tmux libcap2-bin util-linux)
+# (util-linux), chromium (the report page and the agent's /ui in a real browser, driven by
+# playwright-core from npm), strace (the agent opens no path a region names).
+debs=(binutils file valgrind libjemalloc2 libjemalloc-dev tmux libcap2-bin util-linux chromium strace)
 install_debs "${debs[@]}"
 
 # Go: the tests read every profile back with `go tool pprof` (a real consumer). A Go

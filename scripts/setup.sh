@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/debs.sh
 
-# A C/C++ toolchain for both; libdw and libelf (symbolization) and libdeflate (gzip) for
-# the addon; musl-gcc (musl-tools) for preload/build/libheaptap-musl.so, which the image ships.
-debs=(build-essential g++ make pkg-config libdw-dev libelf-dev libdeflate-dev musl-tools)
+# A C/C++ toolchain for both; libdw and libelf (symbolization), libiberty (Rust demangling)
+# and libdeflate (gzip) for the addon; musl-gcc (musl-tools) for preload/build/libheaptap-musl.so, which the image ships.
+debs=(build-essential g++ make pkg-config libdw-dev libelf-dev libdeflate-dev libiberty-dev musl-tools)
 install_debs "${debs[@]}"
 
 if [ ! -x node_modules/.bin/node ] || [ package.json -nt node_modules/.package-lock.json ] \

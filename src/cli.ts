@@ -4,18 +4,24 @@ import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 import { EXIT_USAGE, UsageError } from './cli/common.ts';
-import { LIST_USAGE, RUN_USAGE, SNAPSHOT_USAGE, TOP_USAGE, USAGE } from './cli/usage.ts';
+import { DIFF_USAGE, EXPORT_USAGE, LIST_USAGE, RUN_USAGE, SNAPSHOT_USAGE, TOP_USAGE, USAGE } from './cli/usage.ts';
 
 // Subcommands are imported when used: they load the native addon; help for run, list,
-// snapshot and top does not (agent and ctl keep their help beside their code).
+// snapshot, top, diff and export does not (agent and ctl keep their help beside their code).
 const COMMANDS: Record<string, { usage: () => Promise<string>; run: (args: string[]) => Promise<number> }> = {
   run: { usage: async () => RUN_USAGE, run: async (a) => (await import('./cli/run.ts')).runCommand(a) },
   list: { usage: async () => LIST_USAGE, run: async (a) => (await import('./cli/inspect.ts')).listCommand(a) },
   snapshot: { usage: async () => SNAPSHOT_USAGE, run: async (a) => (await import('./cli/inspect.ts')).snapshotCommand(a) },
   top: { usage: async () => TOP_USAGE, run: async (a) => (await import('./cli/inspect.ts')).topCommand(a) },
+  diff: { usage: async () => DIFF_USAGE, run: async (a) => (await import('./cli/inspect.ts')).diffCommand(a) },
+  export: { usage: async () => EXPORT_USAGE, run: async (a) => (await import('./cli/inspect.ts')).exportCommand(a) },
   agent: {
     usage: async () => (await import('./cli/agent.ts')).AGENT_USAGE,
     run: async (a) => (await import('./cli/agent.ts')).agentCommand(a),
+  },
+  report: {
+    usage: async () => (await import('./cli/report.ts')).REPORT_USAGE,
+    run: async (a) => (await import('./cli/report.ts')).reportCommand(a),
   },
   ctl: {
     usage: async () => (await import('./cli/ctl.ts')).CTL_USAGE,

@@ -21,6 +21,8 @@ export interface NativeBinding {
   trimMemory(): void;
   hasFileCapabilities(path: string): boolean;
   gzipAsync(data: Uint8Array, level?: number): Promise<Buffer>;
+  lockFile(path: string): number;
+  unlockFile(fd: number): void;
   encodeSamples(args: EncodeSamplesArgs): Uint8Array;
   readonly constants: RegionConstants;
   readonly layout: RegionLayout;

@@ -5,6 +5,8 @@
 //   period type   space/bytes, period = the sampling rate in bytes
 //   heap view     default_sample_type unset (consumers show the last type: inuse_space)
 //   allocs view   default_sample_type = alloc_space
+//   labels        pid (and exe in merged profiles): the same for a stack in every profile of
+//                 its process, and no `bytes` label (see assemble())
 // Values are the unsampled estimates the preload keeps (the region counters already hold
 // 1/p-weighted objects and bytes); in-use is the reader's (src/region.ts RegionCounters:
 // alloc - free per stack, clamped at 0).
@@ -142,8 +144,6 @@ interface Row {
   stackId: number;
   /** alloc_objects, alloc_space, inuse_objects, inuse_space */
   values: [number, number | bigint, number, number | bigint];
-  /** average object size over the region's cumulative counters (Go's `bytes` label) */
-  avgBytes: number;
   /** frames innermost first; null for the overflow stack or a stack with no record */
   frames: BigUint64Array | null;
   truncated: boolean;
@@ -192,13 +192,11 @@ function planProfile(inputs: readonly ProfileInput[], opts: { view: ProfileView 
         num(c.inuseBytes[i]!),
       ];
       if (values.every((v) => v === 0 || v === 0n)) continue;
-      const objs = objectsToNumber(ao);
       const rec = id === constants.STACK_OVERFLOW ? undefined : stacks.get(id);
       rows.push({
         input,
         stackId: id,
         values,
-        avgBytes: objs > 0 ? Math.round(Number(ab) / objs) : 0,
         frames: rec?.frames ?? null,
         truncated: rec ? (rec.flags & constants.STACK_TRUNCATED) !== 0 : false,
       });
@@ -414,9 +412,13 @@ function assemble(plan: Plan, resolved: Resolved[], opts: BuildOptions | AsyncBu
       locs = Array.from(row.frames, (pc) => location(row.input, pc));
       if (row.truncated || locs.length === 0) locs.push(synthetic(TRUNCATED_FUNCTION));
     }
-    const label: Label[] = [];
-    if (row.avgBytes > 0) label.push(new Label({ key: s('bytes'), num: row.avgBytes }));
-    label.push(new Label({ key: s('pid'), num: header.pid }));
+    // The labels of a stack never change between profiles of the same process: pid, and exe
+    // in merged profiles. No `bytes` label: Go's is the object size of a bucket keyed by
+    // (stack, size), fixed for the bucket; the region keys counters by stack only, so the
+    // nearest figure would be an average that drifts, and consumers that match samples by
+    // stack and labels to subtract cumulative profiles (Alloy's pyroscope.scrape) would
+    // match nothing (docs/exporters.md, "Labels").
+    const label: Label[] = [new Label({ key: s('pid'), num: header.pid })];
     if (exeLabel) label.push(new Label({ key: s('exe'), str: s(header.exe) }));
     samples.push(new Sample({ locationId: locs, value: [...row.values], label }));
   }

@@ -265,7 +265,9 @@ export interface RegionLayout {
 
 /** Errors thrown by readRegion/writeControl: the message starts with the path. code is
  * ERR_HEAPTAP_FORMAT, _VERSION, _NOT_READY (state INIT), _BUSY (fold kept going), _NOMEM,
- * _IO, or an errno name (ENOENT, ELOOP, EISDIR, EACCES...) for a failed system call. */
+ * _CHANGED (the file shrank while it was read: its writer truncated it), _LIMIT (the file
+ * holds more data than HEAPTAP_MAX_REGION_BYTES, 1 GiB by default), _IO, or an errno name
+ * (ENOENT, ELOOP, EISDIR, EACCES...) for a failed system call. */
 export interface RegionError extends Error {
   code: string;
   path: string;
@@ -335,7 +337,6 @@ export interface EncodeSamplesArgs {
   overflowLoc: number;
   unknownLoc: number;
   /** string indices of the label keys; exeStr the exe path's */
-  bytesKey: number;
   pidKey: number;
   pid: number;
   exeLabel: boolean;

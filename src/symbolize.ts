@@ -3,13 +3,14 @@
 // Symbolizer (src/addon/symbolize.cc). docs/symbolization.md explains how files and debug
 // info are found, what is cached and the limits.
 //
-// This file holds the policy: which paths to try for a module, the address arithmetic
-// (runtime return address -> ELF virtual address), and a per-module cache of resolved
+// This file holds the address arithmetic (runtime return address -> ELF virtual address)
+// and a per-module cache of resolved
 // addresses, so that repeated snapshots and a thousand processes of one binary cost one
-// file load and one lookup per distinct address.
-import { statSync, type BigIntStats } from 'node:fs';
-import { stat } from 'node:fs/promises';
+// file load and one lookup per distinct address. Which file a module is (never a path a
+// region names, for the agent) is decided in src/moduleFiles.ts.
+import { statSync } from 'node:fs';
 
+import { ModuleResolver } from './moduleFiles.ts';
 import { native } from './native.ts';
 import { constants, type RegionModule } from './region.ts';
 
@@ -64,6 +65,13 @@ export interface SymbolizerOptions {
   maxAddressesPerModule?: number;
   /** a module that could not be opened is tried again after this long; 30 s */
   retryFailedAfterMs?: number;
+  /** when the live process gives no file for a module (it is gone, pid 0, or it maps
+   * nothing there), open the path its region names, on this host. Only for regions this
+   * program trusts: `heaptap run` (it started the processes and symbolizes their final
+   * profiles after they exited), `heaptap snapshot|top` of a region of the same user, and
+   * tests of files of their own. Off (the agent), a module is opened only as the live
+   * process maps it (src/moduleFiles.ts). */
+  trustRegionPaths?: boolean;
 }
 
 /** What the addon's Symbolizer.resolve returns: frames as rows of string-table indices. */
@@ -92,12 +100,14 @@ export interface NativeSymbols {
 }
 
 export interface NativeSymbolizer {
-  resolve(candidates: string[], origPath: string, buildId: string, addrs: BigUint64Array): NativeSymbols;
+  /** identities[i]: "major:minor:inode" candidates[i] must be once open ('' = unchecked) */
+  resolve(candidates: string[], origPath: string, buildId: string, addrs: BigUint64Array, identities?: string[]): NativeSymbols;
   resolveAsync(
     candidates: string[],
     origPath: string,
     buildId: string,
     addrs: BigUint64Array,
+    identities?: string[],
   ): Promise<NativeSymbols>;
   stats(): { modulesLoaded: number; moduleHits: number; modulesOpen: number };
   close(): void;
@@ -129,7 +139,14 @@ interface Plan {
   /** cache key; '' when the module is not to be looked up (vDSO, no path) */
   key: string;
   candidates: string[];
+  /** per candidate, the "major:minor:inode" it must be */
+  identities: string[];
+  origPath: string;
   info?: ModuleSymbolInfo;
+  /** no file may be opened now (the process is gone), but addresses resolved before
+   * under this key are answered, and new ones from the file still open for the build id
+   * (opened and checked for a live process earlier; nothing is opened: no candidates) */
+  cachedOnly?: boolean;
 }
 
 function emptyInfo(buildId: string, error = ''): ModuleSymbolInfo {
@@ -164,19 +181,10 @@ export function elfAddresses(
   return out;
 }
 
-/** Files to try for a module, in order: its path; the same path under /proc/<pid>/root
- * (the process's own filesystem, e.g. another container sharing the PID namespace); and,
- * for the main program when the build id can be checked, /proc/<pid>/exe (the image the
- * process runs, even if the file was deleted or replaced). */
-export function candidatePaths(module: RegionModule, pid: number): string[] {
-  const p = module.path;
-  if (!p.startsWith('/')) return [];
-  const out = [p];
-  if (Number.isInteger(pid) && pid > 0) {
-    out.push(`/proc/${pid}/root${p}`);
-    if (module.flags & constants.MODULE_MAIN && module.buildId !== '') out.push(`/proc/${pid}/exe`);
-  }
-  return out;
+/** Files to try for a module of process pid: see src/moduleFiles.ts (never the region's
+ * path on this host unless trustRegionPaths and the process is gone). */
+export function candidatePaths(module: RegionModule, pid: number, opts: { trustRegionPaths?: boolean } = {}): string[] {
+  return new ModuleResolver({ trustRegionPath: opts.trustRegionPaths ?? false }).resolve(module, pid).candidates.map((c) => c.path);
 }
 
 export class Symbolizer {
@@ -185,6 +193,7 @@ export class Symbolizer {
   readonly #maxModules: number;
   readonly #maxAddresses: number;
   readonly #retryMs: number;
+  readonly #resolver: ModuleResolver;
   #cacheHits = 0;
   #resolved = 0;
   #closed = false;
@@ -194,6 +203,7 @@ export class Symbolizer {
     this.#maxModules = opts.maxModules ?? 256;
     this.#maxAddresses = opts.maxAddressesPerModule ?? 1 << 20;
     this.#retryMs = opts.retryFailedAfterMs ?? 30_000;
+    this.#resolver = new ModuleResolver({ trustRegionPath: opts.trustRegionPaths ?? false });
     this.#native = new native.Symbolizer({ debugDirs, maxModules: this.#maxModules });
   }
 
@@ -206,19 +216,14 @@ export class Symbolizer {
     addresses: readonly bigint[] | BigUint64Array,
   ): SymbolizeResult {
     this.#checkOpen();
-    const plan = this.#plan(module, pid, (p) => {
-      try {
-        return statSync(p, { bigint: true, throwIfNoEntry: false }) ?? null;
-      } catch {
-        return null;
-      }
-    });
+    const plan = this.#plan(module, pid);
     if (plan.info) return { info: plan.info, frames: addresses.length ? Array.from(addresses, () => EMPTY) : [] };
     const vaddrs = elfAddresses(module, addresses);
     const entry = this.#entries.get(plan.key);
     const misses = this.#misses(entry, vaddrs);
     if (misses === null) return this.#answer(entry!, vaddrs);
-    const res = this.#native.resolve(plan.candidates, module.path, module.buildId, misses);
+    const res = this.#native.resolve(plan.candidates, plan.origPath, module.buildId, misses, plan.identities);
+    if (plan.cachedOnly && !res.found) return this.#answer(entry!, vaddrs);
     return this.#answer(this.#merge(plan, module, misses, res), vaddrs);
   }
 
@@ -229,20 +234,14 @@ export class Symbolizer {
     addresses: readonly bigint[] | BigUint64Array,
   ): Promise<SymbolizeResult> {
     this.#checkOpen();
-    let statted: Map<string, BigIntStats | null> | undefined;
-    if (module.buildId === '' && module.path.startsWith('/')) {
-      statted = new Map();
-      for (const p of candidatePaths(module, pid)) {
-        statted.set(p, await stat(p, { bigint: true }).catch(() => null));
-      }
-    }
-    const plan = this.#plan(module, pid, (p) => statted?.get(p) ?? null);
+    const plan = this.#plan(module, pid);
     if (plan.info) return { info: plan.info, frames: addresses.length ? Array.from(addresses, () => EMPTY) : [] };
     const vaddrs = elfAddresses(module, addresses);
     const misses = this.#misses(this.#entries.get(plan.key), vaddrs);
     if (misses === null) return this.#answer(this.#entries.get(plan.key)!, vaddrs);
-    const res = await this.#native.resolveAsync(plan.candidates, module.path, module.buildId, misses);
+    const res = await this.#native.resolveAsync(plan.candidates, plan.origPath, module.buildId, misses, plan.identities);
     this.#checkOpen();
+    if (plan.cachedOnly && !res.found) return this.#answer(this.#entries.get(plan.key) ?? this.#put0(plan.key, module), vaddrs);
     return this.#answer(this.#merge(plan, module, misses, res), vaddrs);
   }
 
@@ -277,24 +276,34 @@ export class Symbolizer {
     if (this.#closed) throw new Error('the symbolizer is closed');
   }
 
-  #plan(
-    module: RegionModule,
-    pid: number,
-    statOf: (p: string) => BigIntStats | null,
-  ): Plan {
+  #plan(module: RegionModule, pid: number): Plan {
     if (module.flags & constants.MODULE_VDSO || module.path === '') {
-      return { key: '', candidates: [], info: emptyInfo(module.buildId) };
+      return { key: '', candidates: [], identities: [], origPath: module.path, info: emptyInfo(module.buildId) };
     }
-    const candidates = candidatePaths(module, pid);
+    const files = this.#resolver.resolve(module, pid);
+    const candidates = files.candidates.map((c) => c.path);
+    const identities = files.candidates.map((c) => c.identity);
     if (candidates.length === 0) {
-      return { key: '', candidates, info: emptyInfo(module.buildId, `${module.path}: not an absolute path`) };
+      // Nothing may be opened now; what was resolved for this build id before still answers.
+      const known = module.buildId !== '' ? this.#entries.get('b:' + module.buildId) : undefined;
+      if (known && known.failedAt === 0) {
+        this.#touch(known);
+        return { key: known.key, candidates, identities, origPath: files.origPath, cachedOnly: true };
+      }
+      const error = files.error || `${module.path}: not an absolute path`;
+      return { key: '', candidates, identities, origPath: files.origPath, info: emptyInfo(module.buildId, error) };
     }
     let key = '';
     if (module.buildId !== '') {
       key = 'b:' + module.buildId;
     } else {
       for (const p of candidates) {
-        const st = statOf(p);
+        let st;
+        try {
+          st = statSync(p, { bigint: true, throwIfNoEntry: false });
+        } catch {
+          st = undefined;
+        }
         if (st && st.isFile()) {
           key = `f:${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
           break;
@@ -304,10 +313,10 @@ export class Symbolizer {
     }
     const e = this.#entries.get(key) ?? this.#entries.get(this.#failKey(key, candidates));
     if (e && e.failedAt !== 0) {
-      if (Date.now() - e.failedAt < this.#retryMs) return { key, candidates, info: e.info };
+      if (Date.now() - e.failedAt < this.#retryMs) return { key, candidates, identities, origPath: files.origPath, info: e.info };
       this.#entries.delete(this.#failKey(key, candidates));
     }
-    return { key, candidates };
+    return { key, candidates, identities, origPath: files.origPath };
   }
 
   #failKey(key: string, candidates: string[]): string {
@@ -389,6 +398,13 @@ export class Symbolizer {
       entry.addrs.set(addrKey(misses[i]!), frames);
     }
     this.#resolved += misses.length;
+    return entry;
+  }
+
+  /** An empty entry (an entry dropped while an async lookup ran). */
+  #put0(key: string, module: RegionModule): Entry {
+    const entry: Entry = { key, info: emptyInfo(module.buildId), addrs: new Map(), names: new Map(), failedAt: 0 };
+    this.#put(entry);
     return entry;
   }
 

@@ -27,7 +27,7 @@ test('usage errors print one line and exit with code 2', async (t) => {
     [['run', '--depth', '999', '--', 'true'], /^heaptap: run: --depth '999' is out of range \[1, 256\]\n$/],
     [['run', '--interval', 'soon', '--', 'true'], /--interval 'soon' is not a duration/],
     [['list', 'extra'], /^heaptap: list: unexpected argument 'extra'/],
-    [['snapshot'], /^heaptap: snapshot: give one <pid\|region>/],
+    [['snapshot'], /^heaptap: snapshot: give one <pid\|region\|profile>/],
     [['snapshot', '1', '--view', 'weird', '--dir', dir], /--view 'weird' is not heap or allocs/],
     [['snapshot', join(dir, 'nope.heaptap')], /^heaptap: cannot read region .*nope\.heaptap.*ENOENT/],
     [['top', '424242', '--dir', dir], /^heaptap: no region of pid 424242 in /],
@@ -60,10 +60,13 @@ test('an unreadable region is a clear message and exit code 2', async (t) => {
 
 test('--help documents every option and environment variable', async (t) => {
   const want: Record<string, string[]> = {
-    run: ['--output', '-o', '--rate', '--depth', '--interval', '--chart', '--no-chart', '--keep-regions', '--help', 'HEAPTAP_DIR', 'HEAPTAP_SAMPLE_RATE', 'HEAPTAP_MAX_DEPTH', 'LD_PRELOAD', 'SIGTERM', '128', 'heaptap.<pid>.heap.pb.gz', 'heaptap.<pid>.peak.pb.gz'],
+    run: ['--output', '-o', '--rate', '--depth', '--interval', '--chart', '--no-chart', '--keep-regions', '--help', 'HEAPTAP_DIR', 'HEAPTAP_SAMPLE_RATE', 'HEAPTAP_MAX_DEPTH', 'LD_PRELOAD', 'SIGTERM', '128', 'heaptap.<pid>.heap.pb.gz', 'heaptap.<pid>.peak.pb.gz', 'heaptap.<pid>.html'],
+    report: ['--peak', '--base', '--output', '-o', '--dir', '--help'],
     list: ['--dir', '--help', 'HEAPTAP_DIR'],
     snapshot: ['--output', '-o', '--view', 'heap', 'allocs', '--dir', '--help', 'HEAPTAP_DIR'],
-    top: ['--sample-index', '--nodes', '-n', '--dir', '--help', 'HEAPTAP_DIR'],
+    top: ['--sample-index', '--nodes', '-n', '--dir', '--help', 'HEAPTAP_DIR', '.pb.gz', 'http'],
+    diff: ['--sample-index', '--nodes', '-n', '--dir', '--help', 'alloc_space'],
+    export: ['--format', 'folded', 'callgrind', '--output', '-o', '--type', '--full-names', '--dir', '--help'],
   };
   for (const [cmd, words] of Object.entries(want)) {
     const r = await heaptap([cmd, '--help']);
@@ -177,9 +180,11 @@ test('run writes heap and peak profiles that parse, and a summary', async (t) =>
     /^ {2}peak in use {5}[\d.]+ MiB \([\d,]+ bytes\) at [\d.]+ s$/m,
     /^ {2}allocated {7}1\d\d MiB in [\d,]+ objects$/m,
     /^ {2}in use at exit {2}1\.0\d MiB$/m,
-    /^ {2}top sites by bytes allocated:\n( {4}.*\n){10}\n/m,
-    /^ {2}top sites by bytes in use at the peak:\n {4}\s*[\d.]+MiB\s+[\d.]+%\s+site_ws$/m,
-    new RegExp(`^ {2}explore: {2}go tool pprof -http=: \\S+heaptap\\.${pid}\\.heap\\.pb\\.gz$`, 'm'),
+    // ten sites, each with its file:line, most with two callers on a line of their own
+    /^ {2}top sites by bytes allocated:\n( {4}\s*[\d.]+\w?i?B\s+[\d.]+% {2}\S+( {2}\S+:\d+)?\n( {6,}← .*\n)?){10}\n/m,
+    /^ {2}top sites by bytes in use at the peak:\n {4}\s*[\d.]+MiB\s+[\d.]+%\s+site_ws {2}churn\.c:\d+\n {6,}← run {2}churn\.c:\d+ ← start_thread /m,
+    // in use at exit is not empty: the heap profile holds the story; no command needs Go
+    new RegExp(`^ {2}explore: {2}heaptap top \\S*heaptap\\.${pid}\\.heap\\.pb\\.gz `, 'm'),
   ]) t.regex(r.stderr, line);
   t.notRegex(r.stderr, /\r|\x1b\[/, 'no live line when stderr is not a terminal');
 });

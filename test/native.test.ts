@@ -2,7 +2,8 @@
 // exact sums from synthetic regions, stack/module/header decoding, the control area,
 // liveness, and consistent snapshots against a concurrent writer (test/fixtures/region_mutator.c).
 import { execFileSync } from 'node:child_process';
-import { closeSync, ftruncateSync, openSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -562,7 +563,7 @@ test('encodeSamples: out-of-range stack arrays make a row unknown, never a bad r
     // stack 2: its packed bytes run past the buffer; stack 3: they start past it;
     // stack 5: beyond the per-stack arrays
     packed: Uint8Array.from([7]), packedStart: Uint32Array.from([0, 0, 0, 5]), packedLen: Uint32Array.from([0, 0, 2, 1]),
-    locBase: 0, overflowLoc: 0, unknownLoc: 42, bytesKey: 1, pidKey: 2, pid: 7, exeLabel: false, exeKey: 0, exeStr: 0,
+    locBase: 0, overflowLoc: 0, unknownLoc: 42, pidKey: 2, pid: 7, exeLabel: false, exeKey: 0, exeStr: 0,
   };
   // Three samples, each with the single location id 42 (field 1 packed: 0x0a 0x01 0x2a).
   const count42 = (out: Uint8Array) => {
@@ -778,4 +779,19 @@ test('reading a sparse region does not touch the shared peak or timeline pages t
   t.deepEqual(peaksOf(s), built.expectedPeak);
   t.deepEqual(timelineOf(s).map((p) => p.n), [2990n, 2991n]);
   t.is(statSync(path).blocks, before);
+});
+
+test('lockFile: one holder at a time, released by unlockFile; a file that cannot be made throws', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'heaptap-lock-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'lease');
+  const fd = native.lockFile(path);
+  t.true(fd >= 0);
+  t.is(native.lockFile(path), -1, 'held: a second open of the same file cannot take it');
+  native.unlockFile(fd);
+  const again = native.lockFile(path);
+  t.true(again >= 0, 'free again once unlocked');
+  native.unlockFile(again);
+  t.throws(() => native.lockFile(join(dir, 'missing', 'lease')), { message: /open .*: No such file or directory/ });
+  t.throws(() => native.lockFile(7 as unknown as string), { instanceOf: TypeError });
 });

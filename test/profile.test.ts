@@ -71,13 +71,13 @@ test('keeps ids non-zero and unique and gives every sample four values', (t) => 
   }
 });
 
-test('values are alloc, and alloc minus free, with Go\'s bytes label and a pid label', (t) => {
+test('values are alloc, and alloc minus free, with a pid label and no bytes label', (t) => {
   const p = roundTrip(buildProfile([{ snapshot: basic() }], { view: 'heap', symbolizer: fakeSymbolizer() }));
   t.is(p.sample.length, 2);
   t.deepEqual(p.sample[0]!.value.map(Number), [10, 1000, 6, 600]);
   t.deepEqual(p.sample[1]!.value.map(Number), [3, 3000, 3, 3000]);
-  t.deepEqual(labels(p, 0), { bytes: 100, pid: 100 });
-  t.deepEqual(labels(p, 1), { bytes: 1000, pid: 100 });
+  t.deepEqual(labels(p, 0), { pid: 100 });
+  t.deepEqual(labels(p, 1), { pid: 100 });
 });
 
 test('locations hold the call address, leaf first, with inlined frames folded innermost first', (t) => {

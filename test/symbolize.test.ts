@@ -1,7 +1,7 @@
 // src/symbolize.ts and the addon's libdwfl symbolizer (src/addon/symbolize.cc): fixtures in
 // test/fixtures/symfix (built by `make -C test/fixtures/symfix`) run under the preload for
 // real return addresses, plus addresses from nm, split debug files in every place they are
-// looked for, hostile files, the /proc/<pid>/root and /proc/<pid>/exe fallbacks, caching.
+// looked for, hostile files, /proc/<pid>/root and /proc/<pid>/map_files, caching.
 import test from 'ava';
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -128,7 +128,7 @@ test('expands inlined calls into frames, innermost first, each with its caller\'
   const exe = snap!.modules.find((m) => m.flags & constants.MODULE_MAIN)!;
   t.is(exe.path, join(B, 'inl'));
   t.not(exe.loadBias, 0n, 'a PIE, loaded at a bias');
-  const s = new Symbolizer({ debugDirs: [] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => s.close());
   const stacks = flat(symbolicStacks(snap!, s));
   const want = [
@@ -164,7 +164,7 @@ test('names C++ functions demangled, with the mangled name as systemName', async
   t.teardown(() => cleanup(r.dir));
   t.is(r.code, 0, r.stderr);
   const [snap] = await regionsIn(r.dir);
-  const s = new Symbolizer({ debugDirs: [] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => s.close());
   const stacks = flat(symbolicStacks(snap!, s));
   const grab = stacks.flat().find((f) => f.systemName === '_ZN7heapfix4PoolIiE4grabEm');
@@ -196,7 +196,7 @@ test('symbolizes a shared library loaded at a non-zero bias', async (t) => {
   const lib = snap!.modules.find((m) => m.path.endsWith('/libsym.so'))!;
   t.truthy(lib);
   t.not(lib.loadBias, 0n);
-  const s = new Symbolizer({ debugDirs: [] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => s.close());
   const stacks = symbolicStacks(snap!, s);
   const want = [
@@ -214,7 +214,7 @@ test('symbolizes a shared library loaded at a non-zero bias', async (t) => {
 });
 
 test('resolves function start addresses taken from nm', async (t) => {
-  const s = new Symbolizer({ debugDirs: [] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => s.close());
   const inl = join(B, 'inl');
   const outer = await nmAddress(inl, 'outer_alloc');
@@ -253,7 +253,7 @@ test('finds a separate debug file through .gnu_debuglink next to the binary, in 
     mkdirSync(join(d, dir), { recursive: true });
     copyFileSync(join(B, 'inl-debuglink'), join(d, dir, 'prog'));
     copyFileSync(join(B, 'inl.debug'), join(d, debugAt));
-    const s = new Symbolizer({ debugDirs: [join(d, 'debug')] });
+    const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [join(d, 'debug')] });
     const r = s.symbolize(mod(join(d, dir, 'prog'), { buildId: buildIdOf(join(B, 'inl')) }), 0, [outer + 1n]);
     s.close();
     t.is(r.info.debugFile, join(d, debugAt), dir);
@@ -269,7 +269,7 @@ test('finds a separate debug file under <debugdir>/.build-id/', async (t) => {
   const debugAt = join(d, 'debug/.build-id', id.slice(0, 2), `${id.slice(2)}.debug`);
   copyFileSync(join(B, 'inl.debug'), debugAt);
   copyFileSync(join(B, 'inl-stripped'), join(d, 'prog'));
-  const s = new Symbolizer({ debugDirs: [join(d, 'debug')] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [join(d, 'debug')] });
   t.teardown(() => s.close());
   const pc = (await nmAddress(join(B, 'inl'), 'outer_alloc')) + 1n;
   const r = s.symbolize(mod(join(d, 'prog'), { buildId: id }), 0, [pc]);
@@ -283,14 +283,14 @@ test('checks a .gnu_debuglink file by its CRC when the binary has no build id', 
   copyFileSync(join(B, 'inl-noid-debuglink'), join(d, 'prog'));
   copyFileSync(join(B, 'inl-noid.debug'), join(d, 'inl-noid.debug'));
   const pc = (await nmAddress(join(B, 'inl-noid'), 'outer_alloc')) + 1n;
-  const s1 = new Symbolizer({ debugDirs: [] });
+  const s1 = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   const ok = s1.symbolize(mod(join(d, 'prog')), 0, [pc]);
   s1.close();
   t.is(ok.info.debugFile, join(d, 'inl-noid.debug'));
   t.is(ok.frames[0]!.at(-1)!.function, 'outer_alloc');
   // the same name with other contents: the CRC differs, the file is not used
   writeFileSync(join(d, 'inl-noid.debug'), Buffer.concat([readFileSync(join(B, 'inl-noid.debug')), Buffer.from('x')]));
-  const s2 = new Symbolizer({ debugDirs: [] });
+  const s2 = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   const bad = s2.symbolize(mod(join(d, 'prog')), 0, [pc]);
   s2.close();
   t.is(bad.info.debugFile, '');
@@ -300,7 +300,7 @@ test('checks a .gnu_debuglink file by its CRC when the binary has no build id', 
 
 test('reports a stripped binary with no debug info anywhere as found, without functions', async (t) => {
   const d = await tmp(t);
-  const s = new Symbolizer({ debugDirs: [d] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [d] });
   t.teardown(() => s.close());
   const pc = (await nmAddress(join(B, 'inl'), 'outer_alloc')) + 1n;
   const r = s.symbolize(mod(join(B, 'inl-stripped'), { buildId: buildIdOf(join(B, 'inl')) }), 0, [pc, 1n, 0n]);
@@ -337,7 +337,7 @@ test('turns truncated, garbage and non-regular files into an error result, never
   files['symlink-loop'] = join(d, 'loop-a');
   files['missing'] = join(d, 'missing');
 
-  const s = new Symbolizer({ debugDirs: [d] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [d] });
   t.teardown(() => s.close());
   const pcs = [0x11d1n, 0x1001n, 0n, 0xffffffffffffffffn];
   for (const [name, path] of Object.entries(files)) {
@@ -391,7 +391,7 @@ test('refuses a file whose build id differs from the process\'s and says so', as
   // the binary is replaced on disk after the process ran
   unlinkSync(prog);
   copyFileSync(join(B, 'cxx'), prog);
-  const s = new Symbolizer({ debugDirs: [] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => s.close());
   const pcs = Array.from(stackFrames(snap!.stacks, 0));
   const res = s.symbolize(exe, snap!.header.pid, pcs);
@@ -402,7 +402,7 @@ test('refuses a file whose build id differs from the process\'s and says so', as
 });
 
 test('returns empty frames without an error for the vDSO and for modules without a path', (t) => {
-  const s = new Symbolizer();
+  const s = new Symbolizer({ trustRegionPaths: true });
   t.teardown(() => s.close());
   const vdso = s.symbolize(mod('linux-vdso.so.1', { flags: constants.MODULE_VDSO }), process.pid, [0x1000n, 0x1001n]);
   t.deepEqual(vdso.frames, [[], []]);
@@ -412,15 +412,17 @@ test('returns empty frames without an error for the vDSO and for modules without
   t.is(s.stats().modulesLoaded, 0);
 });
 
-/** Starts the static sleeper chrooted into dir (as root, else in a user namespace) and waits
- * until /proc/<pid>/root points there. */
-async function chrooted(dir: string): Promise<ChildProcess> {
-  copyFileSync(join(B, 'sleeper'), join(dir, 'sleeper'));
-  const [cmd, ...args] = process.getuid?.() === 0 ? ['chroot', dir, '/sleeper'] : ['unshare', '-r', 'chroot', dir, '/sleeper'];
-  const child = spawnGroup(null, cmd!, args, { stdio: 'ignore' });
+/** Starts the static sleeper in a mount namespace of its own, as dir/sleeper on a tmpfs
+ * mounted over dir there (as root, else in a user namespace): here dir stays as it was, so
+ * the file exists only under /proc/<pid>/root. */
+async function inOwnMounts(dir: string): Promise<ChildProcess> {
+  mkdirSync(dir, { recursive: true });
+  const script = `mount -t tmpfs heaptap-test "${dir}" && cp "${join(B, 'sleeper')}" "${dir}/sleeper" && exec "${dir}/sleeper"`;
+  const args = [...(process.getuid?.() === 0 ? [] : ['-r']), '--mount', '--propagation', 'private', 'sh', '-c', script];
+  const child = spawnGroup(null, 'unshare', args, { stdio: 'ignore' });
   for (let i = 0; i < 500; i++) {
     try {
-      if (readlinkSync(`/proc/${child.pid}/root`) === dir) return child;
+      if (readFileSync(`/proc/${child.pid}/maps`, 'utf8').includes(`${dir}/sleeper`)) return child;
     } catch {
       // not started yet
     }
@@ -428,68 +430,72 @@ async function chrooted(dir: string): Promise<ChildProcess> {
     await new Promise((r) => setTimeout(r, 10));
   }
   child.kill('SIGKILL');
-  throw new Error(`could not start a chrooted process in ${dir} (exit ${child.exitCode})`);
+  throw new Error(`could not start the sleeper in a mount namespace of its own at ${dir} (exit ${child.exitCode})`);
+}
+
+/** The module a region would give for the executable mapping of path in process pid (the
+ * static sleeper: not PIE, bias 0). */
+function mappedModule(pid: number, path: string, extra: Partial<RegionModule> = {}): RegionModule {
+  const line = readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').find((l) => / r-xp /.test(l) && l.includes(path));
+  if (!line) throw new Error(`process ${pid} has no executable mapping of ${path}`);
+  const [lo, hi] = line.split(' ')[0]!.split('-').map((x) => BigInt('0x' + x));
+  return mod(path, { start: lo!, limit: hi!, flags: constants.MODULE_MAIN, ...extra });
 }
 
 test('opens a module through /proc/<pid>/root when its path is not in our filesystem', async (t) => {
   const d = await tmp(t);
-  const rootDir = join(d, 'root');
-  mkdirSync(join(rootDir, 'opt/app'), { recursive: true });
-  copyFileSync(join(B, 'inl'), join(rootDir, 'opt/app/inl'));
-  const child = await chrooted(rootDir);
+  const appDir = join(d, 'app');
+  const child = await inOwnMounts(appDir);
   t.teardown(() => child.kill('SIGKILL'));
   const s = new Symbolizer({ debugDirs: [] });
   t.teardown(() => s.close());
-  const pc = (await nmAddress(join(B, 'inl'), 'outer_alloc')) + 1n;
-  const m = mod('/opt/app/inl', { buildId: buildIdOf(join(B, 'inl')) });
-  t.throws(() => statSync('/opt/app/inl'), undefined, 'the path must not exist here for this test to mean anything');
+  const pc = (await nmAddress(join(B, 'sleeper'), 'main')) + 1n;
+  const m = mappedModule(child.pid!, `${appDir}/sleeper`, { buildId: buildIdOf(join(B, 'sleeper')) });
+  t.throws(() => statSync(`${appDir}/sleeper`), undefined, 'the path must not exist here for this test to mean anything');
   const r = s.symbolize(m, child.pid!, [pc]);
-  t.is(r.info.path, `/proc/${child.pid}/root/opt/app/inl`);
-  t.is(r.frames[0]!.at(-1)!.function, 'outer_alloc');
+  t.is(r.info.path, `/proc/${child.pid}/root${appDir}/sleeper`);
+  t.is(r.frames[0]!.at(-1)!.function, 'main');
   t.like(s.symbolize(m, process.pid, [pc]).info, { found: true }, 'cached by build id, whatever the pid');
 });
 
 test('prefers the file under /proc/<pid>/root when the same path here is another build', async (t) => {
   const d = await tmp(t);
-  const rootDir = join(d, 'root');
-  const appPath = join(d, 'app'); // the same absolute path inside the chroot and here
-  mkdirSync(join(rootDir, d), { recursive: true });
-  copyFileSync(join(B, 'inl'), join(rootDir, appPath));
-  copyFileSync(join(B, 'cxx'), appPath);
-  const child = await chrooted(rootDir);
+  const appDir = join(d, 'app');
+  mkdirSync(appDir);
+  copyFileSync(join(B, 'cxx'), join(appDir, 'sleeper')); // here: another program
+  const child = await inOwnMounts(appDir);
   t.teardown(() => child.kill('SIGKILL'));
-  const s = new Symbolizer({ debugDirs: [] });
-  t.teardown(() => s.close());
-  const pc = (await nmAddress(join(B, 'inl'), 'outer_alloc')) + 1n;
-  const r = s.symbolize(mod(appPath, { buildId: buildIdOf(join(B, 'inl')) }), child.pid!, [pc]);
-  t.is(r.info.path, `/proc/${child.pid}/root${appPath}`);
-  t.is(r.info.error, '');
-  t.is(r.frames[0]!.at(-1)!.function, 'outer_alloc');
+  const pc = (await nmAddress(join(B, 'sleeper'), 'main')) + 1n;
+  for (const buildId of [buildIdOf(join(B, 'sleeper')), '']) {
+    // with a build id, and without one to tell the files apart: the file the process maps
+    const s = new Symbolizer({ debugDirs: [] });
+    t.teardown(() => s.close());
+    const r = s.symbolize(mappedModule(child.pid!, `${appDir}/sleeper`, { buildId }), child.pid!, [pc]);
+    t.is(r.info.path, `/proc/${child.pid}/root${appDir}/sleeper`, buildId);
+    t.is(r.info.error, '');
+    t.is(r.frames[0]!.at(-1)!.function, 'main');
+  }
 });
 
-test('opens the main program through /proc/<pid>/exe when its file was deleted', async (t) => {
+test('opens the main program through /proc/<pid>/map_files when its file was deleted', async (t) => {
   const d = await tmp(t);
   const prog = join(d, 'sleeper');
   copyFileSync(join(B, 'sleeper'), prog);
   const main = await nmAddress(prog, 'main');
   const child = spawnGroup(t, prog, [], { stdio: 'ignore' });
-  for (let i = 0; i < 500 && readlinkSync(`/proc/${child.pid}/exe`) !== prog; i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 500 && !readFileSync(`/proc/${child.pid}/maps`, 'utf8').includes(prog); i++) await new Promise((r) => setTimeout(r, 10));
+  const m = mappedModule(child.pid!, prog, { buildId: buildIdOf(join(B, 'sleeper')) });
   unlinkSync(prog);
   const s = new Symbolizer({ debugDirs: [] });
   t.teardown(() => s.close());
-  const m = mod(prog, { flags: constants.MODULE_MAIN, buildId: buildIdOf(join(B, 'sleeper')) });
   const r = s.symbolize(m, child.pid!, [main + 1n]);
-  t.is(r.info.path, `/proc/${child.pid}/exe`);
+  t.regex(r.info.path, new RegExp(`^/proc/${child.pid}/map_files/[0-9a-f]+-[0-9a-f]+$`));
   t.is(r.frames[0]!.at(-1)!.function, 'main');
-  // without the flag (a library) the exe link is not a candidate
-  const s2 = new Symbolizer({ debugDirs: [] });
-  t.teardown(() => s2.close());
-  t.false(s2.symbolize({ ...m, flags: 0 }, child.pid!, [main + 1n]).info.found);
 });
 
 test('uses the module path itself for a process whose root is ours', (t) => {
   // /proc/self/root is '/' here, so both candidates name the same file: the first wins
-  const s = new Symbolizer({ debugDirs: [] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => s.close());
   const r = s.symbolize(mod(join(B, 'inl'), { buildId: buildIdOf(join(B, 'inl')) }), process.pid, [0x11d1n]);
   t.is(r.info.path, join(B, 'inl'));
@@ -498,7 +504,7 @@ test('uses the module path itself for a process whose root is ours', (t) => {
 test('loads a build id once for many processes and answers repeated addresses from the cache', async (t) => {
   const id = buildIdOf(join(B, 'inl'));
   const outer = await nmAddress(join(B, 'inl'), 'outer_alloc');
-  const s = new Symbolizer({ debugDirs: [] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => s.close());
   const pcs = Array.from({ length: 50 }, (_, i) => outer + 1n + BigInt(i));
   const first = s.symbolize(mod(join(B, 'inl'), { buildId: id, loadBias: 0x1000n }), 100, pcs.map((a) => a + 0x1000n));
@@ -519,7 +525,7 @@ test('keys modules without a build id by file identity, so a rewritten file is l
   const prog = join(d, 'prog');
   copyFileSync(join(B, 'inl-noid'), prog);
   const pc = (await nmAddress(join(B, 'inl-noid'), 'outer_alloc')) + 1n;
-  const s = new Symbolizer({ debugDirs: [] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => s.close());
   t.is(s.symbolize(mod(prog), 1, [pc]).frames[0]!.at(-1)!.function, 'outer_alloc');
   t.is(s.symbolize(mod(prog), 2, [pc]).frames[0]!.at(-1)!.function, 'outer_alloc');
@@ -532,7 +538,7 @@ test('keys modules without a build id by file identity, so a rewritten file is l
 });
 
 test('evicts the least recently used module when maxModules is reached', async (t) => {
-  const s = new Symbolizer({ debugDirs: [], maxModules: 2 });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [], maxModules: 2 });
   t.teardown(() => s.close());
   const paths = ['inl', 'cxx', 'usesym'].map((n) => join(B, n));
   for (const p of paths) s.symbolize(mod(p, { buildId: buildIdOf(p) }), 1, [0x1101n]);
@@ -550,8 +556,8 @@ test('tries a module that could not be opened again only after retryFailedAfterM
   const prog = join(d, 'late');
   const pc = (await nmAddress(join(B, 'inl'), 'outer_alloc')) + 1n;
   const m = mod(prog, { buildId: buildIdOf(join(B, 'inl')) });
-  const sticky = new Symbolizer({ debugDirs: [] });
-  const eager = new Symbolizer({ debugDirs: [], retryFailedAfterMs: 0 });
+  const sticky = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
+  const eager = new Symbolizer({ trustRegionPaths: true, debugDirs: [], retryFailedAfterMs: 0 });
   t.teardown(() => (sticky.close(), eager.close()));
   t.regex(sticky.symbolize(m, 1, [pc]).info.error, /ENOENT|No such file/);
   t.false(eager.symbolize(m, 1, [pc]).info.found);
@@ -564,8 +570,8 @@ test('symbolizeAsync gives the same frames as symbolize', async (t) => {
   const cxx = join(B, 'cxx');
   const syms = await symbolsOf(cxx);
   const pcs = syms.flatMap((x) => [x.start + 1n, x.start + 5n, x.end]);
-  const a = new Symbolizer({ debugDirs: [] });
-  const b = new Symbolizer({ debugDirs: [] });
+  const a = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
+  const b = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => (a.close(), b.close()));
   const m = mod(cxx, { buildId: buildIdOf(cxx) });
   const [x, y] = await Promise.all([b.symbolizeAsync(m, 1, pcs), b.symbolizeAsync(m, 2, pcs)]);
@@ -587,7 +593,7 @@ function openFiles(): string[] {
 test('close() releases the files; later calls throw', async (t) => {
   const prog = join(await tmp(t), 'prog'); // other tests here have fixtures open
   copyFileSync(join(B, 'inl'), prog);
-  const s = new Symbolizer({ debugDirs: [] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   const m = mod(prog);
   s.symbolize(m, 1, [0x11d1n]);
   t.true(openFiles().includes(prog));
@@ -603,8 +609,8 @@ test('releaseFiles() closes the files but keeps what was resolved; new addresses
   copyFileSync(join(B, 'cxx'), prog);
   const syms = await symbolsOf(prog);
   const pcs = syms.map((x) => x.start + 1n);
-  const s = new Symbolizer({ debugDirs: [] });
-  const fresh = new Symbolizer({ debugDirs: [] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
+  const fresh = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => (s.close(), fresh.close()));
   const m = mod(prog, { buildId: buildIdOf(prog) });
   const half = pcs.slice(0, Math.ceil(pcs.length / 2));
@@ -648,7 +654,7 @@ test('never contacts debuginfod, even with DEBUGINFOD_URLS set', async (t) => {
     else process.env.DEBUGINFOD_URLS = saved;
   });
   const d = await tmp(t);
-  const s = new Symbolizer({ debugDirs: [d] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [d] });
   t.teardown(() => s.close());
   const r = await s.symbolizeAsync(mod(join(B, 'inl-stripped'), { buildId: buildIdOf(join(B, 'inl')) }), 1, [0x11d1n]);
   s.symbolize(mod(join(B, 'inl-debuglink')), 1, [0x11d1n]);
@@ -661,7 +667,7 @@ test('never contacts debuginfod, even with DEBUGINFOD_URLS set', async (t) => {
 test('maps runtime return addresses to ELF addresses modulo 2^64', (t) => {
   const m = mod('/x', { loadBias: 0x1000n });
   t.deepEqual(Array.from(elfAddresses(m, [0x2001n, 0x1000n, 0n])), [0x1000n, 0xffffffffffffffffn, 0xffffffffffffefffn]);
-  const s = new Symbolizer({ debugDirs: [] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => s.close());
   const r = s.symbolize(mod(join(B, 'inl'), { loadBias: 0x555555554000n }), 1, [0n, 1n, 0xffffffffffffffffn]);
   t.deepEqual(r.frames, [[], [], []]);
@@ -678,7 +684,7 @@ test('symbolizes 100k addresses of one module (timings in the log)', async (t) =
   const pcs = new BigUint64Array(N);
   for (let i = 0; i < N; i++) pcs[i] = start + (size * BigInt(i)) / BigInt(N) + 1n;
   const m = mod(path);
-  const s = new Symbolizer({ debugDirs: [] });
+  const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => s.close());
   let t0 = performance.now();
   const cold = s.symbolize(m, 1, pcs);
@@ -686,7 +692,7 @@ test('symbolizes 100k addresses of one module (timings in the log)', async (t) =
   t0 = performance.now();
   const warm = s.symbolize(m, 1, pcs);
   const warmMs = performance.now() - t0;
-  const s2 = new Symbolizer({ debugDirs: [] });
+  const s2 = new Symbolizer({ trustRegionPaths: true, debugDirs: [] });
   t.teardown(() => s2.close());
   t0 = performance.now();
   await s2.symbolizeAsync(m, 1, pcs);
@@ -700,7 +706,7 @@ test('symbolizes 100k addresses of one module (timings in the log)', async (t) =
 });
 
 test('rejects debug dirs that are relative or contain a colon', (t) => {
-  t.throws(() => new Symbolizer({ debugDirs: ['usr/lib/debug'] }), { instanceOf: TypeError });
-  t.throws(() => new Symbolizer({ debugDirs: ['/a:/b'] }), { instanceOf: TypeError });
+  t.throws(() => new Symbolizer({ trustRegionPaths: true, debugDirs: ['usr/lib/debug'] }), { instanceOf: TypeError });
+  t.throws(() => new Symbolizer({ trustRegionPaths: true, debugDirs: ['/a:/b'] }), { instanceOf: TypeError });
 });
 

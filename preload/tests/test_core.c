@@ -504,8 +504,20 @@ CHILD_CASE(region_files_are_private_unless_a_mode_is_given)
 	ht_core_record(PTR(0), 10, stack_a, 3, 0);
 	struct stat st;
 	CHECK(stat(ht_g.region.path, &st) == 0 && (st.st_mode & 0777) == 0640, "mode %o", st.st_mode & 0777);
-	setenv("HEAPTAP_FILE_MODE", "0777", 1);
-	CHECK(ht_config_from_env(&c, err, sizeof err) < 0 && strstr(err, "HEAPTAP_FILE_MODE"), "0777 refused: %s", err);
+	/* Group or others' write: ignored with a warning, the default kept, profiling on. */
+	const char *writable[] = { "0666", "0660", "0622", "0777", "0602" };
+	for (size_t i = 0; i < sizeof writable / sizeof *writable; i++) {
+		setenv("HEAPTAP_FILE_MODE", writable[i], 1);
+		ht_config_defaults(&c);
+		CHECK(ht_config_from_env(&c, err, sizeof err) == 0, "%s: not fatal: %s", writable[i], err);
+		CHECK(c.file_mode == 0600, "%s: the default 0600 kept (got %o)", writable[i], c.file_mode);
+		CHECK(strstr(c.warning, "HEAPTAP_FILE_MODE") && strstr(c.warning, "write"), "%s: warned: '%s'", writable[i], c.warning);
+	}
+	setenv("HEAPTAP_FILE_MODE", "0200", 1);
+	CHECK(ht_config_from_env(&c, err, sizeof err) < 0 && strstr(err, "HEAPTAP_FILE_MODE"), "0200 refused: %s", err);
+	setenv("HEAPTAP_FILE_MODE", "0644", 1);
+	ht_config_defaults(&c);
+	CHECK(ht_config_from_env(&c, err, sizeof err) == 0 && c.file_mode == 0644 && !c.warning[0], "0644 taken");
 	setenv("HEAPTAP_FILE_MODE", "0640", 1);
 	setenv("HEAPTAP_SAMPLE_RATE", "12k", 1);
 	CHECK(ht_config_from_env(&c, err, sizeof err) == 0 && c.rate == 12288, "12k");

@@ -58,7 +58,7 @@ ref_all=$($FIX/forker 2>/dev/null); ref_rc=$?
 ref_out=$(printf '%s\n' "$ref_all" | grep -c role)
 for cfg in "HEAPTAP_SAMPLE_RATE=abc" "HEAPTAP_SAMPLE_RATE=0" "HEAPTAP_MAX_DEPTH=100000" \
            "HEAPTAP_DIR=/proc/heaptap-no/x" "HEAPTAP_DIR=relative" "HEAPTAP_UNWINDER=magic" \
-           "HEAPTAP_FILE_MODE=0777" "HEAPTAP_FOLLOW_CHILDREN=maybe"; do
+           "HEAPTAP_FILE_MODE=0200" "HEAPTAP_FOLLOW_CHILDREN=maybe"; do
   err=$(mktemp)
   all=$(env "$cfg" LD_PRELOAD="$SO" $FIX/forker 2>"$err"); rc=$?
   out=$(printf '%s\n' "$all" | grep -c role)
@@ -68,6 +68,21 @@ for cfg in "HEAPTAP_SAMPLE_RATE=abc" "HEAPTAP_SAMPLE_RATE=0" "HEAPTAP_MAX_DEPTH=
   check "$cfg: program runs on unprofiled, says so once per image" \
     '[ "$out" = "$ref_out" ] && [ $rc = $ref_rc ] && [ "$lines" = 2 ] && [ "$others" = 0 ]'
   rm -f "$err"
+done
+
+# A HEAPTAP_FILE_MODE that lets group or others write (any local user could then rewrite
+# what the agent reads): ignored, not fatal. The program runs as before (same output and
+# exit code), profiled, its regions 0600, and the library says so once per process image.
+for mode in 0666 0660 0777; do
+  d=$(mktemp -d); err=$(mktemp)
+  all=$(env HEAPTAP_FILE_MODE=$mode HEAPTAP_DIR="$d" LD_PRELOAD="$SO" $FIX/forker 2>"$err"); rc=$?
+  out=$(printf '%s\n' "$all" | grep -c role)
+  modes=$(find "$d" -name '*.heaptap' -printf '%m\n' | sort -u | tr '\n' ' ')
+  check "HEAPTAP_FILE_MODE=$mode: ignored, program unchanged, regions 0600 ($modes), one warning per image" \
+    '[ "$out" = "$ref_out" ] && [ $rc = $ref_rc ] && [ "$modes" = "600 " ] &&
+     [ "$(grep -c "^heaptap: HEAPTAP_FILE_MODE=$mode lets group or others write" "$err")" = 2 ] &&
+     [ "$(grep -vc "^heaptap: " "$err")" = 0 ]'
+  rm -rf "$d" "$err"
 done
 
 echo "test_library.sh: $pass passed, $fail failed"

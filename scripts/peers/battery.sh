@@ -75,6 +75,11 @@ classes=$(build java "$javaver" "'$jdk/bin/javac' -d . \"\$S/ShortThreads.java\"
 rustver=$("$rustc" --version)
 rust=$(build rust "$rustver" "for p in spawn_serial alloc_threads; do '$rustc' -O -o \$p \"\$S/\$p.rs\" || exit 1; done" \
   spawn_serial.rs alloc_threads.rs)
+# sites.rs with debug info (its inlined std frames are then in the profile) and in both
+# manglings: legacy (_ZN...17h<hash>E, stable rustc's default, which it will not select
+# by name without -Z unstable-options) and v0 (_R...)
+rust_sites=$(build rust-sites "$rustver" "'$rustc' -O -g -o sites_legacy \"\$S/sites.rs\" && '$rustc' -O -g -o sites_v0 -C symbol-mangling-version=v0 \"\$S/sites.rs\"" \
+  sites.rs)
 gover=$("$go" version)
 # One file outside any module (std only): `go build file.go` needs no go.mod.
 gobin=$(build go "$gover" "CGO_ENABLED=1 GOFLAGS=-buildvcs=false '$go' build -o cgo_malloc \"\$S/cgo_malloc.go\"" \
@@ -84,6 +89,8 @@ echo "java=$jdk/bin/java"
 echo "java_classes=$classes"
 echo "rust_spawn_serial=$rust/spawn_serial"
 echo "rust_alloc_threads=$rust/alloc_threads"
+echo "rust_sites_legacy=$rust_sites/sites_legacy"
+echo "rust_sites_v0=$rust_sites/sites_v0"
 echo "go_cgo_malloc=$gobin/cgo_malloc"
 echo "python3=/usr/bin/python3"
 echo "perl=/usr/bin/perl"

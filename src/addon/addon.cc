@@ -13,7 +13,10 @@
 
 #include <libdeflate.h>
 #include <malloc.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -51,6 +54,8 @@ const char *ErrorCode(const htr_error &err)
 	case HTR_E_NOT_READY: return "ERR_HEAPTAP_NOT_READY";
 	case HTR_E_BUSY: return "ERR_HEAPTAP_BUSY";
 	case HTR_E_NOMEM: return "ERR_HEAPTAP_NOMEM";
+	case HTR_E_CHANGED: return "ERR_HEAPTAP_CHANGED";
+	case HTR_E_LIMIT: return "ERR_HEAPTAP_LIMIT";
 	default: return "ERR_HEAPTAP_ARG";
 	}
 }
@@ -663,6 +668,52 @@ Napi::Value HasFileCapabilities(const Napi::CallbackInfo &info)
 	return Napi::Boolean::New(env, getxattr(path.c_str(), "security.capability", nullptr, 0) > 0);
 }
 
+// JS: lockFile(path: string): number
+// Opens (creating, mode 0644) the file and takes flock(LOCK_EX | LOCK_NB) on it: the open
+// descriptor (>= 0) while the lock is ours, -1 when another open file holds it. The lock
+// lasts until unlockFile(fd) or the process ends, however it ends: the kernel releases it,
+// so a killed holder never leaves a stale lock. Other errors throw. (The agent's push lease:
+// src/exporters/lease.ts. Node has no flock.)
+Napi::Value LockFile(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	if (info.Length() < 1 || !info[0].IsString()) {
+		Napi::TypeError::New(env, "lockFile(path: string)").ThrowAsJavaScriptException();
+		return env.Undefined();
+	}
+	std::string path = info[0].As<Napi::String>().Utf8Value();
+	int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		int err = errno;
+		Napi::Error::New(env, "open " + path + ": " + strerror(err)).ThrowAsJavaScriptException();
+		return env.Undefined();
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		int err = errno;
+		close(fd);
+		if (err == EWOULDBLOCK)
+			return Napi::Number::New(env, -1);
+		Napi::Error::New(env, "flock " + path + ": " + strerror(err)).ThrowAsJavaScriptException();
+		return env.Undefined();
+	}
+	return Napi::Number::New(env, fd);
+}
+
+// JS: unlockFile(fd: number): void
+// Closes a descriptor lockFile returned, which releases its lock.
+Napi::Value UnlockFile(const Napi::CallbackInfo &info)
+{
+	Napi::Env env = info.Env();
+	if (info.Length() < 1 || !info[0].IsNumber()) {
+		Napi::TypeError::New(env, "unlockFile(fd: number)").ThrowAsJavaScriptException();
+		return env.Undefined();
+	}
+	int fd = info[0].As<Napi::Number>().Int32Value();
+	if (fd >= 0)
+		close(fd);
+	return env.Undefined();
+}
+
 // JS: gzipAsync(data: Uint8Array, level: number): Promise<Buffer>
 // gzip (RFC 1952) of data with libdeflate at `level` (1..12), on the libuv thread pool.
 // libdeflate compresses a whole buffer at once and at level 1 takes half of zlib's time
@@ -750,6 +801,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports)
 	exports.Set("trimMemory", Napi::Function::New(env, TrimMemory, "trimMemory"));
 	exports.Set("hasFileCapabilities", Napi::Function::New(env, HasFileCapabilities, "hasFileCapabilities"));
 	exports.Set("gzipAsync", Napi::Function::New(env, GzipAsync, "gzipAsync"));
+	exports.Set("lockFile", Napi::Function::New(env, LockFile, "lockFile"));
+	exports.Set("unlockFile", Napi::Function::New(env, UnlockFile, "unlockFile"));
 	// JS: constants: RegionConstants (frozen)
 	Napi::Object constants = Constants(env);
 	constants.Freeze();

@@ -15,8 +15,9 @@
 // rule (src/addon/reader.h), or what the caller puts there (the peak view passes each
 // stack's in use at the peak).
 // where objects() turns the region's 16.16 fixed point into a number; rows whose four
-// values are 0 are left out. Labels: bytes = round(ab / objects(ao)) when above 0, pid,
-// and exe (a string index) when asked. Location ids: the stack's list (copied from the
+// values are 0 are left out. Labels: pid, and exe (a string index) when asked; no `bytes`
+// label (docs/exporters.md "Labels": a stack's labels never change between profiles, so
+// consumers that match samples by stack and labels, as Alloy does, can subtract them). Location ids: the stack's list (copied from the
 // packed varints when locBase is 0, else each id + locBase), the overflow or unknown
 // location otherwise. Every index taken from the arguments is bounds-checked: a bad one
 // makes that row's stack unknown, never a read out of bounds.
@@ -193,7 +194,6 @@ Napi::Value EncodeSamples(const Napi::CallbackInfo &info)
 	uint64_t loc_base = Num(env, o, "locBase");
 	uint64_t overflow_loc = Num(env, o, "overflowLoc");
 	uint64_t unknown_loc = Num(env, o, "unknownLoc");
-	uint64_t bytes_key = Num(env, o, "bytesKey");
 	uint64_t pid_key = Num(env, o, "pidKey");
 	uint64_t pid = Num(env, o, "pid");
 	bool exe_label = o.Get("exeLabel").ToBoolean().Value();
@@ -223,8 +223,6 @@ Napi::Value EncodeSamples(const Napi::CallbackInfo &info)
 		}
 		if (v[0] == 0 && v[1] == 0 && v[2] == 0 && v[3] == 0)
 			continue;
-		double objs = Objects(ao);
-		uint64_t avg = ao > 0 ? Round(static_cast<double>(ab) / objs) : 0;
 
 		// Location ids: packed as stored, re-encoded with an offset, or one synthetic id.
 		const uint8_t *pk = nullptr;
@@ -272,7 +270,7 @@ Napi::Value EncodeSamples(const Napi::CallbackInfo &info)
 		for (int64_t x : v)
 			val_len += VarSize(static_cast<uint64_t>(x));
 		size_t len = 1 + VarSize(loc_len) + loc_len + 1 + VarSize(val_len) + val_len +
-			     (avg > 0 ? LabelSize(bytes_key, avg) : 0) + pid_label + exe_label_len;
+			     pid_label + exe_label_len;
 
 		out.Byte(18); // sample = 2
 		out.Var(len);
@@ -289,8 +287,6 @@ Napi::Value EncodeSamples(const Napi::CallbackInfo &info)
 		out.Var(val_len);
 		for (int64_t x : v)
 			out.SVar(x);
-		if (avg > 0)
-			Label(out, bytes_key, 24, avg);
 		Label(out, pid_key, 24, pid);
 		if (exe_label)
 			Label(out, exe_key, 16, exe_str);

@@ -16,6 +16,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,6 +111,133 @@ static void ok(struct htr_error *err)
 		err->alive = -1;
 		err->msg[0] = '\0';
 	}
+}
+
+/* ---- the fault guard ----------------------------------------------------------------- */
+
+/* A read of a mapping that the file's owner can truncate at any moment (reader.h). One
+ * SIGBUS handler for the process, installed on first use; the thread that reads a mapping
+ * arms a guard naming it. A fault inside the armed range jumps back to the guard; any other
+ * SIGBUS goes where it went before. The handler touches only this thread's guard (an
+ * initial-exec TLS pointer: no allocation in the handler) and calls only siglongjmp,
+ * sigaction and raise. */
+struct guard {
+	sigjmp_buf jb;
+	const unsigned char *lo, *hi;   /* the mapping being read */
+	volatile sig_atomic_t armed;
+};
+
+static __thread struct guard *cur_guard __attribute__((tls_model("initial-exec")));
+static struct sigaction prev_bus;
+static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+static int guard_ok;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	struct guard *g = cur_guard;
+	const unsigned char *a = (const unsigned char *)si->si_addr;
+	if (g && g->armed && si->si_code > 0 && a >= g->lo && a < g->hi) {
+		g->armed = 0;
+		siglongjmp(g->jb, 1);
+	}
+	/* not a fault of ours: as if we had never been installed */
+	if (prev_bus.sa_flags & SA_SIGINFO) {
+		if (prev_bus.sa_sigaction) {
+			prev_bus.sa_sigaction(sig, si, uc);
+			return;
+		}
+	} else if (prev_bus.sa_handler != SIG_DFL && prev_bus.sa_handler != SIG_IGN) {
+		prev_bus.sa_handler(sig);
+		return;
+	}
+	/* SIG_DFL (or SIG_IGN, which a fault ignores anyway): the default action. A fault
+	 * re-executes the access and dies of it; a sent signal is raised again. */
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof dfl);
+	dfl.sa_handler = SIG_DFL;
+	sigaction(SIGBUS, &dfl, NULL);
+	if (si->si_code <= 0)
+		raise(sig);
+}
+
+static void guard_install(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = on_sigbus;
+	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+	sigemptyset(&sa.sa_mask);
+	guard_ok = sigaction(SIGBUS, &sa, &prev_bus) == 0;
+}
+
+/* A compiler barrier after a pointer to allocated memory is stored where the fault path
+ * frees it: the store must not sink below a later load of the mapping that may fault. */
+#define KEEP() __asm__ __volatile__("" ::: "memory")
+
+/* Runs fn(arg) with loads from [lo, lo + len) guarded. Returns fn's result, or 1 when a
+ * load faulted (fn's own results are 0 or -1). */
+static int guarded(const unsigned char *lo, uint64_t len, int (*fn)(void *), void *arg)
+{
+	pthread_once(&guard_once, guard_install);
+	if (!guard_ok)
+		return fn(arg); /* no handler: as before */
+	struct guard g;
+	struct guard *outer = cur_guard;
+	g.lo = lo;
+	g.hi = lo + len;
+	g.armed = 0;
+	cur_guard = &g;
+	if (sigsetjmp(g.jb, 1)) {
+		cur_guard = outer;
+		return 1;
+	}
+	g.armed = 1;
+	int rc = fn(arg);
+	g.armed = 0;
+	cur_guard = outer;
+	return rc;
+}
+
+static int fail_changed(struct htr_error *err)
+{
+	return fail(err, HTR_E_CHANGED, 0,
+		    "the file shrank while it was being read (its writer truncated it)");
+}
+
+/* ---- the data cap ------------------------------------------------------------------- */
+
+static uint64_t max_data;
+static pthread_once_t max_data_once = PTHREAD_ONCE_INIT;
+
+static void max_data_init(void)
+{
+	max_data = HTR_MAX_DATA_BYTES;
+	const char *v = getenv("HEAPTAP_MAX_REGION_BYTES");
+	if (v && *v) {
+		char *end;
+		errno = 0;
+		unsigned long long n = strtoull(v, &end, 10);
+		if (errno == 0 && *end == '\0' && n >= (1ull << 20))
+			max_data = n;
+	}
+}
+
+uint64_t htr_max_data_bytes(void)
+{
+	pthread_once(&max_data_once, max_data_init);
+	return max_data;
+}
+
+static int check_data(const struct stat *st, struct htr_error *err)
+{
+	uint64_t data = (uint64_t)st->st_blocks * 512;
+	uint64_t cap = htr_max_data_bytes();
+	if (data > cap)
+		return fail(err, HTR_E_LIMIT, 0,
+			    "file holds %llu bytes of data, more than the reader's limit of %llu "
+			    "(HEAPTAP_MAX_REGION_BYTES)",
+			    (unsigned long long)data, (unsigned long long)cap);
+	return 0;
 }
 
 /* ---- atomic loads from the mapping ------------------------------------------------- */
@@ -351,6 +481,39 @@ static int open_file(const char *path, int flags, struct stat *st, struct htr_er
 	return fd;
 }
 
+struct open_ctx {
+	struct htr_region *r;
+	const char *path;
+	struct htr_error *err;
+};
+
+/* The part of htr_open that reads the mapping (under the guard). */
+static int open_body(void *arg)
+{
+	struct open_ctx *c = arg;
+	struct htr_region *r = c->r;
+	struct htr_error *err = c->err;
+	/* Identity first, so that a stray file says "not a region" rather than "not ready". */
+	struct ht_header id;
+	memcpy(&id, r->map, offsetof(struct ht_header, flags));
+	if (check_identity(&id, err))
+		return -1;
+	/* RUNNING is stored with release after setup: acquire it before copying the rest. */
+	uint32_t state = ld32_acq(HDR_FIELD(r->map, state));
+	if (state == HT_STATE_INIT) {
+		int alive = -1;
+		if (htr_alive(r, c->path, &alive, NULL) != 0)
+			alive = -1;
+		fail(err, HTR_E_NOT_READY, 0, "region is still being set up (state INIT)%s",
+		     alive == 0 ? "; no writer holds it" : "");
+		if (err)
+			err->alive = alive;
+		return -1;
+	}
+	memcpy(&r->hdr, r->map, sizeof r->hdr);
+	return validate_header(&r->hdr, r->map_bytes, err);
+}
+
 int htr_open(struct htr_region *r, const char *path, struct htr_error *err)
 {
 	struct stat st;
@@ -361,6 +524,10 @@ int htr_open(struct htr_region *r, const char *path, struct htr_error *err)
 	int fd = open_file(path, O_RDONLY, &st, err);
 	if (fd < 0)
 		return -1;
+	if (check_data(&st, err)) {
+		close(fd);
+		return -1;
+	}
 	uint64_t size = (uint64_t)st.st_size;
 	void *m = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
 	if (m == MAP_FAILED) {
@@ -373,32 +540,16 @@ int htr_open(struct htr_region *r, const char *path, struct htr_error *err)
 	r->map_bytes = size;
 	r->dev = st.st_dev;
 	r->ino = st.st_ino;
-
-	/* Identity first, so that a stray file says "not a region" rather than "not ready". */
-	struct ht_header id;
-	memcpy(&id, r->map, offsetof(struct ht_header, flags));
-	if (check_identity(&id, err))
-		goto bad;
-	/* RUNNING is stored with release after setup: acquire it before copying the rest. */
-	uint32_t state = ld32_acq(HDR_FIELD(r->map, state));
-	if (state == HT_STATE_INIT) {
-		int alive = -1;
-		if (htr_alive(r, path, &alive, NULL) != 0)
-			alive = -1;
-		fail(err, HTR_E_NOT_READY, 0, "region is still being set up (state INIT)%s",
-		     alive == 0 ? "; no writer holds it" : "");
-		if (err)
-			err->alive = alive;
-		goto bad;
+	struct open_ctx c = {r, path, err};
+	int rc = guarded(r->map, r->map_bytes, open_body, &c);
+	if (rc == 1)
+		fail_changed(err);
+	if (rc != 0) {
+		htr_close(r);
+		return -1;
 	}
-	memcpy(&r->hdr, r->map, sizeof r->hdr);
-	if (validate_header(&r->hdr, size, err))
-		goto bad;
 	ok(err);
 	return 0;
-bad:
-	htr_close(r);
-	return -1;
 }
 
 void htr_close(struct htr_region *r)
@@ -423,7 +574,8 @@ void htr_header_strings(const struct ht_header *h, struct htr_strings *out)
 	out->service[sizeof out->service - 1] = '\0';
 }
 
-void htr_read_live(const struct htr_region *r, struct htr_live *o)
+/* The live words; the control page's only if ctl (it may be a hole: zeros). */
+static void read_live(const struct htr_region *r, int ctl, struct htr_live *o)
 {
 	const unsigned char *m = r->map;
 	const unsigned char *c = m + HT_CONTROL_OFFSET;
@@ -445,9 +597,31 @@ void htr_read_live(const struct htr_region *r, struct htr_live *o)
 	o->inuse_bytes = (f & HT_FEATURE_PEAK) ? (int64_t)ld64(HDR_FIELD(m, inuse_bytes)) : 0;
 	o->alloc_bytes = (f & HT_FEATURE_PEAK) ? ld64(HDR_FIELD(m, alloc_bytes)) : 0;
 	o->timeline_next = (f & HT_FEATURE_TIMELINE) ? ld64_acq(HDR_FIELD(m, timeline_next)) : 0;
+	if (!ctl)
+		return;
 	o->control_paused = ld32_acq(c + offsetof(struct ht_control, paused));
 	o->control_rate = ld64(c + offsetof(struct ht_control, rate));
 	o->control_seq = ld64(c + offsetof(struct ht_control, seq));
+}
+
+struct live_ctx {
+	const struct htr_region *r;
+	struct htr_live *o;
+};
+
+static int live_body(void *arg)
+{
+	struct live_ctx *c = arg;
+	read_live(c->r, 1, c->o);
+	return 0;
+}
+
+void htr_read_live(const struct htr_region *r, struct htr_live *o)
+{
+	memset(o, 0, sizeof *o);
+	struct live_ctx c = {r, o};
+	if (guarded(r->map, r->map_bytes, live_body, &c) != 0)
+		memset(o, 0, sizeof *o); /* the file shrank: nothing to say */
 }
 
 int htr_alive(const struct htr_region *r, const char *path, int *alive, struct htr_error *err)
@@ -527,6 +701,7 @@ static int acc_grow(struct acc *a)
 	}
 	a->slots = p;
 	a->mask = mask;
+	KEEP();
 	return 0;
 }
 
@@ -655,10 +830,79 @@ static uint8_t *data_pages(int fd, uint64_t off, uint64_t len)
 	return map;
 }
 
-static inline int page_has_data(const uint8_t *map, uint64_t rel)
+/* Which pages of the whole file hold data, found once per snapshot (data_pages). A page
+ * that turns into data while we read held zeros when we looked, as if it was read early; a
+ * page that turns into a hole after we looked (only a hostile writer punches holes) costs
+ * at most the pages we saw as data. */
+struct pages {
+	uint8_t *bits;            /* NULL: take every page as data */
+	uint64_t n;               /* pages covered */
+	uint8_t *asked;           /* pages looked at again by has_now (NULL until then) */
+	int fd;
+};
+
+static void pages_scan(struct pages *pg, int fd, uint64_t file_bytes)
 {
-	uint64_t pg = rel / HT_SECTION_ALIGN;
-	return !map || (map[pg / 8] >> (pg % 8)) & 1;
+	pg->n = (file_bytes + HT_SECTION_ALIGN - 1) / HT_SECTION_ALIGN;
+	pg->fd = fd;
+	pg->asked = NULL;
+	pg->bits = data_pages(fd, 0, file_bytes);
+}
+
+/* 1 if every page of [off, off + len) holds data (len 0: the page at off). */
+static inline int has(const struct pages *pg, uint64_t off, uint64_t len)
+{
+	uint64_t first = off / HT_SECTION_ALIGN;
+	uint64_t last = (off + (len ? len - 1 : 0)) / HT_SECTION_ALIGN;
+	if (last >= pg->n || last < first)
+		return 0;
+	if (!pg->bits)
+		return 1;
+	for (uint64_t p = first; p <= last; p++)
+		if (!((pg->bits[p / 8] >> (p % 8)) & 1))
+			return 0;
+	return 1;
+}
+
+/* has(), for what the writer must have written before something we have already seen
+ * published (the record of an id that has counts, the frames of a READY record, the path
+ * of a published module): a page that was a hole when we looked may have been reserved
+ * and written since, so each such page is asked about again, once per snapshot. */
+static int has_now(struct pages *pg, uint64_t off, uint64_t len)
+{
+	if (has(pg, off, len))
+		return 1;
+	uint64_t first = off / HT_SECTION_ALIGN;
+	uint64_t last = (off + (len ? len - 1 : 0)) / HT_SECTION_ALIGN;
+	if (!pg->bits || last >= pg->n || last < first)
+		return 0;
+	if (!pg->asked) {
+		pg->asked = calloc((pg->n + 7) / 8, 1);
+		KEEP();
+		if (!pg->asked)
+			return 0;
+	}
+	for (uint64_t p = first; p <= last; p++) {
+		if ((pg->bits[p / 8] >> (p % 8)) & 1)
+			continue;
+		if ((pg->asked[p / 8] >> (p % 8)) & 1)
+			return 0; /* asked already: a hole */
+		pg->asked[p / 8] |= (uint8_t)(1u << (p % 8));
+		off_t d = lseek(pg->fd, (off_t)(p * HT_SECTION_ALIGN), SEEK_DATA);
+		if (d < 0 || (uint64_t)d != p * HT_SECTION_ALIGN)
+			return 0;
+		pg->bits[p / 8] |= (uint8_t)(1u << (p % 8));
+	}
+	return 1;
+}
+
+/* The first index >= i + 1 of a table at base (entries of size es) whose entry starts on a
+ * later page than entry i: where a scan that found entry i's first page a hole goes next. */
+static inline uint64_t past_page(uint64_t base, uint64_t es, uint64_t i)
+{
+	uint64_t next = ((base + i * es) / HT_SECTION_ALIGN + 1) * HT_SECTION_ALIGN;
+	uint64_t j = (next - base + es - 1) / es;
+	return j > i ? j : i + 1;
 }
 
 /* A row's in-use at the peak of generation gen (struct ht_peak in heaptap_region.h): its
@@ -696,19 +940,11 @@ static void acc_add(struct acc_slot *t, const struct ht_counters *row)
 	t->c.samples = add_sat(t->c.samples, row->samples);
 }
 
-/* Which pages of the file's sections hold data (see data_pages), one bitmap per section
- * the reader reads by hostile index: the slabs, and the feature sections. */
-struct presence {
-	const uint8_t *slabs;
-	const uint8_t *shared_peak;
-	const uint8_t *timeline;
-};
-
 /* Steps 1-4 of the reader protocol. On success `a` holds the totals of every id that had
  * counts (and, with HT_FEATURE_PEAK, their in-use at the peak of s->peak.gen), and
  * *used_after is stacks_used (clamped) as loaded after the consistent pass. */
-static int sum_counters_in(const struct htr_region *r, const struct presence *pr, struct acc *a,
-			   struct htr_snapshot *s, uint32_t *used_after, struct htr_error *err)
+static int sum_counters(const struct htr_region *r, const struct pages *pg, struct acc *a,
+			struct htr_snapshot *s, uint32_t *used_after, struct htr_error *err)
 {
 	const struct ht_header *h = &r->hdr;
 	const unsigned char *m = r->map;
@@ -719,7 +955,6 @@ static int sum_counters_in(const struct htr_region *r, const struct presence *pr
 	/* a slab's ht_peak rows follow its entries (validated: inside entry_bytes) */
 	const uint64_t peaks_at = sizeof(struct ht_slab_header) +
 				  (uint64_t)h->slab_entries * sizeof(struct ht_slab_entry);
-	const uint8_t *present = pr->slabs;
 	unsigned peak_moves = 0;
 	int odd = 0;
 
@@ -756,7 +991,7 @@ static int sum_counters_in(const struct htr_region *r, const struct presence *pr
 		for (uint32_t i = 0; i < h->slabs.capacity; i++) {
 			uint64_t rel = (uint64_t)i * h->slabs.entry_bytes;
 			const unsigned char *slab = slabs + rel;
-			if (!page_has_data(present, rel))
+			if (!has(pg, h->slabs.offset + rel, sizeof(struct ht_slab_header)))
 				continue; /* never written: FREE */
 			uint32_t st = ld32_acq(slab + offsetof(struct ht_slab_header, state));
 			if (st == HT_SLAB_FREE || st == HT_SLAB_FOLDING)
@@ -769,8 +1004,7 @@ static int sum_counters_in(const struct htr_region *r, const struct presence *pr
 			uint64_t erel = rel + sizeof(struct ht_slab_header);
 			for (uint32_t j = 0; j < h->slab_entries;
 			     j++, e += sizeof(struct ht_slab_entry), erel += sizeof(struct ht_slab_entry)) {
-				if (!page_has_data(present, erel) ||
-				    !page_has_data(present, erel + sizeof(struct ht_slab_entry) - 1))
+				if (!has(pg, h->slabs.offset + erel, sizeof(struct ht_slab_entry)))
 					continue; /* on a hole: empty */
 				uint32_t id = ld32_acq(e + offsetof(struct ht_slab_entry, stack_id));
 				if (id == HT_STACK_NONE)
@@ -789,8 +1023,7 @@ static int sum_counters_in(const struct htr_region *r, const struct presence *pr
 				if (peak) {
 					uint64_t prel = rel + peaks_at + (uint64_t)j * sizeof(struct ht_peak);
 					const unsigned char *pk =
-						page_has_data(present, prel) &&
-						page_has_data(present, prel + sizeof(struct ht_peak) - 1)
+						has(pg, h->slabs.offset + prel, sizeof(struct ht_peak))
 							? slabs + prel : NULL;
 					int64_t pb, po;
 					row_peak(pk, g1, &row, &pb, &po, &moved);
@@ -811,6 +1044,17 @@ static int sum_counters_in(const struct htr_region *r, const struct presence *pr
 		const unsigned char *speak = peak ? m + h->shared_peak.offset : NULL;
 		for (uint32_t id = 0; id < rows; id++) {
 			const unsigned char *c = shared + (uint64_t)id * sizeof(struct ht_counters);
+			uint64_t coff = h->shared.offset + (uint64_t)id * sizeof(struct ht_counters);
+			if (!has(pg, coff, sizeof(struct ht_counters))) {
+				/* on a hole: zeros. A row whose first page is a hole: so are the
+				 * rest of that page's rows (a file claiming millions of rows on
+				 * holes costs a step per page) */
+				if (!has(pg, coff, 0)) {
+					uint64_t j = past_page(h->shared.offset, sizeof(struct ht_counters), id);
+					id = (uint32_t)(j < rows ? j : rows) - 1;
+				}
+				continue;
+			}
 			struct ht_counters row = {0};
 			add_counters(&row, c);
 			if (!counters_nonzero(&row))
@@ -827,8 +1071,7 @@ static int sum_counters_in(const struct htr_region *r, const struct presence *pr
 				/* validated: shared_peak.capacity >= shared.capacity > id */
 				uint64_t prel = (uint64_t)id * sizeof(struct ht_peak);
 				const unsigned char *pk =
-					page_has_data(pr->shared_peak, prel) &&
-					page_has_data(pr->shared_peak, prel + sizeof(struct ht_peak) - 1)
+					has(pg, h->shared_peak.offset + prel, sizeof(struct ht_peak))
 						? speak + prel : NULL;
 				int64_t pb, po;
 				row_peak(pk, g1, &row, &pb, &po, &moved);
@@ -863,33 +1106,13 @@ static int sum_counters_in(const struct htr_region *r, const struct presence *pr
 	}
 }
 
-static int sum_counters(const struct htr_region *r, struct acc *a, struct htr_snapshot *s,
-			uint32_t *used_after, struct htr_error *err)
-{
-	/* Which slab pages exist, once per snapshot: a page that turns into data while we
-	 * retry held zeros (a FREE slab) when we looked, as if that slab was read early. A
-	 * page never turns back into a hole (the writer does not punch holes). The shared
-	 * peak rows likewise: a row on a hole holds gen 0. */
-	struct presence pr = {0};
-	uint8_t *slabs = data_pages(r->fd, r->hdr.slabs.offset, r->hdr.slabs.bytes);
-	uint8_t *speak = (r->hdr.features & HT_FEATURE_PEAK)
-				 ? data_pages(r->fd, r->hdr.shared_peak.offset, r->hdr.shared_peak.bytes)
-				 : NULL;
-	pr.slabs = slabs;
-	pr.shared_peak = speak;
-	int rc = sum_counters_in(r, &pr, a, s, used_after, err);
-	free(slabs);
-	free(speak);
-	return rc;
-}
-
 static const unsigned char *stack_rec(const struct htr_region *r, uint32_t id)
 {
 	return r->map + r->hdr.stacks.offset + (uint64_t)id * sizeof(struct ht_stack);
 }
 
-static int emit_counters(const struct htr_region *r, struct acc *a, uint32_t used,
-			 struct htr_snapshot *s, struct htr_error *err)
+static int emit_counters(const struct htr_region *r, struct pages *pg, struct acc *a,
+			 uint32_t used, struct htr_snapshot *s, struct htr_error *err)
 {
 	struct htr_counters *out = &s->counters;
 	/* Compact the non-zero rows to the front of the table and sort them by id. */
@@ -898,7 +1121,8 @@ static int emit_counters(const struct htr_region *r, struct acc *a, uint32_t use
 		for (uint64_t i = 0; i <= a->mask; i++)
 			if (a->slots[i].id && counters_nonzero(&a->slots[i].c))
 				a->slots[n++] = a->slots[i];
-	qsort(a->slots, n, sizeof *a->slots, cmp_slot_id);
+	if (n)
+		qsort(a->slots, n, sizeof *a->slots, cmp_slot_id);
 	size_t cnt = n ? n : 1;
 	out->ids = malloc(cnt * sizeof *out->ids);
 	out->alloc_objects = malloc(cnt * sizeof(uint64_t));
@@ -910,6 +1134,7 @@ static int emit_counters(const struct htr_region *r, struct acc *a, uint32_t use
 	out->inuse_bytes = malloc(cnt * sizeof(uint64_t));
 	out->peak_objects = malloc(cnt * sizeof(uint64_t));
 	out->peak_bytes = malloc(cnt * sizeof(uint64_t));
+	KEEP();
 	if (!out->ids || !out->alloc_objects || !out->alloc_bytes || !out->free_objects ||
 	    !out->free_bytes || !out->samples || !out->inuse_objects || !out->inuse_bytes ||
 	    !out->peak_objects || !out->peak_bytes)
@@ -923,7 +1148,10 @@ static int emit_counters(const struct htr_region *r, struct acc *a, uint32_t use
 			note_malformed(s, "counts for stack id %u >= stacks_used %u", id, used);
 			continue;
 		}
-		uint32_t fl = ld32_acq(stack_rec(r, id) + offsetof(struct ht_stack, flags));
+		uint32_t fl = 0;
+		if (has_now(pg, r->hdr.stacks.offset + (uint64_t)id * sizeof(struct ht_stack),
+			    sizeof(struct ht_stack)))
+			fl = ld32_acq(stack_rec(r, id) + offsetof(struct ht_stack, flags));
 		if (!(fl & HT_STACK_READY) || (fl & HT_STACK_DUPLICATE)) {
 			note_malformed(s, "counts for stack id %u whose record is %s", id,
 				       (fl & HT_STACK_READY) ? "a duplicate" : "not ready");
@@ -954,8 +1182,8 @@ static int emit_counters(const struct htr_region *r, struct acc *a, uint32_t use
  * (acquire) non-zero, the fields, ns again unchanged. A slot the writer has claimed but
  * not yet cleared still holds the point one lap older: it is older than the point before
  * it, and is taken as not yet written. Every bound comes from the validated capacity. */
-static int read_timeline(const struct htr_region *r, uint64_t since, struct htr_snapshot *s,
-			 struct htr_error *err)
+static int read_timeline(const struct htr_region *r, const struct pages *pg, uint64_t since,
+			 struct htr_snapshot *s, struct htr_error *err)
 {
 	const struct ht_header *h = &r->hdr;
 	struct htr_timeline *out = &s->timeline;
@@ -976,9 +1204,9 @@ static int read_timeline(const struct htr_region *r, uint64_t since, struct htr_
 	out->inuse_bytes = malloc(cnt * sizeof(int64_t));
 	out->alloc_bytes = malloc(cnt * sizeof(uint64_t));
 	out->rss_bytes = malloc(cnt * sizeof(uint64_t));
+	KEEP();
 	if (!out->index || !out->ns || !out->inuse_bytes || !out->alloc_bytes || !out->rss_bytes)
 		return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory for the timeline");
-	uint8_t *present = data_pages(r->fd, h->timeline.offset, h->timeline.bytes);
 	const unsigned char *ring = r->map + h->timeline.offset;
 	uint64_t gap = n1, last_ns = 0;
 	uint32_t k = 0;
@@ -987,8 +1215,7 @@ static int read_timeline(const struct htr_region *r, uint64_t since, struct htr_
 		const unsigned char *pt = ring + rel;
 		uint64_t ns = 0, rss = 0, alloc = 0;
 		int64_t inuse = 0;
-		if (page_has_data(present, rel) &&
-		    page_has_data(present, rel + sizeof(struct ht_timeline_point) - 1)) {
+		if (has(pg, h->timeline.offset + rel, sizeof(struct ht_timeline_point))) {
 			ns = ld64_acq(pt + offsetof(struct ht_timeline_point, ns));
 			inuse = (int64_t)ld64(pt + offsetof(struct ht_timeline_point, inuse_bytes));
 			alloc = ld64(pt + offsetof(struct ht_timeline_point, alloc_bytes));
@@ -1010,7 +1237,6 @@ static int read_timeline(const struct htr_region *r, uint64_t since, struct htr_
 		out->rss_bytes[k] = rss;
 		k++;
 	}
-	free(present);
 	/* Points the writer claimed while we read may have lapped the oldest we took. */
 	uint64_t n2 = ld64_acq(nextp);
 	uint64_t lo2 = n2 > cap ? n2 - cap : 0;
@@ -1037,6 +1263,7 @@ static int grow_u32(uint32_t **p, uint64_t n)
 	if (!q)
 		return -1;
 	*p = q;
+	KEEP();
 	return 0;
 }
 
@@ -1051,8 +1278,8 @@ static int stacks_reserve(struct htr_stacks *out, uint32_t *cap, uint64_t want)
 	return 0;
 }
 
-static int read_stacks(const struct htr_region *r, uint32_t since, struct htr_snapshot *s,
-		       struct htr_error *err)
+static int read_stacks(const struct htr_region *r, struct pages *pg, uint32_t since,
+		       struct htr_snapshot *s, struct htr_error *err)
 {
 	const struct ht_header *h = &r->hdr;
 	struct htr_stacks *out = &s->stacks;
@@ -1069,7 +1296,21 @@ static int read_stacks(const struct htr_region *r, uint32_t since, struct htr_sn
 	uint32_t k = 0;
 	for (uint32_t id = first; id < used; id++) {
 		const unsigned char *rec = stack_rec(r, id);
-		uint32_t fl = ld32_acq(rec + offsetof(struct ht_stack, flags));
+		uint64_t roff = h->stacks.offset + (uint64_t)id * sizeof(struct ht_stack);
+		/* a record on a hole is zeros: not READY. Where its first page is a hole, so
+		 * are the rest of that page's records: one step per page */
+		uint32_t fl = 0;
+		if (has(pg, roff, sizeof(struct ht_stack)))
+			fl = ld32_acq(rec + offsetof(struct ht_stack, flags));
+		else if (!has(pg, roff, 0)) {
+			uint64_t j = past_page(h->stacks.offset, sizeof(struct ht_stack), id);
+			if (!gap) {
+				gap = 1;
+				out->next_stack = id;
+			}
+			id = (uint32_t)(j < used ? j : used) - 1;
+			continue;
+		}
 		if (!(fl & HT_STACK_READY)) {
 			if (!gap) {
 				gap = 1;
@@ -1099,6 +1340,12 @@ static int read_stacks(const struct htr_region *r, uint32_t since, struct htr_sn
 			note_malformed(s, "stack %u: records claim more frames than the pool holds", id);
 			continue;
 		}
+		if (depth && !has_now(pg, h->frames.offset + off * sizeof(uint64_t), (uint64_t)depth * sizeof(uint64_t))) {
+			/* the writer wrote them before READY: a hole there is no writer's doing */
+			note_malformed(s, "stack %u: frames [%llu, +%u) lie on a hole", id,
+				       (unsigned long long)off, depth);
+			continue;
+		}
 		if (nframes + depth > fcap) {
 			uint64_t want = fcap ? fcap * 2 : 1024;
 			while (want < nframes + depth)
@@ -1109,6 +1356,7 @@ static int read_stacks(const struct htr_region *r, uint32_t since, struct htr_sn
 			if (!p)
 				return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory for frames");
 			out->frames = p;
+			KEEP();
 			fcap = want;
 		}
 		if (k == rcap && stacks_reserve(out, &rcap, (uint64_t)rcap * 2))
@@ -1128,7 +1376,8 @@ static int read_stacks(const struct htr_region *r, uint32_t since, struct htr_sn
 	return 0;
 }
 
-static int read_modules(const struct htr_region *r, struct htr_snapshot *s, struct htr_error *err)
+static int read_modules(const struct htr_region *r, struct pages *pg, struct htr_snapshot *s,
+			struct htr_error *err)
 {
 	const struct ht_header *h = &r->hdr;
 	uint32_t used = clamp_u32(ld32_acq(HDR_FIELD(r->map, modules_used)), h->modules.capacity);
@@ -1137,7 +1386,15 @@ static int read_modules(const struct htr_region *r, struct htr_snapshot *s, stru
 	uint64_t total = 0;
 	uint32_t k = 0;
 	for (uint32_t i = 0; i < used; i++) {
-		const unsigned char *e = r->map + h->modules.offset + (uint64_t)i * sizeof(struct ht_module);
+		uint64_t eoff = h->modules.offset + (uint64_t)i * sizeof(struct ht_module);
+		const unsigned char *e = r->map + eoff;
+		if (!has(pg, eoff, sizeof(struct ht_module))) {
+			if (!has(pg, eoff, 0)) { /* zeros: EMPTY, and so is the rest of its page */
+				uint64_t j = past_page(h->modules.offset, sizeof(struct ht_module), i);
+				i = (uint32_t)(j < used ? j : used) - 1;
+			}
+			continue;
+		}
 		uint32_t st = ld32_acq(e + offsetof(struct ht_module, state));
 		if (st == HT_MODULE_EMPTY)
 			continue; /* handed out, not yet published */
@@ -1151,6 +1408,7 @@ static int read_modules(const struct htr_region *r, struct htr_snapshot *s, stru
 			if (!p)
 				return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory for modules");
 			s->modules = p;
+			KEEP();
 			mcap = want;
 		}
 		struct htr_module *mo = &s->modules[k];
@@ -1164,6 +1422,10 @@ static int read_modules(const struct htr_region *r, struct htr_snapshot *s, stru
 		if ((uint64_t)off + len >= h->paths.bytes) {
 			note_malformed(s, "module %u: path [%u, +%u] outside the path pool (%llu bytes)",
 				       i, off, len, (unsigned long long)h->paths.bytes);
+			continue;
+		}
+		if (!has_now(pg, h->paths.offset + off, (uint64_t)len + 1)) {
+			note_malformed(s, "module %u: path [%u, +%u] lies on a hole", i, off, len);
 			continue;
 		}
 		if (pool[(uint64_t)off + len] != '\0' || memchr(pool + off, '\0', len) != NULL) {
@@ -1191,15 +1453,21 @@ static int read_modules(const struct htr_region *r, struct htr_snapshot *s, stru
 	}
 	s->module_count = k;
 	s->strings = malloc(total ? total : 1);
+	KEEP();
 	if (!s->strings)
 		return fail(err, HTR_E_NOMEM, ENOMEM, "out of memory");
 	uint64_t at = 0;
 	for (uint32_t i = 0; i < k; i++) {
 		struct htr_module *mo = &s->modules[i];
-		memcpy(s->strings + at, pool + mo->path_off, mo->path_len);
-		s->strings[at + mo->path_len] = '\0';
+		uint32_t len = mo->path_len;
+		memcpy(s->strings + at, pool + mo->path_off, len);
+		s->strings[at + len] = '\0';
 		mo->path = s->strings + at;
-		at += (uint64_t)mo->path_len + 1;
+		/* The pool was checked in the loop above and is read again here: a writer that
+		 * rewrote it in between (or truncated the file and grew it back) may have put a
+		 * NUL inside. The copy is what we return: its length is what it holds. */
+		mo->path_len = (uint32_t)strnlen(mo->path, len);
+		at += (uint64_t)len + 1;
 	}
 	return 0;
 }
@@ -1237,39 +1505,71 @@ int htr_snapshot_take(const struct htr_region *r, uint32_t since, struct htr_sna
 	return htr_snapshot_take2(r, since, 0, s, err);
 }
 
+/* What a snapshot holds while it is taken, so that a fault can free it all. */
+struct take_ctx {
+	const struct htr_region *r;
+	uint32_t since;
+	uint64_t since_point;
+	struct htr_snapshot *s;
+	struct htr_error *err;
+	struct pages pg;
+	struct acc a;
+};
+
+/* Steps of the snapshot that read the mapping (under the guard). */
+static int take_body(void *arg)
+{
+	struct take_ctx *c = arg;
+	const struct htr_region *r = c->r;
+	struct htr_snapshot *s = c->s;
+	/* Which pages hold data, once per snapshot: nothing below touches a hole. */
+	pages_scan(&c->pg, r->fd, r->hdr.file_bytes);
+	KEEP();
+	uint32_t used = 0;
+	int rc = sum_counters(r, &c->pg, &c->a, s, &used, c->err);
+	if (rc == 0)
+		rc = emit_counters(r, &c->pg, &c->a, used, s, c->err);
+	/* Stacks after counters: every id counted above is READY by now (see reader.h). */
+	if (rc == 0)
+		rc = read_stacks(r, &c->pg, c->since, s, c->err);
+	if (rc == 0)
+		rc = read_timeline(r, &c->pg, c->since_point, s, c->err);
+	if (rc == 0)
+		rc = read_modules(r, &c->pg, s, c->err);
+	if (rc == 0)
+		read_live(r, has(&c->pg, HT_CONTROL_OFFSET, sizeof(struct ht_control)), &s->live);
+	return rc;
+}
+
 int htr_snapshot_take2(const struct htr_region *r, uint32_t since, uint64_t since_point,
 		       struct htr_snapshot *s, struct htr_error *err)
 {
 	memset(s, 0, sizeof *s);
 	if (!r->map)
 		return fail(err, HTR_E_ARG, 0, "region is not open");
-	/* A file that shrank under the mapping would raise SIGBUS: refuse it while we can. */
+	/* A file that shrank under the mapping: refuse it while we can (the guard catches
+	 * what shrinks later). */
 	struct stat st;
 	if (fstat(r->fd, &st) != 0)
 		return fail_errno(err, "fstat");
 	if ((uint64_t)st.st_size < r->hdr.file_bytes)
-		return fail(err, HTR_E_FORMAT, 0, "file shrank to %llu bytes (header says %llu)",
+		return fail(err, HTR_E_CHANGED, 0, "file shrank to %llu bytes (header says %llu)",
 			    (unsigned long long)st.st_size, (unsigned long long)r->hdr.file_bytes);
+	if (check_data(&st, err))
+		return -1;
 
 	s->hdr = r->hdr;
-	struct acc a = {NULL, 0, 0};
-	uint32_t used = 0;
-	int rc = sum_counters(r, &a, s, &used, err);
-	if (rc == 0)
-		rc = emit_counters(r, &a, used, s, err);
-	free(a.slots);
-	/* Stacks after counters: every id counted above is READY by now (see reader.h). */
-	if (rc == 0)
-		rc = read_stacks(r, since, s, err);
-	if (rc == 0)
-		rc = read_timeline(r, since_point, s, err);
-	if (rc == 0)
-		rc = read_modules(r, s, err);
+	struct take_ctx c = {r, since, since_point, s, err, {NULL, 0, NULL, -1}, {NULL, 0, 0}};
+	int rc = guarded(r->map, r->map_bytes, take_body, &c);
+	free(c.a.slots);
+	free(c.pg.bits);
+	free(c.pg.asked);
+	if (rc == 1)
+		fail_changed(err);
 	if (rc != 0) {
 		htr_snapshot_free(s);
 		return -1;
 	}
-	htr_read_live(r, &s->live);
 	ok(err);
 	return 0;
 }
@@ -1307,6 +1607,27 @@ int htr_read_path2(const char *path, uint32_t since, uint64_t since_point,
 	return rc;
 }
 
+struct ctl_ctx {
+	struct ht_control *ctl;
+	int set_paused;
+	uint32_t paused;
+	int set_rate;
+	uint64_t rate;
+};
+
+static int ctl_body(void *arg)
+{
+	struct ctl_ctx *c = arg;
+	/* Release: whoever sees the new value also sees everything we wrote before it. The
+	 * preload reads these words relaxed at its sample points. */
+	if (c->set_rate)
+		__atomic_store_n(&c->ctl->rate, c->rate, __ATOMIC_RELEASE);
+	if (c->set_paused)
+		__atomic_store_n(&c->ctl->paused, c->paused, __ATOMIC_RELEASE);
+	__atomic_fetch_add(&c->ctl->seq, 1, __ATOMIC_RELEASE);
+	return 0;
+}
+
 int htr_write_control(const char *path, int set_paused, uint32_t paused, int set_rate,
 		      uint64_t rate, struct htr_error *err)
 {
@@ -1331,14 +1652,10 @@ int htr_write_control(const char *path, int set_paused, uint32_t paused, int set
 		rc = fail_errno(err, "mmap control page");
 		goto out;
 	}
-	struct ht_control *ctl = (struct ht_control *)(void *)c;
-	/* Release: whoever sees the new value also sees everything we wrote before it. The
-	 * preload reads these words relaxed at its sample points. */
-	if (set_rate)
-		__atomic_store_n(&ctl->rate, rate, __ATOMIC_RELEASE);
-	if (set_paused)
-		__atomic_store_n(&ctl->paused, paused, __ATOMIC_RELEASE);
-	__atomic_fetch_add(&ctl->seq, 1, __ATOMIC_RELEASE);
+	struct ctl_ctx cc = {(struct ht_control *)(void *)c, set_paused, paused, set_rate, rate};
+	/* the file can shrink under this mapping too */
+	if (guarded(c, HT_SECTION_ALIGN, ctl_body, &cc) != 0)
+		rc = fail_changed(err);
 	munmap(c, HT_SECTION_ALIGN);
 out:
 	close(fd);

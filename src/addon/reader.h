@@ -14,10 +14,21 @@
  * stack record, module or counter row is unusable). Loops are bounded by the validated
  * capacities, retries by HTR_MAX_ATTEMPTS, memory by the validated file size.
  *
- * What this cannot defend against: a writer that truncates the file after we mapped it
- * makes the next access past the new end raise SIGBUS. htr_snapshot_take() re-checks the
- * size with fstat() before it reads, which narrows that to a race with a writer that is
- * itself broken or malicious.
+ * A file that changes size while it is read. The writer (or anyone with write access to
+ * the directory) can truncate the file after we mapped it; an access past the new end then
+ * raises SIGBUS. Every access to a mapping runs under a guard (a SIGBUS handler installed
+ * once, chained to any handler that was there before, and a per-thread sigsetjmp): a fault
+ * inside the mapping being read ends that read with HTR_E_CHANGED and frees what it had
+ * allocated; a SIGBUS anywhere else goes to the previous handler (or kills, as before).
+ *
+ * A sparse file. Every page the reader touches through the mapping is first found to hold
+ * data (SEEK_DATA/SEEK_HOLE, once per snapshot): a hole reads as zeros, so skipping it is
+ * exact, and on tmpfs a read fault on a hole would allocate a page (and on a full tmpfs
+ * raise SIGBUS). So a file that claims 20 million stacks on holes costs what its data
+ * costs, and the bytes of data themselves are capped: a region whose allocated blocks
+ * (st_blocks) exceed htr_max_data_bytes() is refused (HTR_E_LIMIT). What a snapshot
+ * allocates is then bounded by a small multiple of that data (about 3x at most: per-stack
+ * sums, records, frames), and the pages it maps are the file's own.
  *
  * Threading: an htr_region may be read by one thread at a time; distinct htr_regions are
  * independent. All functions are reentrant.
@@ -42,6 +53,10 @@ extern "C" {
 #define HTR_BUILD_ID_MAX     32u
 #define HTR_PEAK_ATTEMPTS    8u           /* passes that may see the peak move before one
 					   * is accepted unsettled (struct htr_peak) */
+/* Bytes of data (allocated blocks) a region may hold before it is refused: 1 GiB, or
+ * HEAPTAP_MAX_REGION_BYTES from the environment (read once; at least 1 MiB). A region of
+ * the library's default sizes is 57 MiB apparent, so it holds at most that. */
+#define HTR_MAX_DATA_BYTES   (1ull << 30)
 
 /* What kind of failure an htr_error describes (the addon maps these to error codes). */
 enum htr_error_kind {
@@ -52,7 +67,9 @@ enum htr_error_kind {
 	HTR_E_NOT_READY, /* hdr.state is still INIT: the writer is setting it up */
 	HTR_E_BUSY,      /* hdr.seq stayed odd or kept changing for HTR_MAX_ATTEMPTS attempts */
 	HTR_E_NOMEM,
-	HTR_E_ARG        /* the caller passed something invalid */
+	HTR_E_ARG,       /* the caller passed something invalid */
+	HTR_E_CHANGED,   /* the file shrank while it was read (a fault in the mapping was caught) */
+	HTR_E_LIMIT      /* the file holds more data than htr_max_data_bytes() */
 };
 
 struct htr_error {
@@ -256,6 +273,9 @@ int htr_read_path2(const char *path, uint32_t since, uint64_t since_point,
  * set_rate) and paused (if set_paused) with release semantics, and bumps control.seq. */
 int htr_write_control(const char *path, int set_paused, uint32_t paused, int set_rate,
 		      uint64_t rate, struct htr_error *err);
+
+/* The cap on a region's data (HTR_MAX_DATA_BYTES or HEAPTAP_MAX_REGION_BYTES). */
+uint64_t htr_max_data_bytes(void);
 
 /* Names, for display and for the addon's constants. NULL past the end. */
 const char *htr_drop_name(unsigned reason);     /* HT_DROP_*: "stacks_full", ... */

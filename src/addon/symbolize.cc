@@ -29,6 +29,9 @@
 #include "symbolize.h"
 
 #include <cxxabi.h>
+// rust_demangle: Debian libiberty-dev (libiberty.a, PIC). glibc declares basename already.
+#define HAVE_DECL_BASENAME 1
+#include <libiberty/demangle.h>
 #include <dwarf.h>
 #include <elfutils/libdw.h>
 #include <elfutils/libdwelf.h>
@@ -37,6 +40,7 @@
 #include <gelf.h>
 #include <libelf.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -113,7 +117,10 @@ private:
 // is a 32- or 64-bit executable or shared object (separate debug files keep the type of
 // their binary; dwz alt files are ET_REL, accepted with allow_rel). O_NONBLOCK so a FIFO
 // planted at the path cannot block us. Returns the fd, or -1 with *err set.
-int OpenElf(const std::string &path, struct stat *st, std::string *err, bool allow_rel = false)
+std::string Identity(const struct stat &st);
+
+int OpenElf(const std::string &path, struct stat *st, std::string *err, bool allow_rel = false,
+	    const std::string &ident = std::string())
 {
 	int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0) {
@@ -123,6 +130,10 @@ int OpenElf(const std::string &path, struct stat *st, std::string *err, bool all
 	Fd guard(fd);
 	if (fstat(fd, st) != 0) {
 		*err = path + ": " + ErrnoText(errno);
+		return -1;
+	}
+	if (!ident.empty() && Identity(*st) != ident) {
+		*err = path + ": not the file the process maps";
 		return -1;
 	}
 	if (!S_ISREG(st->st_mode)) {
@@ -482,7 +493,7 @@ int FindDebuginfo(Dwfl_Module *mod, void **userdata, const char *modname, Dwarf_
 }
 
 // The debug dirs for a file: the configured ones (the agent's own file system) and, for a
-// file reached through /proc/<pid>/root/ or /proc/<pid>/exe, the same dirs inside that
+// file reached through /proc/<pid>/root/, /proc/<pid>/map_files/ or /proc/<pid>/exe, the same dirs inside that
 // process's root, where an application image's debug packages put their files
 // (/usr/lib/debug/.build-id/xx/yyyy.debug): in a pod, the agent's container does not have
 // them, the application's does.
@@ -498,7 +509,7 @@ std::vector<std::string> DebugDirsFor(const std::string &path, const std::vector
 	if (end == proc.size() || end - proc.size() > 10)
 		return out;
 	std::string rest = path.substr(end);
-	if (rest.compare(0, 6, "/root/") != 0 && rest != "/exe")
+	if (rest.compare(0, 6, "/root/") != 0 && rest != "/exe" && rest.compare(0, 11, "/map_files/") != 0)
 		return out;
 	std::string root = path.substr(0, end) + "/root";
 	for (const std::string &d : dirs)
@@ -508,11 +519,21 @@ std::vector<std::string> DebugDirsFor(const std::string &path, const std::vector
 }
 
 // Opens path with libdwfl. On failure returns nullptr and sets *err.
+// An open file's "major:minor:inode", as /proc/<pid>/maps shows the file a process maps.
+std::string Identity(const struct stat &st)
+{
+	return std::to_string(major(st.st_dev)) + ":" + std::to_string(minor(st.st_dev)) + ":" +
+	       std::to_string(st.st_ino);
+}
+
+// With ident set, the file opened must be that one (checked on the open descriptor, so a
+// path swapped between the caller's check and this open is refused before it is read).
 std::shared_ptr<ModuleFile> LoadFile(const std::string &path, const std::string &orig_path,
-				     const std::vector<std::string> &debug_dirs, std::string *err)
+				     const std::vector<std::string> &debug_dirs, std::string *err,
+				     const std::string &ident = std::string())
 {
 	struct stat st;
-	int fd = OpenElf(path, &st, err);
+	int fd = OpenElf(path, &st, err, false, ident);
 	if (fd < 0)
 		return nullptr;
 	auto m = std::make_shared<ModuleFile>();
@@ -956,6 +977,21 @@ struct FrameKeyHash {
 	}
 };
 
+// Names that a demangler can read: Itanium C++ and Rust legacy (_Z...), Rust v0 (_R...).
+bool IsMangled(const std::string &s)
+{
+	return s.compare(0, 2, "_Z") == 0 || (s.compare(0, 2, "_R") == 0 && s.size() > 2 && s[2] >= 'A' && s[2] <= 'Z');
+}
+
+// Worth a try with the Rust demangler: v0 names, and _ZN names whose last part looks like
+// a legacy hash ("17h" + 16 hex digits + "E"); the demangler checks the rest.
+bool IsRustCandidate(const std::string &s)
+{
+	if (s.compare(0, 2, "_R") == 0)
+		return IsMangled(s);
+	return s.size() > 24 && s.compare(0, 3, "_ZN") == 0 && s.compare(s.size() - 20, 3, "17h") == 0 && s.back() == 'E';
+}
+
 struct Result {
 	std::string path, debug_file, error, file_build_id;
 	bool found = false, loaded = false, has_dwarf = false;
@@ -1012,7 +1048,15 @@ struct Result {
 		uint32_t i;
 		char *d = nullptr;
 		int status = -1;
-		if (mangled.size() <= kMaxNameBytes && mangled.compare(0, 2, "_Z") == 0)
+		if (mangled.size() <= kMaxNameBytes && IsRustCandidate(mangled)) {
+			// Rust: v0 (_R...) and legacy (_ZN...17h<16 hex>E), printed as rustfilt and
+			// rustc-demangle print them, the legacy hash dropped (DMGL_VERBOSE would keep
+			// it). NULL for a name that is not Rust's: a plain C++ _ZN name goes on below.
+			d = rust_demangle(mangled.c_str(), DMGL_PARAMS | DMGL_ANSI);
+			if (d)
+				status = 0;
+		}
+		if (!d && mangled.size() <= kMaxNameBytes && mangled.compare(0, 2, "_Z") == 0)
 			d = abi::__cxa_demangle(mangled.c_str(), nullptr, nullptr, &status);
 		if (d && status == 0)
 			i = Intern(std::string(d));
@@ -1141,7 +1185,7 @@ bool DieNames(ModuleFile &m, Result &r, Dwarf_Die *d, Dwarf_Addr a, bool outermo
 	}
 	if (outermost) {
 		uint32_t efn, esys;
-		if (ElfSymbol(m, r, a, &efn, &esys) && r.strings[esys].compare(0, 2, "_Z") == 0) {
+		if (ElfSymbol(m, r, a, &efn, &esys) && IsMangled(r.strings[esys])) {
 			*fn = efn;
 			*sys = esys;
 			return true;
@@ -1270,6 +1314,8 @@ struct Core {
 
 struct Request {
 	std::vector<std::string> candidates;   // paths to try, in order
+	std::vector<std::string> identities;   // per candidate "major:minor:inode" it must be
+					       // (what the process maps), '' = not checked
 	std::string orig_path;                 // the module path as the process sees it
 	std::string build_id;                  // the region's (hex), '' if none
 	std::vector<uint64_t> addrs;           // ELF virtual addresses
@@ -1290,12 +1336,18 @@ std::shared_ptr<ModuleFile> Acquire(Core &core, const Request &q, Result &r)
 			return m;
 	}
 	std::vector<std::string> errors;
-	for (const std::string &path : q.candidates) {
+	for (size_t ci = 0; ci < q.candidates.size(); ci++) {
+		const std::string &path = q.candidates[ci];
 		std::string key;
 		if (q.build_id.empty()) {
 			struct stat st;
 			if (stat(path.c_str(), &st) != 0) {
 				errors.push_back(path + ": " + ErrnoText(errno));
+				continue;
+			}
+			if (ci < q.identities.size() && !q.identities[ci].empty() &&
+			    Identity(st) != q.identities[ci]) {
+				errors.push_back(path + ": not the file the process maps");
 				continue;
 			}
 			key = FileKey(st);
@@ -1305,7 +1357,8 @@ std::shared_ptr<ModuleFile> Acquire(Core &core, const Request &q, Result &r)
 			key = "b:" + q.build_id;
 		}
 		std::string err;
-		auto m = LoadFile(path, q.orig_path, DebugDirsFor(path, core.debug_dirs), &err);
+		const std::string &ident = q.identities.size() > ci ? q.identities[ci] : std::string();
+		auto m = LoadFile(path, q.orig_path, DebugDirsFor(path, core.debug_dirs), &err, ident);
 		if (!m) {
 			errors.push_back(err);
 			continue;
@@ -1515,6 +1568,18 @@ private:
 			if (p.empty() || p.find('\0') != std::string::npos)
 				throw Napi::TypeError::New(env, "a candidate path is empty or has a NUL");
 			q.candidates.push_back(std::move(p));
+		}
+		// identities (optional, 5th): per candidate, the "major:minor:inode" it must be.
+		if (info.Length() >= 5 && !info[4].IsUndefined()) {
+			if (!info[4].IsArray())
+				throw Napi::TypeError::New(env, "identities must be an array of strings");
+			Napi::Array ids = info[4].As<Napi::Array>();
+			for (uint32_t i = 0; i < ids.Length() && i < q.candidates.size(); i++) {
+				Napi::Value v = ids.Get(i);
+				if (!v.IsString())
+					throw Napi::TypeError::New(env, "identities must be strings");
+				q.identities.push_back(v.As<Napi::String>().Utf8Value());
+			}
 		}
 		q.orig_path = info[1].As<Napi::String>().Utf8Value();
 		q.build_id = info[2].As<Napi::String>().Utf8Value();

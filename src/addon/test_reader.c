@@ -5,18 +5,32 @@
  * addon; this shows that the reader does not read or write outside its own buffers or hit
  * undefined behaviour while it rejects them, which a crash-only test cannot see.
  *
- *   test_reader [SEED [ROUNDS]]
+ *   test_reader [SEED [ROUNDS [RESIZE_ROUNDS]]]
  *
  * It builds a small valid region, checks the exact snapshot, then runs seeded single-bit
  * flips and hostile words over the whole file through htr_read_path(), checking the
- * invariants of every snapshot that is returned. Prints "N passed, 0 failed" at the end.
+ * invariants of every snapshot that is returned. Then the file changing size while it is
+ * read (issue 10): a thread that truncates and regrows the file as reads run (no SIGBUS
+ * may escape), a sparse file that claims 20 million stacks on holes (no hole faulted in,
+ * memory bounded), the data cap, and the seeded mutants again with a thread resizing each
+ * one while it is read. Prints the fuzz figures (mutants, reads, faults caught, hangs,
+ * worst read, max RSS) and "N passed, 0 failed" at the end.
+ *
+ * HEAPTAP_MAX_REGION_BYTES is set to 8 MiB here (before the first read) so that the cap
+ * can be tested with a small file.
  */
 #define _GNU_SOURCE
 #include "reader.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static int failures, passes;
@@ -189,10 +203,124 @@ static uint64_t rnd(void)
 	return rng_state;
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define ASAN_NOTE " (under ASan)"
+#else
+#define ASAN_NOTE ""
+#endif
+
+static double now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static long max_rss_kb(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return ru.ru_maxrss;
+}
+
+static long rss_kb(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	long size = 0, res = 0;
+	if (f) {
+		if (fscanf(f, "%ld %ld", &size, &res) != 2)
+			res = 0;
+		fclose(f);
+	}
+	return res * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* A writer that keeps changing the file's size while reads run: truncates it to a random
+ * length (8 KiB, the header only, or anything below the region's size), grows it back to
+ * the full length and rewrites the content, as a hostile neighbour holding the file can. */
+struct resizer {
+	const char *path;
+	const unsigned char *content;
+	size_t len;
+	uint64_t seed;
+	volatile int stop;
+	long changes;
+};
+
+static void *resize_loop(void *arg)
+{
+	struct resizer *z = arg;
+	int fd = open(z->path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	uint64_t x = z->seed | 1;
+	while (!z->stop) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		off_t to = (x & 3) == 0 ? 8192 : (x & 3) == 1 ? 0 : (off_t)((x >> 8) % z->len);
+		if (ftruncate(fd, to) != 0)
+			break;
+		if (ftruncate(fd, (off_t)z->len) != 0)
+			break;
+		if (pwrite(fd, z->content, z->len, 0) != (ssize_t)z->len)
+			break;
+		z->changes++;
+	}
+	close(fd);
+	return NULL;
+}
+
+/* A region file of about 1.35 GB apparent that holds a few pages of data: the stack
+ * records and the shared table claim 20 million entries each (stacks_used too), all
+ * holes but the first page of each, which hold the small region's stacks and rows. */
+static int write_sparse(const char *path, const unsigned char *base, off_t *apparent)
+{
+	const struct ht_header *bh = (const struct ht_header *)(const void *)base;
+	struct ht_header h = *bh;
+	const uint32_t n = 20u * 1000 * 1000;
+	uint64_t at = h.slabs.offset + h.slabs.bytes; /* after the small region's sections */
+	h.stacks.offset = at;
+	h.stacks.capacity = n;
+	h.stacks.bytes = page_up((uint64_t)n * sizeof(struct ht_stack));
+	at += h.stacks.bytes;
+	h.shared.offset = at;
+	h.shared.capacity = n;
+	h.shared.bytes = page_up((uint64_t)n * sizeof(struct ht_counters));
+	at += h.shared.bytes;
+	h.file_bytes = at;
+	h.stacks_used = n;
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -1;
+	int rc = -1;
+	/* header, modules, paths, index, frames, slabs as they are; stacks and shared moved */
+	if (ftruncate(fd, (off_t)at) != 0 ||
+	    pwrite(fd, base, bh->slabs.offset + bh->slabs.bytes, 0) < 0 ||
+	    pwrite(fd, &h, sizeof h, 0) != (ssize_t)sizeof h ||
+	    pwrite(fd, base + bh->stacks.offset, 4096, (off_t)h.stacks.offset) != 4096 ||
+	    pwrite(fd, base + bh->shared.offset, 4096, (off_t)h.shared.offset) != 4096)
+		goto out;
+	*apparent = (off_t)at;
+	rc = 0;
+out:
+	close(fd);
+	return rc;
+}
+
+static long long file_blocks(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 ? (long long)st.st_blocks : -1;
+}
+
 int main(int argc, char **argv)
 {
+	/* before the first read: the reader takes the cap once */
+	setenv("HEAPTAP_MAX_REGION_BYTES", "8388608", 1);
 	rng_state = argc > 1 ? strtoull(argv[1], NULL, 0) | 1 : 20261122;
 	long rounds = argc > 2 ? atol(argv[2]) : 4000;
+	long resize_rounds = argc > 3 ? atol(argv[3]) : 1500;
 	/* on tmpfs when there is one: thousands of rewrites, and where regions really live */
 	char path[64];
 	snprintf(path, sizeof path, "%s/heaptap-test-reader-XXXXXX",
@@ -301,6 +429,144 @@ int main(int argc, char **argv)
 			break;
 		CHECK(htr_read_path(path, 0, &s, &err) != 0, "truncated to %zu was read", l);
 	}
+
+	/* a file that shrinks under an open mapping: the live words read as zeros instead of
+	 * raising SIGBUS, and the next snapshot says the file changed */
+	CHECK(write_file(path, base, len) == 0, "write");
+	struct htr_region r;
+	if (htr_open(&r, path, &err) == 0) {
+		CHECK(truncate(path, 4096) == 0, "truncate");
+		struct htr_live live;
+		htr_read_live(&r, &live); /* the control page now lies past the end */
+		CHECK(live.state == 0 && live.control_seq == 0, "live words of a shrunk file");
+		CHECK(htr_snapshot_take(&r, 0, &s, &err) != 0 && err.kind == HTR_E_CHANGED,
+		      "snapshot of a shrunk file: kind %d %s", err.kind, err.msg);
+		htr_close(&r);
+	} else {
+		CHECK(0, "open: %s", err.msg);
+	}
+
+	/* the truncating writer: reads run while a thread truncates the file to 8 KiB (and
+	 * other lengths) and grows it back, as in issue 10. Nothing may kill us; every read
+	 * either succeeds with the region's own totals or says what went wrong. */
+	{
+		CHECK(write_file(path, base, len) == 0, "write");
+		struct resizer z = {path, base, len, 77, 0, 0};
+		pthread_t th;
+		pthread_create(&th, NULL, resize_loop, &z);
+		long ok_reads = 0, changed = 0, caught = 0, other = 0;
+		double t0 = now_ms();
+		while (now_ms() - t0 < 1500) {
+			if (htr_read_path(path, 0, &s, &err) == 0) {
+				ok_reads++;
+				check_invariants(&s, "under truncation");
+				htr_snapshot_free(&s);
+			} else if (err.kind == HTR_E_CHANGED) {
+				changed++;
+				caught += strstr(err.msg, "while it was being read") != NULL;
+			} else {
+				other++;
+				CHECK(err.msg[0] != '\0', "error without message");
+			}
+		}
+		z.stop = 1;
+		pthread_join(th, NULL);
+		CHECK(ok_reads + changed + other > 0 && z.changes > 0, "no reads or no changes");
+		printf("truncating writer: %ld size changes; %ld reads returned, %ld said the file "
+		       "changed (%ld of them a fault caught), %ld refused otherwise\n", z.changes,
+		       ok_reads, changed, caught, other);
+	}
+
+	/* the sparse file: 20 million stack records and shared rows claimed, all holes but
+	 * one page each. The read returns the small region's totals, faults no hole in (the
+	 * file's allocated blocks stay the same) and allocates little. */
+	{
+		off_t apparent = 0;
+		CHECK(write_sparse(path, base, &apparent) == 0, "write sparse");
+		long long b0 = file_blocks(path);
+		long r0 = rss_kb();
+		double t0 = now_ms();
+		rc = htr_read_path(path, 0, &s, &err);
+		double took = now_ms() - t0;
+		long r1 = rss_kb();
+		long long b1 = file_blocks(path);
+		CHECK(rc == 0, "sparse: %s", err.msg);
+		if (rc == 0) {
+			CHECK(s.counters.count == 3 && s.stacks.count == 3, "sparse: %u counted, %u stacks",
+			      s.counters.count, s.stacks.count);
+			CHECK(s.stacks.next_stack == 5, "sparse: next stack %u", s.stacks.next_stack);
+			htr_snapshot_free(&s);
+		}
+		CHECK(b1 == b0, "sparse: the read faulted holes in: %lld -> %lld blocks", b0, b1);
+		/* a read that touched every claimed entry would map 1.3 GB */
+		CHECK(r1 - r0 < 32 * 1024, "sparse: resident grew by %ld KiB", r1 - r0);
+		printf("sparse region: %lld MB apparent, %lld KiB data; read in %.1f ms, resident "
+		       "+%ld KiB, blocks %lld -> %lld\n", (long long)apparent >> 20, b0 / 2, took,
+		       r1 - r0, b0, b1);
+	}
+
+	/* the data cap: a file whose allocated blocks exceed it is refused */
+	{
+		CHECK(write_file(path, base, len) == 0, "write");
+		int fd = open(path, O_WRONLY | O_CLOEXEC);
+		size_t big = 9u << 20;
+		unsigned char *fill = malloc(big);
+		memset(fill, 1, big);
+		CHECK(fd >= 0 && pwrite(fd, fill, big, (off_t)len) == (ssize_t)big, "fill");
+		if (fd >= 0)
+			close(fd);
+		free(fill);
+		CHECK(htr_read_path(path, 0, &s, &err) != 0 && err.kind == HTR_E_LIMIT &&
+			      strstr(err.msg, "HEAPTAP_MAX_REGION_BYTES"),
+		      "over the cap: kind %d %s", err.kind, err.msg);
+	}
+
+	/* the mutants again, each resized by a thread while it is read three times */
+	long resized_reads = 0, resized_changed = 0, hangs = 0;
+	double worst = 0;
+	long changes = 0;
+	unsigned char *mut = malloc(len > flen ? len : flen);
+	for (long i = 0; i < resize_rounds; i++) {
+		int feat = i % 2;
+		const unsigned char *from = feat ? fbase : base;
+		size_t blen = feat ? flen : len0;
+		memcpy(mut, from, blen);
+		if (i % 3 != 0) { /* one in three unmutated: the resizing alone */
+			size_t pos = (size_t)(rnd() % (blen / 8)) * 8;
+			uint64_t v = hostile[rnd() % (sizeof hostile / sizeof hostile[0])];
+			memcpy(mut + pos, &v, rnd() % 2 ? 8 : 4);
+		}
+		if (write_file(path, mut, blen) != 0)
+			break;
+		struct resizer z = {path, mut, blen, rnd(), 0, 0};
+		pthread_t th;
+		pthread_create(&th, NULL, resize_loop, &z);
+		for (int k = 0; k < 3; k++) {
+			double t0 = now_ms();
+			if (htr_read_path(path, 0, &s, &err) == 0) {
+				resized_reads++;
+				check_invariants(&s, "resized mutant");
+				htr_snapshot_free(&s);
+			} else if (err.kind == HTR_E_CHANGED) {
+				resized_changed++;
+			}
+			double d = now_ms() - t0;
+			if (d > worst)
+				worst = d;
+			if (d > 1000)
+				hangs++;
+		}
+		z.stop = 1;
+		pthread_join(th, NULL);
+		changes += z.changes;
+	}
+	free(mut);
+	printf("fuzz: %ld mutants (%ld read, %ld refused); %ld resized mutants, %ld size changes "
+	       "during %ld reads (%ld returned, %ld said the file changed); crashes 0 (one would "
+	       "have ended the run), hangs "
+	       "(reads over 1 s) %ld, worst read %.1f ms, max RSS %ld KiB%s\n",
+	       rounds, returned, refused, resize_rounds, changes, resize_rounds * 3, resized_reads,
+	       resized_changed, hangs, worst, max_rss_kb(), ASAN_NOTE);
 	free(buf);
 	free(base);
 	free(fbase);

@@ -16,8 +16,14 @@ export interface AgentConfig {
   pollMs: number;
   /** how long an ended process stays served before its region file is removed, ms */
   retentionMs: number;
-  /** bearer token for everything but /healthz and /readyz; '' = none */
+  /** bearer token for everything but /healthz and /readyz; '' = none (then the agent
+   * listens on loopback only, or insecureNoToken is set and control is refused) */
   token: string;
+  /** listening beyond loopback without a token was asked for explicitly: reads are served
+   * to anyone who can reach the port, control is refused */
+  insecureNoToken: boolean;
+  /** the listen address is a loopback one (127.0.0.0/8, ::1, localhost) */
+  loopbackOnly: boolean;
   /** heaptap_site_inuse_bytes series per process; 0 turns them off */
   topSites: number;
   logFormat: LogFormat;
@@ -55,8 +61,9 @@ export const OPTIONS: readonly Option[] = [
   { flag: '--listen', env: 'HEAPTAP_LISTEN', arg: 'HOST:PORT', def: '127.0.0.1:6060', help: 'HTTP address (":6060" = all interfaces, port 0 = any free port)' },
   { flag: '--poll', env: 'HEAPTAP_POLL', arg: 'DURATION', def: '1s', help: 'how often live regions are read (100ms..1m)' },
   { flag: '--retention', env: 'HEAPTAP_RETENTION', arg: 'DURATION', def: '10m', help: 'how long an ended process is still served before its region file is removed' },
-  { flag: '--token', env: 'HEAPTAP_TOKEN', arg: 'TOKEN', help: 'require "Authorization: Bearer TOKEN" on every endpoint but /healthz and /readyz' },
+  { flag: '--token', env: 'HEAPTAP_TOKEN', arg: 'TOKEN', help: 'require "Authorization: Bearer TOKEN" on every endpoint but /healthz and /readyz (needed to listen beyond loopback; an empty token is an error)' },
   { flag: '--token-file', env: 'HEAPTAP_TOKEN_FILE', arg: 'FILE', help: 'read the token from FILE (trailing newline ignored)' },
+  { flag: '--insecure-no-token', env: 'HEAPTAP_INSECURE_NO_TOKEN', help: 'listen beyond loopback without a token: profiles and metrics are served to anyone who reaches the port, control is refused (403); logged as a warning' },
   { flag: '--top-sites', env: 'HEAPTAP_TOP_SITES', arg: 'N', def: '10', help: 'heaptap_site_inuse_bytes series per process (0..1000; 0 = none)' },
   { flag: '--log-format', env: 'HEAPTAP_LOG_FORMAT', arg: 'text|json', def: 'text', help: 'one line per event, as text or JSON' },
   { flag: '--log-level', env: 'HEAPTAP_LOG_LEVEL', arg: 'LEVEL', def: 'info', help: 'debug, info, warn or error' },
@@ -116,6 +123,7 @@ export function usage(): string {
     '  GET  /debug/heaptap/processes JSON list of the processes served',
     '  GET  /debug/heaptap/timeline  JSON: in use, allocated, RSS over time and the peak',
     '  POST /debug/heaptap/control?pid=N&action=pause|resume|rate[&bytes=N]',
+    '       without a token only while listening on loopback (else 403)',
     '',
     'Exit codes: 0 after SIGINT/SIGTERM, 2 for an invalid option or value.',
   ].join('\n');
@@ -164,6 +172,15 @@ export function parseListen(text: string): { host: string; port: number } {
   if (!/^\d+$/.test(port) || Number(port) > 65535) throw new ConfigError(`invalid --listen '${text}': bad port '${port}'`);
   if (!/^[A-Za-z0-9.:\-_]+$/.test(host)) throw new ConfigError(`invalid --listen '${text}': bad host '${host}'`);
   return { host, port: Number(port) };
+}
+
+/** A listen host that only this machine can reach: 127.0.0.0/8, ::1 (also as
+ * ::ffff:127.x) or localhost. 0.0.0.0, :: and every other name or address are not. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase();
+  if (h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
+  const v4 = /^(?:::ffff:)?(\d{1,3})\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.exec(h);
+  return v4 !== null && v4[1] === '127';
 }
 
 function parseUrl(text: string, what: string): string {
@@ -239,6 +256,12 @@ export function parseAgentArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
   if (pollMs < 100 || pollMs > 60_000) throw new ConfigError(`invalid ${what('--poll')} '${value('--poll')}': must be between 100ms and 1m`);
   const retentionMs = parseDuration(value('--retention'), what('--retention'));
   if (retentionMs > 7 * 24 * 3_600_000) throw new ConfigError(`invalid ${what('--retention')} '${value('--retention')}': at most 168h`);
+  // An empty token would turn authentication off without a word: refused wherever it
+  // comes from (an empty variable counts as given, unlike for the other options).
+  if (given.get('--token') === '') throw new ConfigError('invalid --token: empty (leave the option out for no token)');
+  if (!given.has('--token') && env.HEAPTAP_TOKEN === '') throw new ConfigError('invalid HEAPTAP_TOKEN: set but empty (unset it for no token)');
+  if (given.get('--token-file') === '') throw new ConfigError('invalid --token-file: empty file name');
+  if (!given.has('--token-file') && env.HEAPTAP_TOKEN_FILE === '') throw new ConfigError('invalid HEAPTAP_TOKEN_FILE: set but empty (unset it for no token)');
   let token = value('--token');
   const tokenFile = value('--token-file');
   if (tokenFile !== '') {
@@ -251,6 +274,11 @@ export function parseAgentArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
     if (token === '') throw new ConfigError(`${what('--token-file')} '${tokenFile}' is empty`);
   }
   if (/[\s]/.test(token)) throw new ConfigError('invalid token: must not contain white space');
+  const insecureNoToken = parseBool(value('--insecure-no-token'), what('--insecure-no-token'));
+  const loopbackOnly = isLoopbackHost(host);
+  if (!loopbackOnly && token === '' && !insecureNoToken) {
+    throw new ConfigError(`listening on ${host.includes(':') ? `[${host}]` : host}:${port} (beyond loopback) needs a token: give --token-file or --token, or --insecure-no-token to serve profiles and metrics without one (control is then refused)`);
+  }
   const topSites = parseInteger(value('--top-sites'), what('--top-sites'), 0, 1000);
   const logFormat = value('--log-format');
   if (logFormat !== 'text' && logFormat !== 'json') throw new ConfigError(`invalid ${what('--log-format')} '${logFormat}': expected text or json`);
@@ -273,7 +301,7 @@ export function parseAgentArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
   return {
     help,
     config: {
-      dir, host, port, pollMs, retentionMs, token, topSites,
+      dir, host, port, pollMs, retentionMs, token, insecureNoToken, loopbackOnly, topSites,
       logFormat, logLevel: logLevel as LogLevel,
       pyroscopeUrl, otlpProfilesUrl, otelMetrics, labels, pushIntervalMs, maxSeconds,
     },

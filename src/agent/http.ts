@@ -17,10 +17,14 @@
 //   GET  /debug/heaptap/processes        JSON: the processes served
 //   GET  /debug/heaptap/timeline         JSON: in use, allocated and RSS over time and the
 //                                        peak, per process (?pid=N / ?region=FILE: one)
+//   GET  /ui                             HTML: the processes, each one's timeline and flame
+//                                        graphs (now, peak, growth; src/agent/ui.ts)
 //   POST /debug/heaptap/control          ?pid=N&action=pause|resume|rate&bytes=N (or the
 //                                        same fields form- or JSON-encoded in the body)
 // Errors are text/plain, with X-Go-Pprof: 1 (pprof shows the body only then). With a
 // token, every endpoint but /healthz and /readyz wants `Authorization: Bearer <token>`.
+// Without one, what changes anything (control) is answered only when the server listens
+// on loopback alone; beyond loopback (--insecure-no-token) it is a 403 and reads stay open.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { Profile } from 'pprof-format';
@@ -31,6 +35,7 @@ import type { Logger } from './log.ts';
 import { NotFound, type AgentSource, type View } from './source.ts';
 import { profileText } from './text.ts';
 import type { HeapProcess } from './types.ts';
+import { UiHistory, uiPage } from './ui.ts';
 
 export interface ServerOptions {
   source: AgentSource;
@@ -38,6 +43,10 @@ export interface ServerOptions {
   log: Logger;
   /** '' = no authentication */
   token: string;
+  /** the server listens on loopback only: without a token, control is then allowed (a
+   * process on this machine could write the region's control area anyway); beyond
+   * loopback control needs the token */
+  loopbackOnly: boolean;
   maxSeconds: number;
   /** true, or why not (the text /readyz answers with 503) */
   isReady: () => true | string;
@@ -59,10 +68,23 @@ function digest(s: string): Buffer {
   return createHash('sha256').update(s).digest();
 }
 
-/** Compares in constant time (digests of equal length, whatever the inputs' lengths). */
-export function tokenMatches(header: string | undefined, token: string): boolean {
-  const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
-  const given = m ? m[1]! : '';
+/** Compares in constant time (digests of equal length, whatever the inputs' lengths).
+ * `Authorization: Bearer <token>`; with allowBasic also `Basic base64(<any user>:<token>)`,
+ * which is what a browser sends after its own password prompt: that is how a person opens
+ * /ui on an agent with a token. Basic is for reads only (GET, HEAD): a browser re-sends
+ * remembered Basic credentials on any page's cross-site form POST, so control wants Bearer,
+ * which no page can make a browser send. */
+export function tokenMatches(header: string | undefined, token: string, allowBasic = false): boolean {
+  let given = '';
+  const bearer = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
+  if (bearer) given = bearer[1]!;
+  else if (allowBasic) {
+    const basic = /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(header ?? '');
+    if (basic) {
+      const pair = Buffer.from(basic[1]!, 'base64').toString('utf8');
+      given = pair.slice(pair.indexOf(':') + 1);
+    }
+  }
   return timingSafeEqual(digest(given), digest(token)) && given.length > 0;
 }
 
@@ -91,6 +113,7 @@ class Semaphore {
 
 export function createAgentServer(opts: ServerOptions): Server {
   const builds = new Semaphore(opts.maxBuilds ?? 2);
+  const ui = new UiHistory(opts.source.watcher);
   const server = createServer((req, res) => {
     handle(req, res).catch((e) => {
       const status = e instanceof HttpError ? e.status : e instanceof NotFound ? 404 : 500;
@@ -106,6 +129,7 @@ export function createAgentServer(opts: ServerOptions): Server {
   server.requestTimeout = (opts.maxSeconds + 120) * 1000;
   server.headersTimeout = 30_000;
   server.keepAliveTimeout = 65_000;
+  server.on('close', () => ui.dispose());
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://agent');
@@ -115,14 +139,20 @@ export function createAgentServer(opts: ServerOptions): Server {
       const ready = opts.isReady();
       return ready === true ? sendText(res, 200, 'ready') : sendText(res, 503, `not ready: ${ready}`);
     }
-    if (opts.token && !tokenMatches(req.headers.authorization, opts.token)) {
-      res.setHeader('WWW-Authenticate', 'Bearer realm="heaptap"');
-      throw new HttpError(401, 'unauthorized: send Authorization: Bearer <token>');
+    const read = req.method === 'GET' || req.method === 'HEAD';
+    if (opts.token && !tokenMatches(req.headers.authorization, opts.token, read)) {
+      // /ui is opened by a person in a browser: a Basic challenge makes it ask for the
+      // token (any user name, the token as password)
+      res.setHeader('WWW-Authenticate', path === '/ui' ? ['Bearer realm="heaptap"', 'Basic realm="heaptap", charset="UTF-8"'] : 'Bearer realm="heaptap"');
+      throw new HttpError(401, path === '/ui' ? 'unauthorized: give the agent\'s token as the password (any user name)' : 'unauthorized: send Authorization: Bearer <token>');
     }
     if (path === '/debug/heaptap/control') {
       if (req.method !== 'POST') {
         res.setHeader('Allow', 'POST');
         throw new HttpError(405, 'use POST');
+      }
+      if (!opts.token && !opts.loopbackOnly) {
+        throw new HttpError(403, 'forbidden: control needs a token when the agent listens beyond loopback (it was started with --insecure-no-token); start it with --token or --token-file');
       }
       return control(req, res, url);
     }
@@ -137,6 +167,12 @@ export function createAgentServer(opts: ServerOptions): Server {
       return;
     }
     if (path === '/debug/pprof' || path === '/debug/pprof/') return index(res);
+    if (path === '/ui' || path === '/ui/') {
+      const html = await builds.run(() => uiPage(opts.source, ui, url, select));
+      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
+      res.end(req.method === 'HEAD' ? undefined : html);
+      return;
+    }
     if (path === '/debug/heaptap/processes') {
       res.writeHead(200, { 'Content-Type': 'application/json' });
       res.end(JSON.stringify(opts.source.processes(), null, 1));
@@ -214,6 +250,15 @@ export function createAgentServer(opts: ServerOptions): Server {
       } finally {
         res.off('close', onClose);
       }
+    } else if (view === 'delta' && req.method === 'HEAD') {
+      // A HEAD gets no body: building one would move this consumer's baseline, and the
+      // allocations since its previous call would reach nobody.
+      res.writeHead(200, {
+        'Content-Type': debug !== null && Number(debug) > 0 ? 'text/plain; charset=utf-8' : 'application/octet-stream',
+        'Cache-Control': 'no-store',
+      });
+      res.end();
+      return;
     } else {
       raw = await builds.run(() => opts.source.profileBytes(keys, atPeak ? 'peak' : view, consumer));
     }
@@ -269,7 +314,7 @@ Without ?pid= a profile is the one running process's, or all of them merged (wit
 <tr><th>pid</th><th>exe</th><th>service</th><th>state</th><th>in use (bytes)</th><th>allocated (bytes)</th><th>peak (bytes)</th><th>profiles</th></tr>
 ${rows.join('\n')}
 </table>
-<p><a href="/metrics">/metrics</a> &middot; <a href="/debug/heaptap/processes">/debug/heaptap/processes</a> &middot; <a href="/debug/heaptap/timeline">/debug/heaptap/timeline</a> (in use, allocated and RSS over time, JSON)</p>
+<p><a href="/ui">/ui</a> (timeline and flame graphs in the browser) &middot; <a href="/metrics">/metrics</a> &middot; <a href="/debug/heaptap/processes">/debug/heaptap/processes</a> &middot; <a href="/debug/heaptap/timeline">/debug/heaptap/timeline</a> (in use, allocated and RSS over time, JSON)</p>
 </body></html>
 `;
     res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });

@@ -17,6 +17,7 @@ import {
 
 import { constants } from '../region.ts';
 import { END_REASONS } from '../ends.ts';
+import { labelName } from '../sites.ts';
 import type { HeapProcess, HeapSite, HeapSource } from './types.ts';
 
 export const METRIC = {
@@ -135,7 +136,7 @@ export function createMetrics(opts: MetricsOptions): Registry {
   perProcess(METRIC.paused, '1 while sampling is paused through the control area.', (p) => (p.paused ? 1 : 0));
 
   if (opts.topSites > 0) {
-    gauge(METRIC.siteInuse, `Estimated heap bytes in use per allocation site (innermost named function past allocator entry points), top ${opts.topSites} per process.`,
+    gauge(METRIC.siteInuse, `Estimated heap bytes in use per allocation site (the first function past allocator and standard-library plumbing, short name), top ${opts.topSites} per process.`,
       [...PROC_LABELS, 'function'], async (g) => {
         const procs = source.processes();
         const seen = new Set(procs.map((p) => p.key));
@@ -148,7 +149,7 @@ export function createMetrics(opts: MetricsOptions): Registry {
           clearTimeout(timer);
           // A late answer still lands in the cache for the next scrape.
           void fresh.then((s) => s && lastSites.set(p.key, s));
-          for (const s of sites) g.set({ ...labels(p), function: s.function }, s.inuseBytes);
+          for (const s of sites) g.set({ ...labels(p), function: labelName(s.function) }, s.inuseBytes);
         }));
       });
   }

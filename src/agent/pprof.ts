@@ -682,7 +682,6 @@ export function encodeHeapProfile(inputs: readonly EncodeInput[], opts: EncodeOp
       locBase: locBase[input]!,
       overflowLoc: overflowLoc[input]!,
       unknownLoc: unknownLoc[input]!,
-      bytesKey: bytesIdx,
       pidKey,
       pid: inp.snapshot.header.pid,
       exeLabel: opts.exeLabel,

@@ -12,10 +12,17 @@
 //   removed  --retention after the end (for a region already dead when the agent
 //            starts: after its exit time, else its last heartbeat or mtime), the file is
 //            unlinked and the process forgotten.
+//
+// A hostile neighbour (issue 10): a region is input from another container. A read that
+// fails because of what the file is (not a region, a layout it cannot use, more data than
+// HEAPTAP_MAX_REGION_BYTES, or shrinking under the reader three reads in a row) puts the
+// region in quarantine: said once, and not read again until the file changes (inode, size
+// or mtime). A region whose read takes longer than slowReadMs is left to finish on its own
+// and skipped until it has: the scan goes on, so the other regions stay fresh.
 // Counters in a region only grow and are never reset, so an agent that starts late or
 // restarts loses nothing: it reads the same cumulative totals.
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile, stat, unlink } from 'node:fs/promises';
+import { lstat, readFile, stat, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 
 import type { HeapProcess } from './types.ts';
@@ -48,6 +55,8 @@ export interface WatcherOptions {
   procRoot?: string;
   /** tests: the cgroup file system's root (/sys/fs/cgroup) */
   cgroupRoot?: string;
+  /** a read taking longer than this no longer holds up the scan (ms; 2000) */
+  slowReadMs?: number;
   /** delete a region file as soon as its process has ended and been read for the last
    * time, and keep the process (heaptap run: thousands of short processes must not fill
    * /dev/shm, and the report at the end needs them all; with retentionMs Infinity) */
@@ -89,6 +98,15 @@ export class Tracked {
   end: ProcessEnd | null = null;
   /** reads of this region are serialized through this chain */
   private chain: Promise<unknown> = Promise.resolve();
+  /** reads queued or under way (the scan may have stopped waiting for one) */
+  reading = 0;
+  /** in quarantine: the file's signature (fileSig) when it was put there, else null */
+  quarantine: string | null = null;
+  /** reads in a row that found the file shrinking under them */
+  changedRuns = 0;
+
+  /** the region file's owner when it was found */
+  fileUid = -1;
 
   constructor(key: string, path: string) {
     this.key = key;
@@ -152,6 +170,8 @@ export class Watcher {
   private readonly tracked = new Map<string, Tracked>();
   /** files that failed to read for good, by name: the (mtime, size) they had */
   private readonly bad = new Map<string, string>();
+  /** region files refused (refusal below), by name: the owner, mode and inode they had */
+  private readonly refused = new Map<string, string>();
   private readonly endListeners = new Set<(p: Tracked) => void>();
   private readonly seenListeners = new Set<(p: Tracked) => void>();
   private readonly stackListeners = new Set<(p: Tracked) => void>();
@@ -176,6 +196,7 @@ export class Watcher {
   constructor(opts: WatcherOptions) {
     this.opts = {
       readConcurrency: 2,
+      slowReadMs: 2000,
       readRegion: (p, s, pt) => readRegionAsync(p, s, pt),
       procRoot: '/proc',
       cgroupRoot: '/sys/fs/cgroup',
@@ -299,13 +320,19 @@ export class Watcher {
       this.forget(p, 'file gone');
     }
     for (const name of [...this.bad.keys()]) if (!names.has(name)) this.bad.delete(name);
+    for (const name of [...this.refused.keys()]) if (!names.has(name)) this.refused.delete(name);
 
     const work: Tracked[] = [];
     for (const path of paths) {
       const key = basename(path);
       const known = this.tracked.get(key);
       if (known) {
-        if (known.phase === 'live') work.push(known);
+        if (known.phase !== 'live' || known.reading > 0) continue; // a slow read: not waited for again
+        if (known.quarantine !== null) {
+          if ((await fileSig(known.path)) === known.quarantine) continue;
+          known.quarantine = null;
+        }
+        work.push(known);
         continue;
       }
       if (this.bad.has(key)) {
@@ -313,11 +340,22 @@ export class Watcher {
         if (sig === this.bad.get(key)) continue;
         this.bad.delete(key);
       }
+      const st = await lstat(path).catch(() => null);
+      if (!st) continue;
+      const ident = `${st.uid}:${st.mode}:${st.ino}`;
+      if (this.refused.get(key) === ident) continue;
+      this.refused.delete(key);
+      const why = fileRefusal(st);
+      if (why) {
+        this.refuse(key, path, ident, why, { mode: (st.mode & 0o7777).toString(8).padStart(4, '0'), uid: st.uid });
+        continue;
+      }
       const p = new Tracked(key, path);
+      p.fileUid = st.uid;
       this.tracked.set(key, p);
       work.push(p);
     }
-    await this.eachLimited(work, (p) => this.read(p));
+    await this.eachLimited(work, (p) => this.readBounded(p));
     if (this.stopped) return;
     await this.eachLimited(work.filter((p) => p.phase === 'live' && this.tracked.has(p.key)), (p) => this.readResident(p));
     await this.expire();
@@ -337,7 +375,25 @@ export class Watcher {
     await Promise.all(Array.from({ length: Math.min(this.opts.readConcurrency, items.length) }, worker));
   }
 
+  /** read(p), waited for at most slowReadMs: a region that takes longer (a hostile one can
+   * keep the reader retrying) goes on in the background, and scans skip it until it ends. */
+  private readBounded(p: Tracked): Promise<void> {
+    const run = this.read(p);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        this.opts.log.once(`slow:${p.key}`, 'warn', 'region read is slow: not waited for (the other regions are read on)', {
+          region: p.key, after_ms: this.opts.slowReadMs,
+        });
+        resolve();
+      }, this.opts.slowReadMs);
+      timer.unref();
+    });
+    return Promise.race([run, late]).finally(() => clearTimeout(timer));
+  }
+
   private read(p: Tracked): Promise<void> {
+    p.reading++;
     return p.serialize(async () => {
       if (p.phase !== 'live' || !this.tracked.has(p.key)) return;
       const first = p.snapshot === null;
@@ -348,6 +404,16 @@ export class Watcher {
         await this.readFailed(p, e);
         return;
       }
+      if (first && snap.alive) {
+        const why = await this.ownerRefusal(p, snap.header.pid);
+        if (why) {
+          this.forget(p, 'refused');
+          const st = await lstat(p.path).catch(() => null);
+          this.refuse(p.key, p.path, st ? `${st.uid}:${st.mode}:${st.ino}` : '', why, { pid: snap.header.pid, uid: p.fileUid });
+          return;
+        }
+      }
+      p.changedRuns = 0;
       this.apply(p, snap);
       if (first) this.seen(p);
       if (!snap.alive) {
@@ -360,6 +426,8 @@ export class Watcher {
         }
         this.end(p, first ? await this.exitTime(p) : this.opts.now(), await this.howEnded(p, snap.header.state === EXITED));
       }
+    }).finally(() => {
+      p.reading--;
     });
   }
 
@@ -411,6 +479,32 @@ export class Watcher {
     }
   }
 
+  private refuse(key: string, path: string, ident: string, why: string, fields: Record<string, unknown>): void {
+    this.refused.set(key, ident);
+    this.opts.log.warn(`region refused: ${why}`, { region: key, path, ...fields });
+  }
+
+  /** Why the region of a running process is not believed, or ''. Its file must belong to
+   * root, to the agent's own user, or to one of the process's user ids (real, effective,
+   * saved, file system: a process that starts as root and drops to a user keeps the
+   * root-owned region it made first). Anyone else could write a region naming another
+   * user's process, and the agent would serve made-up data as that process's and open
+   * the files that process maps on their behalf. A process already gone is not checked
+   * (nothing of it is opened: src/modules.ts). */
+  private async ownerRefusal(p: Tracked, pid: number): Promise<string> {
+    if (p.fileUid < 0 || p.fileUid === 0 || p.fileUid === process.geteuid?.()) return '';
+    let status: string;
+    try {
+      status = await readFile(join(this.opts.procRoot, String(pid), 'status'), 'utf8');
+    } catch {
+      return '';
+    }
+    const m = /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(status);
+    if (!m) return '';
+    if (m.slice(1).map(Number).includes(p.fileUid)) return '';
+    return `its file belongs to uid ${p.fileUid}, process ${pid} runs as uid ${m[1]}`;
+  }
+
   private seen(p: Tracked): void {
     const i = p.info!;
     this.opts.log.info('process seen', { pid: i.pid, exe: i.exeName, service: i.service, region: p.key, alive: i.alive });
@@ -429,6 +523,19 @@ export class Watcher {
     const alive = isRegionError(e) ? e.alive : undefined;
     if ((code === 'ERR_HEAPTAP_NOT_READY' || code === 'ERR_HEAPTAP_BUSY') && alive !== false) {
       return; // a writer is setting up or folding: next poll
+    }
+    // Shrinking under the reader once can be a writer's accident; three reads in a row is
+    // a writer that keeps doing it.
+    if (code === 'ERR_HEAPTAP_CHANGED' && ++p.changedRuns < 3) return;
+    if (p.snapshot && QUARANTINE.has(code)) {
+      // It read before: keep serving the last good snapshot, and leave the file alone
+      // until it changes.
+      p.quarantine = (await fileSig(p.path)) ?? '';
+      p.changedRuns = 0;
+      log.once(`read:${p.key}:${code}`, 'warn', 'region quarantined: not read again until the file changes (keeping the last snapshot)', {
+        region: p.key, code, error: (e as Error).message,
+      });
+      return;
     }
     if (p.snapshot) {
       // It read before: keep serving the last good snapshot. A writer that died in the
@@ -591,10 +698,26 @@ export class Watcher {
   }
 }
 
+/** Why a file in the region directory is not read, or '': anything but a regular file,
+ * and a file that group or others may write (they could rewrite what the agent reads and
+ * the control area; the library never makes one: HEAPTAP_FILE_MODE with such bits is
+ * ignored). */
+export function fileRefusal(st: { mode: number; isFile(): boolean }): string {
+  if (!st.isFile()) return 'not a regular file';
+  if (st.mode & 0o022) return `mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')} lets group or others write it`;
+  return '';
+}
+
+/** Errors that say what the file is (not what happened to a system call): a region that
+ * gives one is not read again until it changes. */
+const QUARANTINE = new Set(['ERR_HEAPTAP_FORMAT', 'ERR_HEAPTAP_VERSION', 'ERR_HEAPTAP_LIMIT', 'ERR_HEAPTAP_CHANGED', 'ERR_HEAPTAP_NOMEM']);
+
+/** What identifies a file's content for quarantine: mtime (ms, first: exitTime reads it),
+ * size, inode. */
 async function fileSig(path: string): Promise<string | null> {
   try {
     const s = await stat(path);
-    return `${Math.round(s.mtimeMs)}:${s.size}`;
+    return `${Math.round(s.mtimeMs)}:${s.size}:${s.ino}`;
   } catch {
     return null;
   }

@@ -6,7 +6,7 @@ import { Profile } from 'pprof-format';
 
 import { OVERFLOW_FUNCTION, UNKNOWN_STACK_FUNCTION, type AsyncProfileSymbolizer } from '../profile.ts';
 import { constants, trimNativeMemory, type RegionSnapshot } from '../region.ts';
-import { isAllocatorFrame } from '../sites.ts';
+import { siteOf, type StackFrame } from '../sites.ts';
 import type { Logger } from './log.ts';
 import { encodeHeapProfile, gzipProfile, SymbolTables, type EncodeInput } from './pprof.ts';
 import type { Tracked, Watcher } from './processes.ts';
@@ -33,8 +33,10 @@ export interface SourceOptions {
   consumerIdleMs?: number;
 }
 
-/** How deep a site search looks for a named frame before falling back to an address. */
-const SITE_DEPTH = 6;
+/** How many locations a site search looks at (C++ standard-library plumbing, not inlined at
+ * -O0, takes ten frames between operator new and the caller: std::map<…>::operator[] ->
+ * _M_emplace_hint_unique -> _M_create_node -> ... -> allocate). */
+const SITE_DEPTH = 24;
 
 /** /debug/heaptap/timeline's JSON for one process: a point at most every 10 ms (the
  * library's), the oldest thinned past 8192 (the higher of each pair kept). */
@@ -60,6 +62,10 @@ interface Consumer {
   lastUsed: number;
   /** per process key: the snapshot the previous delta ended at */
   bases: Map<string, RegionSnapshot>;
+  /** per process key: the base before the previous delta (undefined: there was none), until
+   * settleDelta; kept only for a consumer that asked (trackDelta): a push exporter */
+  previous: Map<string, RegionSnapshot | undefined>;
+  track: boolean;
 }
 
 export class AgentSource implements HeapSource {
@@ -161,7 +167,8 @@ export class AgentSource implements HeapSource {
    * labels), as raw protobuf; gzipProfile() makes the served form. */
   async profileBytes(keys: readonly string[], view: View, consumer = ''): Promise<Uint8Array> {
     const tracked = keys.map((k) => this.need(k));
-    const bases = view === 'delta' ? this.consumer(consumer).bases : undefined;
+    const c = view === 'delta' ? this.consumer(consumer) : undefined;
+    const bases = c?.bases;
     // The snapshots and the delta baselines are taken synchronously, now: a process
     // forgotten while symbols are looked up still builds from what it had.
     const inputs: { p: Tracked; snapshot: RegionSnapshot; base?: RegionSnapshot }[] = [];
@@ -174,12 +181,43 @@ export class AgentSource implements HeapSource {
       }
       const base = bases?.get(p.key);
       inputs.push({ p, snapshot: p.snapshot, base });
-      bases?.set(p.key, p.snapshot);
+      if (c) {
+        if (c.track) c.previous.set(p.key, base);
+        c.bases.set(p.key, p.snapshot);
+      }
     }
     if (view === 'peak' && inputs.length === 0) {
       throw new NotFound(`no peak data: ${keys.length === 1 ? 'the region of this process was' : 'the regions of these processes were'} made by a heaptap library older than the peak (HT_FEATURE_PEAK)`);
     }
     return this.encode(inputs, { view: view === 'allocs' ? 'allocs' : 'heap', exeLabel: keys.length > 1 });
+  }
+
+  /** HeapSource.primeDelta: the consumer's baseline of this process becomes its snapshot now. */
+  primeDelta(key: string, consumer: string): boolean {
+    const p = this.watcher.get(key);
+    if (!p?.snapshot) return false;
+    const c = this.consumer(consumer);
+    c.previous.delete(key);
+    c.bases.set(key, p.snapshot);
+    return true;
+  }
+
+  /** HeapSource.trackDelta: keep what settleDelta needs for this consumer. */
+  trackDelta(consumer: string): void {
+    this.consumer(consumer).track = true;
+  }
+
+  /** HeapSource.settleDelta: the consumer's last delta of this process was delivered (its
+   * earlier baseline is let go) or not (the earlier baseline comes back). */
+  settleDelta(key: string, consumer: string, delivered: boolean): boolean {
+    const c = this.consumers.get(consumer);
+    if (!c || !c.previous.has(key)) return false;
+    const before = c.previous.get(key);
+    c.previous.delete(key);
+    if (delivered) return true;
+    if (before) c.bases.set(key, before);
+    else c.bases.delete(key);
+    return true;
   }
 
   /** Go's ?seconds=N: every value is p1 - p0 over the interval (in-use may be negative).
@@ -197,6 +235,13 @@ export class AgentSource implements HeapSource {
       if (p?.snapshot) inputs.push({ p, snapshot: p.snapshot, base });
     }
     return this.encode(inputs, { view, exeLabel: keys.length > 1, fullDelta: true, durationNanos: BigInt(ms) * 1_000_000n });
+  }
+
+  /** p1 - p0 of one process since `base`, an earlier snapshot of it (the /ui growth view). */
+  async growthBytes(key: string, base: RegionSnapshot): Promise<Uint8Array> {
+    const p = this.need(key);
+    if (!p.snapshot) throw new NotFound(`no process ${key}`);
+    return this.encode([{ p, snapshot: p.snapshot, base }], { view: 'heap', exeLabel: false, fullDelta: true });
   }
 
   /** The served form: gzipped at BestSpeed, as Go writes profiles. */
@@ -271,7 +316,10 @@ export class AgentSource implements HeapSource {
     const now = Date.now();
     for (const [id, c] of this.consumers) {
       if (now - c.lastUsed > this.opts.consumerIdleMs) this.consumers.delete(id);
-      else for (const key of [...c.bases.keys()]) if (!this.watcher.get(key)) c.bases.delete(key);
+      else {
+        for (const key of [...c.bases.keys()]) if (!this.watcher.get(key)) c.bases.delete(key);
+        for (const key of [...c.previous.keys()]) if (!this.watcher.get(key)) c.previous.delete(key);
+      }
     }
   }
 
@@ -287,7 +335,7 @@ export class AgentSource implements HeapSource {
       // Most recently used last, so the first one is the one to evict.
       this.consumers.delete(id);
     } else {
-      c = { lastUsed: 0, bases: new Map() };
+      c = { lastUsed: 0, bases: new Map(), previous: new Map(), track: false };
       while (this.consumers.size >= this.opts.maxConsumers) this.consumers.delete(this.consumers.keys().next().value!);
     }
     c.lastUsed = Date.now();
@@ -299,27 +347,25 @@ export class AgentSource implements HeapSource {
 
 
 
-  /** A stack's site: the innermost function name past allocator entry points, within
-   * SITE_DEPTH frames; else the innermost location as module+offset. */
+  /** A stack's site (src/sites.ts, short name) within SITE_DEPTH locations. */
   private siteName(id: number, t: SymbolTables): string {
     if (id === constants.STACK_OVERFLOW) return OVERFLOW_FUNCTION;
     const locs = t.locationsOf(id);
     if (!locs) return UNKNOWN_STACK_FUNCTION;
-    let fallback = '';
+    const frames: StackFrame[] = [];
     for (let d = 0; d < Math.min(locs.length, SITE_DEPTH); d++) {
-      for (const nm of t.functionName(locs[d]!)) {
-        if (!nm) continue;
-        if (!isAllocatorFrame(nm)) return nm;
-        fallback ||= nm;
+      const loc = locs[d]! - 1;
+      const mapping = t.locMapping.data[loc]!;
+      const m = mapping ? t.mappings[mapping - 1]!.module : undefined;
+      const module = m ? basename(m.path) : undefined;
+      const names = t.functionName(locs[d]!).filter(Boolean);
+      if (names.length) for (const name of names) frames.push({ name, module });
+      else {
+        const address = BigInt(t.locAddress.data[loc]!);
+        frames.push({ name: '', module, offset: m ? address - m.loadBias : address });
       }
     }
-    if (fallback) return fallback;
-    const loc = locs[0]! - 1;
-    const mapping = t.locMapping.data[loc]!;
-    const address = t.locAddress.data[loc]!;
-    if (!mapping) return `0x${address.toString(16)}`;
-    const m = t.mappings[mapping - 1]!.module;
-    return `${basename(m.path)}+0x${(BigInt(address) - m.loadBias).toString(16)}`;
+    return siteOf(frames).short;
   }
 }
 

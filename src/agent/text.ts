@@ -1,10 +1,10 @@
 // ?debug=1: a profile as readable text. Not Go's legacy heap text format: a header per
-// process with its totals, then a top-like table of sites (the innermost function of each
-// sample's stack past allocator entry points), flat values only, largest first by the
+// process with its totals, then a top-like table of sites (the first frame of each sample's
+// stack past allocator and standard-library plumbing, src/sites.ts, by its short name), flat values only, largest first by the
 // view's primary value (in-use bytes for heap and delta_heap, allocated bytes for allocs).
 import type { Profile } from 'pprof-format';
 
-import { isAllocatorFrame } from '../sites.ts';
+import { ProfileStacks } from '../sites.ts';
 import type { HeapProcess } from './types.ts';
 
 
@@ -41,32 +41,11 @@ export function profileText(profile: Profile, opts: TextOptions): string {
     io: typeIndex.get('inuse_objects') ?? 2,
     ib: typeIndex.get('inuse_space') ?? 3,
   };
-  const fnName = new Map(profile.function.map((f) => [Number(f.id), s[Number(f.name)] ?? '']));
-  const mapFile = new Map(profile.mapping.map((m) => [Number(m.id), s[Number(m.filename)] ?? '']));
-  const locNames = new Map<number, string[]>();
-  for (const l of profile.location) {
-    const names = l.line.map((ln) => fnName.get(Number(ln.functionId)) ?? '').filter(Boolean);
-    if (names.length === 0) {
-      const file = (mapFile.get(Number(l.mappingId)) ?? '').split('/').pop();
-      names.push(file ? `${file} 0x${l.address.toString(16)}` : `0x${l.address.toString(16)}`);
-    }
-    locNames.set(Number(l.id), names);
-  }
+  const stacks = new ProfileStacks(profile);
   const rows = new Map<string, [number, number, number, number]>();
   const total = [0, 0, 0, 0];
   for (const smp of profile.sample) {
-    let site = '';
-    let fallback = '';
-    outer: for (const id of smp.locationId) {
-      for (const nm of locNames.get(Number(id)) ?? []) {
-        if (!isAllocatorFrame(nm)) {
-          site = nm;
-          break outer;
-        }
-        fallback ||= nm;
-      }
-    }
-    site ||= fallback || '?';
+    const site = stacks.site(smp).short;
     const v = [idx.ib, idx.io, idx.ab, idx.ao].map((i) => Number(smp.value[i] ?? 0)) as [number, number, number, number];
     const r = rows.get(site) ?? [0, 0, 0, 0];
     for (let i = 0; i < 4; i++) {

@@ -1,5 +1,6 @@
 // The agent's typed view of the processes it watches. Exporters (Prometheus, OpenTelemetry
 // metrics, Pyroscope, OTLP profiles) see only this: never region files or raw offsets.
+import type { PushLease } from '../exporters/lease.ts';
 
 /** One process image the agent watches (a region file). Figures are unsampled estimates
  * from the region's counters, summed over all stacks; bytes and objects are numbers. */
@@ -66,6 +67,17 @@ export interface HeapSource {
    * consumer, inuse_* absolute; 'peak': inuse_* at the process's own peak (HT_FEATURE_PEAK;
    * rejects for a region without it), alloc_* cumulative now. */
   encodedProfile(key: string, view: 'heap' | 'allocs' | 'delta' | 'peak', consumer?: string): Promise<Uint8Array>;
+  /** Sets a consumer's 'delta' baseline of a process to what the process holds now, so that
+   * its next 'delta' profile has only what it allocates from now on (a push exporter's first
+   * look at a process an earlier agent pushed already). False for an unknown process. */
+  primeDelta?(key: string, consumer: string): boolean;
+  /** From now on, remembers for this consumer the baseline each 'delta' call replaced, until
+   * settleDelta says what became of that call's profile. */
+  trackDelta?(consumer: string): void;
+  /** The consumer's last 'delta' profile of a process was delivered (true), or never reached
+   * the backend (false): then the baseline goes back to where it was before that call, and
+   * the next 'delta' profile holds both spans. False when nothing was remembered. */
+  settleDelta?(key: string, consumer: string, delivered: boolean): boolean;
   /** Subscribe to processes that ended (exited or killed): called once per process image
    * after its final snapshot, before the agent forgets it. */
   onProcessEnd(listener: (p: HeapProcess) => void): () => void;
@@ -75,7 +87,10 @@ export interface HeapSource {
  * backends are the exporter's problem (bounded queues, timeouts, backoff). */
 export interface Exporter {
   readonly name: string;
-  start(source: HeapSource): void;
+  /** It pushes profiles: the agent starts it only while it holds the directory's push
+   * lease (src/exporters/lease.ts), which it passes to start(). */
+  readonly pushesProfiles?: boolean;
+  start(source: HeapSource, lease?: PushLease): void;
   /** Flush what is pending (bounded in time) and stop. */
   stop(): Promise<void>;
 }

@@ -1,15 +1,17 @@
-// heaptap list | snapshot | top: the regions in a directory, read as they are now.
+// heaptap list | snapshot | top | diff | export: the regions in a directory, read as they
+// are now, and pprof profiles (files, URLs) read back.
 import { stat, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 
-import { buildProfileAsync, encodeProfile, type ProfileView } from '../profile.ts';
+import { encodeProfile, str, type ProfileView } from '../profile.ts';
 import { constants, readRegionAsync } from '../region.ts';
 import type { SampleTypeName } from '../profile.ts';
-import { Symbolizer } from '../symbolize.ts';
 import { UsageError, describeError, displayPath, errnoText, parse, parseInteger, regionDir, unwritableDir } from './common.ts';
-import { regionFiles, resolveRegion } from './regions.ts';
-import { SAMPLE_TYPE_NAMES, formatTopTable, siteTable } from './top.ts';
-import { LIST_USAGE, SNAPSHOT_USAGE, TOP_USAGE } from './usage.ts';
+import { callgrind, foldedStacks } from './export.ts';
+import { loadProfile } from './profiles.ts';
+import { regionFiles } from './regions.ts';
+import { SAMPLE_TYPE_NAMES, diffTable, formatDiffTable, formatTopTable, siteTable } from './top.ts';
+import { DIFF_USAGE, EXPORT_USAGE, LIST_USAGE, SNAPSHOT_USAGE, TOP_USAGE } from './usage.ts';
 
 function pad(s: string, n: number): string {
   return s.length >= n ? s : s + ' '.repeat(n - s.length);
@@ -50,19 +52,6 @@ export async function listCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-async function profileOf(spec: string, dir: string, view: ProfileView) {
-  const { path, snapshot } = await resolveRegion(spec, dir);
-  const symbolizer = new Symbolizer();
-  const warnings: string[] = [];
-  try {
-    const profile = await buildProfileAsync([{ snapshot }], { view, symbolizer, onWarning: (m) => warnings.push(m) });
-    for (const w of warnings) process.stderr.write(`heaptap: warning: ${w}\n`);
-    return { path, snapshot, profile };
-  } finally {
-    symbolizer.close();
-  }
-}
-
 export async function snapshotCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse('snapshot', args, {
     output: { type: 'string', short: 'o' },
@@ -76,7 +65,7 @@ export async function snapshotCommand(args: string[]): Promise<number> {
   }
   const view = (values.view ?? 'heap') as ProfileView;
   if (view !== 'heap' && view !== 'allocs') throw new UsageError(`snapshot: --view '${values.view}' is not heap or allocs`);
-  if (positionals.length !== 1) throw new UsageError('snapshot: give one <pid|region> (see heaptap snapshot --help)');
+  if (positionals.length !== 1) throw new UsageError('snapshot: give one <pid|region|profile> (see heaptap snapshot --help)');
   // Where it goes is checked first: a bad -o is a usage error, before any work. -o DIR (an
   // existing directory) puts the file there under its usual name.
   const given = values.output !== undefined && values.output !== '-' ? resolve(values.output) : undefined;
@@ -86,20 +75,22 @@ export async function snapshotCommand(args: string[]): Promise<number> {
     const why = await unwritableDir(where);
     if (why) throw new UsageError(`snapshot: -o ${values.output ?? '(default)'}: ${where}: ${why}`);
   }
-  const { snapshot, profile } = await profileOf(positionals[0]!, regionDir(values.dir), view);
+  const { profile, what, pid, exe } = await loadProfile(positionals[0]!, regionDir(values.dir), view);
+  // a profile read back gets the view's default sample type, as one built from a region
+  if (pid === undefined) profile.defaultSampleType = view === 'allocs' ? profile.stringTable.dedup('alloc_space') : 0;
   const data = await encodeProfile(profile);
   if (values.output === '-') {
     await new Promise<void>((res, rej) => process.stdout.write(data, (e) => (e ? rej(e) : res())));
     return 0;
   }
-  const out = intoDir ? resolve(given ?? '.', `heaptap.${snapshot.header.pid}.${view}.pb.gz`) : given!;
+  const out = intoDir ? resolve(given ?? '.', `heaptap.${pid ?? 'profile'}.${view}.pb.gz`) : given!;
   try {
     await writeFile(out, data);
   } catch (e) {
     process.stderr.write(`heaptap: snapshot: cannot write ${out}: ${errnoText(e)}\n`);
     return 1;
   }
-  process.stderr.write(`heaptap: wrote ${displayPath(out)} (${profile.sample.length} stacks, pid ${snapshot.header.pid}, ${snapshot.header.exe})\n`);
+  process.stderr.write(`heaptap: wrote ${displayPath(out)} (${profile.sample.length} stacks, ${pid !== undefined ? `pid ${pid}, ${exe}` : `from ${what}`})\n`);
   return 0;
 }
 
@@ -117,9 +108,78 @@ export async function topCommand(args: string[]): Promise<number> {
   const index = (values['sample-index'] ?? 'inuse_space') as SampleTypeName;
   if (!SAMPLE_TYPE_NAMES.includes(index)) throw new UsageError(`top: --sample-index '${index}' is not one of ${SAMPLE_TYPE_NAMES.join(', ')}`);
   const n = values.nodes !== undefined ? parseInteger('top: --nodes', values.nodes, 1, 1_000_000) : 20;
-  if (positionals.length !== 1) throw new UsageError('top: give one <pid|region> (see heaptap top --help)');
-  const { snapshot, profile } = await profileOf(positionals[0]!, regionDir(values.dir), 'heap');
-  process.stdout.write(`Process: ${snapshot.header.pid} ${snapshot.header.exe}\n`);
+  if (positionals.length !== 1) throw new UsageError('top: give one <pid|region|profile> (see heaptap top --help)');
+  const { profile, what, pid } = await loadProfile(positionals[0]!, regionDir(values.dir), 'heap');
+  process.stdout.write(pid !== undefined ? `Process: ${what}\n` : `Profile: ${what}\n`);
   process.stdout.write(formatTopTable(siteTable(profile, index), n));
+  return 0;
+}
+
+export async function diffCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse('diff', args, {
+    'sample-index': { type: 'string' },
+    nodes: { type: 'string', short: 'n' },
+    dir: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) {
+    process.stdout.write(DIFF_USAGE);
+    return 0;
+  }
+  const index = (values['sample-index'] ?? 'inuse_space') as SampleTypeName;
+  if (!SAMPLE_TYPE_NAMES.includes(index)) throw new UsageError(`diff: --sample-index '${index}' is not one of ${SAMPLE_TYPE_NAMES.join(', ')}`);
+  const n = values.nodes !== undefined ? parseInteger('diff: --nodes', values.nodes, 1, 1_000_000) : 20;
+  if (positionals.length !== 2) throw new UsageError('diff: give OLD and NEW, each a profile file, URL, pid or region (see heaptap diff --help)');
+  const dir = regionDir(values.dir);
+  const a = await loadProfile(positionals[0]!, dir);
+  const b = await loadProfile(positionals[1]!, dir);
+  for (const [p, w] of [[a, 'OLD'], [b, 'NEW']] as const) {
+    if (!p.profile.sampleType.some((t) => str(p.profile, t.type) === index)) throw new UsageError(`diff: ${w} ${p.what} has no sample type ${index}`);
+  }
+  process.stdout.write(`Old: ${a.what}\nNew: ${b.what}\n`);
+  process.stdout.write(formatDiffTable(diffTable(a.profile, b.profile, index), index, n));
+  return 0;
+}
+
+export async function exportCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse('export', args, {
+    format: { type: 'string', short: 'f' },
+    output: { type: 'string', short: 'o' },
+    type: { type: 'string' },
+    'full-names': { type: 'boolean' },
+    dir: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) {
+    process.stdout.write(EXPORT_USAGE);
+    return 0;
+  }
+  const format = values.format;
+  if (format !== 'folded' && format !== 'callgrind') {
+    throw new UsageError(format === undefined ? 'export: give --format folded or --format callgrind (see heaptap export --help)' : `export: --format '${format}' is not folded or callgrind`);
+  }
+  if (positionals.length !== 1) throw new UsageError('export: give one <profile|pid|region> (see heaptap export --help)');
+  const out = values.output !== undefined && values.output !== '-' ? resolve(values.output) : undefined;
+  if (out) {
+    const why = await unwritableDir(dirname(out));
+    if (why) throw new UsageError(`export: -o ${values.output}: ${dirname(out)}: ${why}`);
+  }
+  const { profile } = await loadProfile(positionals[0]!, regionDir(values.dir));
+  const names = profile.sampleType.map((t) => str(profile, t.type));
+  const type = values.type ?? (names.includes('inuse_space') ? 'inuse_space' : names[names.length - 1]!);
+  const vi = names.indexOf(type);
+  if (vi < 0) throw new UsageError(`export: --type '${type}' is not in the profile (it has ${names.join(', ')})`);
+  const text = format === 'folded' ? foldedStacks(profile, vi, values['full-names'] ?? false) : callgrind(profile, vi, positionals[0]!);
+  if (!out) {
+    await new Promise<void>((res, rej) => process.stdout.write(text, (e) => (e ? rej(e) : res())));
+    return 0;
+  }
+  try {
+    await writeFile(out, text);
+  } catch (e) {
+    process.stderr.write(`heaptap: export: cannot write ${out}: ${errnoText(e)}\n`);
+    return 1;
+  }
+  process.stderr.write(`heaptap: wrote ${displayPath(out)} (${format}, ${type})\n`);
   return 0;
 }

@@ -31,10 +31,15 @@ import {
 } from './common.ts';
 import { RUN_USAGE } from './usage.ts';
 import { siteTable, formatValue, type SiteTable } from './top.ts';
+import { frameName, shortName, type StackFrame } from '../sites.ts';
 import { bucketMax, concurrentPeak, renderChart, seriesOf, type PointLog, type Series } from '../timeline.ts';
 import { describeEnd, type ProcessEnd } from '../ends.ts';
 import { Watcher } from '../agent/processes.ts';
 import { createLogger } from '../agent/log.ts';
+import { reportHtml } from '../report/html.ts';
+import { addTimelineComment, timelineOf, type ReportTimeline } from '../report/model.ts';
+import { reportFromProfiles } from '../report/profiles.ts';
+import { reportFacts } from './report.ts';
 
 
 /** preload/build/libheaptap.so of this package. */
@@ -371,7 +376,9 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   const peakInputs = cp.byKey.size ? ordered(f, rootPid, peakSnap) : [];
   const peakAtMs = Number.isFinite(cp.ms) ? cp.ms - start : 0;
 
-  const symbolizer = new Symbolizer();
+  // The command's processes have exited by now: their regions are this run's own (it
+  // started them), so their module paths may be opened on this host (src/moduleFiles.ts).
+  const symbolizer = new Symbolizer({ trustRegionPaths: true });
   const warnings = new Set<string>();
   const onWarning = (m: string) => warnings.add(m);
   const now = BigInt(Date.now()) * 1_000_000n;
@@ -381,10 +388,20 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
     timeNanos: BigInt(Math.round(Number.isFinite(cp.ms) ? cp.ms : start)) * 1_000_000n,
   });
   symbolizer.close();
+  // The timeline travels in both profiles (a '#' comment pprof does not show), so that
+  // `heaptap report` can draw it from either.
+  const timeline = runTimeline(all.map((x) => x.s), start, start + elapsedMs, cp);
+  addTimelineComment(heap, timeline);
+  addTimelineComment(peak, timeline);
   const heapPath = join(o.outDir, `heaptap.${rootPid}.heap.pb.gz`);
   const peakPath = join(o.outDir, `heaptap.${rootPid}.peak.pb.gz`);
+  const htmlPath = join(o.outDir, `heaptap.${rootPid}.html`);
   await writeFile(heapPath, await encodeProfile(heap));
   await writeFile(peakPath, await encodeProfile(peak));
+  // the page draws what the profiles carry (rounded as stored), so `heaptap report` agrees
+  const page = reportFromProfiles({ title: `heaptap run: ${name}`, heap, peak: peakInputs.length ? peak : null, timeline: timelineOf(heap) });
+  page.facts = [`${name} ${how} after ${formatSeconds(elapsedMs)}`, ...reportFacts(page)];
+  await writeFile(htmlPath, reportHtml(page));
 
   let allocBytes = 0n, allocObjects = 0, inuseExit = 0n;
   const drops = new Map<string, bigint>();
@@ -414,9 +431,27 @@ async function report(o: RunOptions, f: Follower, rootPid: number, start: number
   lines.push('');
   lines.push(`  profiles: ${displayPath(heapPath)}  (in use at exit, all allocations)`);
   lines.push(`            ${displayPath(peakPath)}  (in use at the peak)`);
-  lines.push(`  explore:  go tool pprof -http=: ${displayPath(heapPath)}`);
+  // What to run next, none of it needing Go: the profile that holds the story (the peak's
+  // when next to nothing, under 1% of the peak, was left in use at exit), and the HTML
+  // report when run wrote one.
+  const story = Number.isFinite(cp.ms) && Number(inuseExit) * 100 < cp.bytes ? peakPath : heapPath;
+  lines.push(...exploreBlock(displayPath(story), existsSync(htmlPath) ? displayPath(htmlPath) : undefined));
   for (const w of warnings) lines.push(`  warning: ${w}`);
   err(lines.join('\n') + '\n');
+}
+
+/** In use and RSS of every process summed, at most 800 points (each the highest of its
+ * span of time), and the run's peak: the report's timeline. */
+function runTimeline(series: Series[], fromMs: number, toMs: number, cp: { bytes: number; ms: number }): ReportTimeline {
+  const cols = 800;
+  const b = bucketMax(series, fromMs, toMs, cols);
+  const span = Math.max(toMs - fromMs, 1e-9);
+  const t: number[] = [];
+  for (let c = 0; c < cols; c++) t.push((c * span) / cols);
+  return {
+    startMs: fromMs, t, inuse: [...b.inuse], rss: [...b.rss],
+    peak: Number.isFinite(cp.ms) && cp.bytes > 0 ? { t: cp.ms - fromMs, bytes: cp.bytes } : null,
+  };
 }
 
 /** Each large image's own peak: those that reached 1% of the run's peak, largest first. */
@@ -462,10 +497,31 @@ function sitesBlock(title: string, table: SiteTable): string[] {
   const rows = table.rows.filter((r) => r.flat > 0).slice(0, 10);
   if (!rows.length) return [`  ${title}: none`];
   const out = [`  ${title}:`];
+  const indent = ' '.repeat(4 + 9 + 1 + 6 + 2);
   for (const r of rows) {
     const p = table.total ? ((100 * r.flat) / table.total).toFixed(1) : '0.0';
-    out.push(`    ${formatValue(r.flat, table.unit).padStart(9)} ${`${p}%`.padStart(6)}  ${r.name}`);
+    const [site, ...callers] = r.path ?? [];
+    out.push(`    ${formatValue(r.flat, table.unit).padStart(9)} ${`${p}%`.padStart(6)}  ${r.name}${site ? where(site) : ''}`);
+    // two callers of its heaviest stack, outward
+    // (a function inlined into itself, or a recursion, is shown once)
+    const up = callers.filter((f, i) => !f.name || f.name !== (i === 0 ? site : callers[i - 1])!.name).slice(0, 2);
+    if (up.length) out.push(`${indent}${up.map((f) => `← ${f.name ? shortName(f.name) : frameName(f)}${where(f)}`).join(' ')}`);
   }
+  return out;
+}
+
+/** "  file.cc:42" for a frame with a source line. */
+function where(f: StackFrame): string {
+  return f.file && f.line ? `  ${basename(f.file)}:${f.line}` : '';
+}
+
+/** The summary's last lines: commands to explore the profile, and the report. */
+export function exploreBlock(profile: string, report?: string): string[] {
+  const out = report ? [`  report:   ${report}  (open it in a browser: timeline, flame graph, top sites)`] : [];
+  out.push(
+    `  explore:  heaptap top ${profile}        (-n 40; --sample-index alloc_space)`,
+    `            heaptap export --format folded ${profile} > heap.folded   (flame graphs; callgrind for KCachegrind)`,
+  );
   return out;
 }
 

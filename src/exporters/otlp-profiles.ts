@@ -32,6 +32,7 @@ import { Profile as PprofProfile } from 'pprof-format';
 import type { Exporter, HeapProcess, HeapSource } from '../agent/types.ts';
 import { otelResource, otlpEndpoint, otlpHttpSettings, resourceAttributes, DEFAULT_SERVICE_NAME, type Env } from './env.ts';
 import { processAttributes, serviceOf } from './identity.ts';
+import type { PushLease } from './lease.ts';
 import { otlpProfileTypes } from './otlp-proto.ts';
 import type { ExportLog, PushStats } from './push.ts';
 import { ProfilePusher, type BuiltProfile, type RoundStats } from './rounds.ts';
@@ -379,8 +380,10 @@ export class OtlpProfilesExporter implements Exporter {
     }, (built) => this.#enqueue(built));
   }
 
-  start(source: HeapSource): void {
-    this.#push.start(source);
+  readonly pushesProfiles = true;
+
+  start(source: HeapSource, lease?: PushLease): void {
+    this.#push.start(source, lease);
   }
 
   /** One round now: the live processes' profiles, built and queued (not yet sent). */
@@ -411,6 +414,7 @@ export class OtlpProfilesExporter implements Exporter {
       body,
       headers: this.#headers,
       describe: built.length === 1 ? { pid: first.pid, service: serviceOf(first, this.#configuredService) } : { processes: built.length },
+      settle: (_delivered, outcome) => { for (const b of built) b.settle(outcome); },
     });
   }
 

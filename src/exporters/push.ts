@@ -8,10 +8,15 @@
 //   2xx                      ok: counted as sent
 //   408, 429, 5xx            retried after a backoff (Retry-After honoured, capped)
 //   network error, timeout   retried likewise
+//   422 saying the backend's own storage is unreachable (transient422(): Pyroscope's /ingest
+//                            answers 422 for any failure to hand a profile to its ingesters,
+//                            a ring without healthy ingesters included) retried likewise
 //   other 4xx (400, 413, 422 ...) rejected: the payload is bad for this backend, so sending
 //                            it again cannot help; dropped at once and logged
 // An item that still fails after maxAttempts is counted as failed. When the queue is full
-// the oldest waiting item is dropped (counted): fresh data is worth more than old.
+// the oldest waiting item is dropped (counted): fresh data is worth more than old. Each
+// item's settle() learns its end once: delivered or not (rounds.ts puts a delta that was not
+// delivered back into the next one).
 
 /** Where exporter messages go; the agent adapts its logger (levels as in src/agent/log.ts). */
 export type ExportLog = (
@@ -26,6 +31,9 @@ export interface PushItem {
   headers: Record<string, string>;
   /** for logs: what this is (e.g. pid=12 service=api) */
   describe: Record<string, string | number>;
+  /** called once when the item ends: true when the backend accepted it; false when it was
+   * rejected, failed after its attempts, or dropped (queue full, closed) */
+  settle?: (delivered: boolean, outcome: 'sent' | 'rejected' | 'failed' | 'dropped') => void;
 }
 
 export interface PushOptions {
@@ -68,6 +76,37 @@ export interface PushStats {
 
 type Kind = { retry: boolean; kind: string; status?: number; detail: string; retryAfterMs?: number };
 
+/** What the body of a 422 says when the backend could not store the payload for a reason of
+ * its own, which passes: Grafana Pyroscope's /ingest answers 422 with the error text for
+ * every failure to hand a profile on (pkg/ingester/pyroscope/ingest_handler.go: anything
+ * but a conversion error -> httputil.ErrorWithStatus(w, err, 422)), so an ingester ring
+ * without enough healthy members comes back as 422 too. The texts are dskit's ring errors
+ * (ring/ring.go ErrEmptyRing, ErrTooManyUnhealthyInstances, ErrInstanceNotFound;
+ * ring/replication_strategy.go "at least %d live replicas required, could only find %d"),
+ * the transport's errors reaching an ingester, and the distributor's rate limit ("push
+ * rate limit (...) exceeded", connect's ResourceExhausted). A 422 for a bad profile (parse
+ * errors, limits on size, samples, labels) says none of these and stays final. */
+export const TRANSIENT_422 = new RegExp([
+  'empty ring',
+  'too many unhealthy instances in the ring',
+  'live replicas required',
+  'instance [^ ]+ not found in the ring',
+  'instance not found in the ring',
+  'connection refused',
+  'connection reset',
+  'context deadline exceeded',
+  'i/o timeout',
+  'no such host',
+  'code = Unavailable',
+  '\\bunavailable\\b',
+  'rate limit \\(.*\\) exceeded',
+].join('|'), 'i');
+
+/** Whether a 422 with this body is worth sending again (TRANSIENT_422). */
+export function transient422(bodyText: string): boolean {
+  return TRANSIENT_422.test(bodyText);
+}
+
 /** What a response (or an error) means for the item. */
 export function classify(res: { status: number; headers?: Headers } | Error, bodyText = ''): Kind | null {
   if (res instanceof Error) {
@@ -79,7 +118,7 @@ export function classify(res: { status: number; headers?: Headers } | Error, bod
   const { status } = res;
   if (status >= 200 && status < 300) return null;
   const detail = `HTTP ${status}${bodyText ? `: ${bodyText.slice(0, 200).replace(/\s+/g, ' ').trim()}` : ''}`;
-  const retry = status === 408 || status === 429 || status >= 500;
+  const retry = status === 408 || status === 429 || status >= 500 || (status === 422 && transient422(bodyText));
   const kind: Kind = { retry, kind: `http_${status}`, status, detail };
   const ra = res.headers?.get('retry-after');
   if (retry && ra) {
@@ -136,11 +175,13 @@ export class PushQueue {
     this.#stats.enqueued++;
     if (this.#closed) {
       this.#stats.dropped++;
+      settle(item, false, 'dropped');
       return;
     }
     if (this.#queue.length >= this.#opts.maxQueue) {
       const old = this.#queue.shift()!;
       this.#stats.dropped++;
+      settle(old.item, false, 'dropped');
       this.#once('dropped', 'warn', `${this.#opts.name}: queue full, dropping the oldest payload (backend slow or down)`,
         { ...old.item.describe, maxQueue: this.#opts.maxQueue });
     }
@@ -172,22 +213,29 @@ export class PushQueue {
   async #run(): Promise<void> {
     while (this.#queue.length > 0) {
       if (this.#deadline) {
-        this.#stats.failed += this.#queue.splice(0).length;
+        const left = this.#queue.splice(0);
+        this.#stats.failed += left.length;
+        for (const e of left) settle(e.item, false, 'failed');
         break;
       }
       // The item in flight is out of the queue, so a full queue never drops it mid-request.
       const entry = this.#queue.shift()!;
       entry.attempts++;
       const outcome = await this.#send(entry.item);
-      if (outcome === null) continue;
+      if (outcome === null) {
+        settle(entry.item, true, 'sent');
+        continue;
+      }
       const fields = { ...entry.item.describe, error: outcome.detail, url: redact(entry.item.url) };
       if (!outcome.retry) {
         this.#stats.rejected++;
         this.#once(`rejected:${outcome.kind}`, 'error', `${this.#opts.name}: backend rejected a payload (not retried)`, fields);
+        settle(entry.item, false, 'rejected');
       } else if (entry.attempts >= this.#opts.maxAttempts || this.#closed) {
         this.#stats.failed++;
         this.#once(`failed:${outcome.kind}`, 'warn',
           `${this.#opts.name}: giving up on a payload after ${entry.attempts} attempt(s)`, fields);
+        settle(entry.item, false, 'failed');
       } else {
         this.#stats.retried++;
         this.#once(`retry:${outcome.kind}`, 'warn', `${this.#opts.name}: push failed, retrying with backoff`, fields);
@@ -196,6 +244,7 @@ export class PushQueue {
           this.#stats.dropped++;
           this.#once('dropped', 'warn', `${this.#opts.name}: queue full, dropping the oldest payload (backend slow or down)`,
             { ...entry.item.describe, maxQueue: this.#opts.maxQueue });
+          settle(entry.item, false, 'dropped');
           continue;
         }
         this.#queue.unshift(entry);
@@ -284,6 +333,14 @@ export class PushQueue {
     if (this.#logged.has(kind)) return;
     this.#logged.add(kind);
     this.#log(level, msg, fields);
+  }
+}
+
+function settle(item: PushItem, delivered: boolean, outcome: 'sent' | 'rejected' | 'failed' | 'dropped'): void {
+  try {
+    item.settle?.(delivered, outcome);
+  } catch {
+    // the owner's bug must not stop the queue
   }
 }
 

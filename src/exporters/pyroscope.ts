@@ -22,6 +22,7 @@ import { gzip } from 'node:zlib';
 
 import type { Exporter, HeapSource } from '../agent/types.ts';
 import { serviceOf } from './identity.ts';
+import type { PushLease } from './lease.ts';
 import type { ExportLog, PushStats } from './push.ts';
 import { ProfilePusher, type BuiltProfile, type RoundStats } from './rounds.ts';
 
@@ -147,8 +148,10 @@ export class PyroscopeExporter implements Exporter {
     }, (built) => this.#enqueue(built));
   }
 
-  start(source: HeapSource): void {
-    this.#push.start(source);
+  readonly pushesProfiles = true;
+
+  start(source: HeapSource, lease?: PushLease): void {
+    this.#push.start(source, lease);
   }
 
   /** One round now: every live process's profile is built and queued (not yet sent). */
@@ -167,7 +170,8 @@ export class PyroscopeExporter implements Exporter {
   }
 
   async #enqueue(built: BuiltProfile[]): Promise<void> {
-    for (const { process: p, bytes, atMs, final, kind } of built) {
+    for (const b of built) {
+      const { process: p, bytes, atMs, final, kind } = b;
       // The agent's bytes as they are: decoding and re-encoding them with pprof-format
       // would cost seconds and hundreds of MB for a process of 100k stacks.
       const body = await gzipAsync(bytes);
@@ -179,9 +183,20 @@ export class PyroscopeExporter implements Exporter {
       } else {
         until = Math.floor(atMs / 1000);
         const first = Math.max(Math.floor(p.startMs / 1000), until - Math.ceil(this.#intervalMs / 1000));
-        from = Math.min(this.#lastUntil.get(p.key) ?? first, until);
+        const last = this.#lastUntil.get(p.key);
+        from = Math.min(last ?? first, until);
         if (final) this.#lastUntil.delete(p.key);
         else this.#lastUntil.set(p.key, until);
+        // Not delivered: the next delta holds this span too (rounds.ts), so its `from` is
+        // this one's.
+        const settle = b.settle;
+        b.settle = (outcome) => {
+          if ((outcome === 'failed' || outcome === 'dropped') && !final && this.#lastUntil.get(p.key) === until) {
+            if (last === undefined) this.#lastUntil.delete(p.key);
+            else this.#lastUntil.set(p.key, last);
+          }
+          settle(outcome);
+        };
       }
       const app = serviceOf(p, this.#opts.serviceName);
       // pid and exe identify the process; a user label of the same name does not replace them.
@@ -201,6 +216,7 @@ export class PyroscopeExporter implements Exporter {
         body,
         headers: this.#headers,
         describe: { pid: p.pid, service: app },
+        settle: (_delivered, outcome) => b.settle(outcome),
       });
     }
     if (!built.some((b) => b.final)) {

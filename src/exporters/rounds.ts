@@ -7,6 +7,21 @@
 // its scans for nothing). A round still running when the next interval comes is not
 // doubled: that interval is skipped and counted. Rounds never wait for the network:
 // deliver only queues.
+//
+// Deltas are neither lost nor doubled on their way (docs/exporters.md, "Delivery"):
+//   - each built delta is settled by the queue (push.ts PushItem.settle): delivered, its
+//     baseline stays; not delivered (failed after its retries, dropped from a full queue,
+//     left at stop), the source's baseline goes back (HeapSource.settleDelta), so the next
+//     delta of that process holds both spans. A rejected payload (the backend said it is
+//     bad) is not sent again, inside the next one either.
+//   - while a process's delta is still queued or retried, rounds build none for it (counted
+//     as deferred): the one after it covers the whole span, and a baseline that goes back
+//     never undoes a later delta. A process's final delta is built when it ends, whatever
+//     is pending (the agent forgets it right after).
+//   - with a push lease (lease.ts) that an earlier agent held, a process that was already
+//     running when that agent last delivered gets a baseline at its first round (counted as
+//     primed): its first push holds what it allocated since, not its whole history again.
+import type { PushLease } from './lease.ts';
 import type { HeapProcess, HeapSource } from '../agent/types.ts';
 import { PushQueue, type ExportLog, type PushOptions, type PushStats } from './push.ts';
 
@@ -21,7 +36,12 @@ export interface BuiltProfile {
   /** delta: allocations since the previous push, in use now (every round, and the final
    * one); peak: in use at the process's own peak (pushed once, when it ends) */
   kind: 'delta' | 'peak';
+  /** the exporter calls it once with what became of the request that carried this profile
+   * (push.ts PushItem.settle's outcome) */
+  settle(outcome: SettleOutcome): void;
 }
+
+export type SettleOutcome = 'sent' | 'rejected' | 'failed' | 'dropped';
 
 export interface RoundsOptions {
   name: string;
@@ -41,6 +61,12 @@ export interface RoundStats {
   skippedRounds: number;
   /** rounds whose profiles could not be encoded or queued (a bug: logged once) */
   deliverErrors: number;
+  /** processes left out of a round because their previous delta was still on its way */
+  deferred: number;
+  /** processes whose first push starts from a baseline (an earlier agent pushed them) */
+  primed: number;
+  /** deltas not delivered, put back into the next one */
+  rewound: number;
 }
 
 export class ProfileRounds {
@@ -52,8 +78,13 @@ export class ProfileRounds {
   #unsubscribe: (() => void) | null = null;
   #round: Promise<void> | null = null;
   readonly #finals = new Set<Promise<void>>();
-  readonly #stats: RoundStats = { profiles: 0, profileErrors: 0, skippedRounds: 0, deliverErrors: 0 };
+  readonly #stats: RoundStats = { profiles: 0, profileErrors: 0, skippedRounds: 0, deliverErrors: 0, deferred: 0, primed: 0, rewound: 0 };
   #stopped = false;
+  #lease: PushLease | null = null;
+  /** process keys seen by a round or a final profile */
+  readonly #seen = new Set<string>();
+  /** process keys whose delta is queued or being sent */
+  readonly #outstanding = new Set<string>();
 
   constructor(opts: RoundsOptions, deliver: (built: BuiltProfile[]) => void | Promise<void>) {
     this.#opts = opts;
@@ -61,9 +92,11 @@ export class ProfileRounds {
     this.#now = opts.now ?? Date.now;
   }
 
-  start(source: HeapSource): void {
+  start(source: HeapSource, lease?: PushLease): void {
     if (this.#source) throw new Error(`${this.#opts.name} exporter already started`);
     this.#source = source;
+    this.#lease = lease ?? null;
+    source.trackDelta?.(this.#opts.consumer);
     this.#timer = setInterval(() => {
       if (this.#round) this.#stats.skippedRounds++;
       else void this.round();
@@ -104,15 +137,24 @@ export class ProfileRounds {
     const source = this.#source;
     if (!source) return;
     const built: BuiltProfile[] = [];
-    for (const p of source.processes()) {
+    const listed = source.processes();
+    for (const p of listed) {
       if (!p.alive) continue;
+      if (this.#outstanding.has(p.key)) {
+        this.#stats.deferred++;
+        continue;
+      }
+      this.#firstLook(p);
       const b = await this.#build(p, false);
       if (b) built.push(b);
     }
+    const keys = new Set(listed.map((p) => p.key));
+    for (const k of this.#seen) if (!keys.has(k)) this.#seen.delete(k);
     if (built.length > 0) {
       try {
         await this.#deliver(built);
       } catch (e) {
+        for (const b of built) b.settle('failed');
         // Never an unhandled rejection from a timer: count it, say it once.
         this.#stats.deliverErrors++;
         if (this.#stats.deliverErrors === 1) {
@@ -126,12 +168,16 @@ export class ProfileRounds {
     if (this.#stopped) return;
     // Asked for inside the listener: the agent forgets the process right after. Its
     // peak too, where its library keeps one: what it held at its worst moment.
+    this.#firstLook(p);
+    this.#seen.delete(p.key);
     const delta = this.#build(p, true);
     const peak = p.peakBytes !== null ? this.#build(p, true, 'peak') : Promise.resolve(null);
+    let bs: BuiltProfile[] = [];
     const job: Promise<void> = Promise.all([delta, peak])
-      .then((bs) => bs.filter((b): b is BuiltProfile => b !== null))
-      .then((bs) => (bs.length ? this.#deliver(bs) : undefined))
+      .then((all) => { bs = all.filter((b): b is BuiltProfile => b !== null); })
+      .then(() => (bs.length ? this.#deliver(bs) : undefined))
       .catch((e: unknown) => {
+        for (const b of bs) b.settle('failed');
         this.#stats.deliverErrors++;
         this.#opts.log('error', `${this.#opts.name}: could not encode or queue a final profile`, { pid: p.pid, error: String(e) });
       })
@@ -139,12 +185,35 @@ export class ProfileRounds {
     this.#finals.add(job);
   }
 
+  /** A process's first round: a baseline now if an earlier agent pushed it already. */
+  #firstLook(p: HeapProcess): void {
+    if (this.#seen.has(p.key)) return;
+    this.#seen.add(p.key);
+    const until = this.#lease?.pushedUntilMs;
+    if (until === null || until === undefined || p.startMs > until) return;
+    if (this.#source!.primeDelta?.(p.key, this.#opts.consumer)) this.#stats.primed++;
+  }
+
   async #build(p: HeapProcess, final: boolean, kind: 'delta' | 'peak' = 'delta'): Promise<BuiltProfile | null> {
     const atMs = this.#now();
+    const source = this.#source!;
+    const consumer = this.#opts.consumer;
     try {
-      const bytes = await this.#source!.encodedProfile(p.key, kind, this.#opts.consumer);
+      const bytes = await source.encodedProfile(p.key, kind, consumer);
       this.#stats.profiles++;
-      return { process: p, bytes, atMs, final, kind };
+      let settled = false;
+      if (kind === 'delta') this.#outstanding.add(p.key);
+      const settle = (outcome: SettleOutcome) => {
+        if (settled) return;
+        settled = true;
+        if (outcome === 'sent') this.#lease?.delivered(atMs);
+        if (kind !== 'delta') return;
+        this.#outstanding.delete(p.key);
+        // Rejected: the backend refuses this data, so it does not go out again either.
+        const kept = outcome === 'sent' || outcome === 'rejected';
+        if (source.settleDelta?.(p.key, consumer, kept) && !kept) this.#stats.rewound++;
+      };
+      return { process: p, bytes, atMs, final, kind, settle };
     } catch (e) {
       this.#stats.profileErrors++;
       // A process that ended between the listing and the read is ordinary: warn once.
@@ -173,8 +242,8 @@ export class ProfilePusher {
     this.#stopDeadlineMs = opts.stopDeadlineMs ?? 5000;
   }
 
-  start(source: HeapSource): void {
-    this.#rounds.start(source);
+  start(source: HeapSource, lease?: PushLease): void {
+    this.#rounds.start(source, lease);
   }
 
   /** One round now: the live processes' profiles, built and queued (not yet sent). */

@@ -2,8 +2,11 @@
 // of in use at the peak, and the timeline as JSON, for a real process that made a 1 ms
 // spike (which no poll would see).
 import { join } from 'node:path';
-import test from 'ava';
+import { createInterface } from 'node:readline';
+import test, { type ExecutionContext } from 'ava';
 
+import type { AgentHandle } from '../../src/agent/agent.ts';
+import { spawnGroup, within } from '../helpers/procs.ts';
 import { decodeProfile, str } from '../../src/profile.ts';
 import { exec, fixtures, get, inProcessAgent, preload, tempDir, until } from './helpers.ts';
 
@@ -23,15 +26,35 @@ async function runSpike(dir: string, env: Record<string, string> = {}): Promise<
   return { peak: Number(m[1]), spike: Number(m[2]), pid: Number(m[3]) };
 }
 
+/** The spike run while an agent watches it: the agent opens a process's files only while
+ * it runs (src/moduleFiles.ts), so it must see it alive before the spike is let go. */
+async function watchedSpike(t: ExecutionContext, dir: string, agent: AgentHandle): Promise<Spike> {
+  const child = spawnGroup(t, join(fixtures, 'spike'), ['--mib', '64', '--hold-us', '1000', '--ready'], {
+    env: { PATH: process.env.PATH, HEAPTAP_DIR: dir, LD_PRELOAD: preload, HEAPTAP_SAMPLE_RATE: '1' },
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const lines: string[] = [];
+  createInterface({ input: child.stdout! }).on('line', (l) => lines.push(l));
+  const exited = new Promise((r) => child.on('close', r));
+  await until(() => lines.includes('ready'), 30_000, 'the spike ready');
+  await until(async () => (await get(`${agent.url}/debug/pprof/heap?pid=${child.pid}&debug=1`)).text.includes('base_alloc'), 15_000, 'the running spike served, symbolized');
+  child.stdin!.end('go\n');
+  await within(exited, 60_000, 'the spike to exit');
+  const m = /^truth peak_bytes=(\d+) spike_bytes=(\d+) pid=(\d+)$/m.exec(lines.join('\n'));
+  if (!m) throw new Error(`no truth line: ${lines.join('\n')}`);
+  const pid = Number(m[3]);
+  await until(() => agent.source.processes().find((p) => p.pid === pid && !p.alive), 15_000, 'the agent to see the spike end');
+  return { peak: Number(m[1]), spike: Number(m[2]), pid };
+}
+
 test('a 1 ms spike: heaptap_heap_peak_bytes, heap?peak=1 and the timeline give the library\'s peak, exact at rate 1', async (t) => {
   const { dir, cleanup } = await tempDir();
-  const fx = await runSpike(dir);
   const agent = await inProcessAgent(dir);
   t.teardown(async () => {
     await agent.stop();
     await cleanup();
   });
-  await until(() => agent.source.processes().find((p) => p.pid === fx.pid), 15_000, 'the agent to serve the spike');
+  const fx = await watchedSpike(t, dir, agent);
 
   // Prometheus: the literal name, exact at rate 1; the in-use now is what was left
   const metrics = (await get(`${agent.url}/metrics`)).text;

@@ -194,6 +194,9 @@ for (const dir of TARGETS) {
     t.true(typeof port.name === 'string' && port.name.length <= 15);
     t.is(port.protocol ?? 'TCP', 'TCP');
     t.is(env(agent, 'HEAPTAP_LISTEN')?.value, `0.0.0.0:${port.containerPort}`);
+    // Beyond loopback the agent refuses to start without a token or the explicit switch.
+    t.true(!!(env(agent, 'HEAPTAP_TOKEN')?.value || env(agent, 'HEAPTAP_TOKEN_FILE')?.value) ||
+      env(agent, 'HEAPTAP_INSECURE_NO_TOKEN')?.value === 'true', 'a token or HEAPTAP_INSECURE_NO_TOKEN=true');
     t.is(agent.readinessProbe.httpGet.path, '/readyz');
     t.is(agent.livenessProbe.httpGet.path, '/healthz');
     for (const probe of [agent.readinessProbe, agent.livenessProbe]) {

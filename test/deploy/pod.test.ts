@@ -21,7 +21,7 @@ import type { Profile } from 'pprof-format';
 
 import { decodeProfile, str } from '../../src/profile.ts';
 import { readRegion } from '../../src/region.ts';
-import { findGo, pprof } from '../helpers/heaptap.ts';
+import { pprof } from '../helpers/heaptap.ts';
 import { until } from '../helpers/procs.ts';
 import { HELM_DEMO_ARGS, IMAGE_UID, exec, helmTemplate, kustomizeBuild, kustomizeFiles, parseYamlDocs, peer, postRendered, root, type Doc } from './helpers.ts';
 import { buildImage, imageBases, podProcesses, rootReadOnly, runPod, startEngine, type Engine, type Pod } from './pod.ts';
@@ -324,7 +324,7 @@ function walkthrough(): string[] {
   return m[1]!.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
 }
 
-test.serial('the walkthrough of docs/kubernetes.md, run: a plain Deployment, the component added with kustomize edit, the pod, go tool pprof on its heap', async (t) => {
+test.serial('the walkthrough of docs/kubernetes.md, run: a plain Deployment, the component added with kustomize edit, the pod, heaptap top on its heap', async (t) => {
   t.timeout(5 * 60_000);
   const lines = walkthrough();
   const at = (re: RegExp) => {
@@ -364,15 +364,15 @@ test.serial('the walkthrough of docs/kubernetes.md, run: a plain Deployment, the
     configMaps: docs.filter((d) => d.kind === 'ConfigMap'), name: 'heaptap-walkthrough',
   });
   t.teardown(() => pod.remove());
-  // Step 4: the port-forward's end is the pod's network namespace; go tool pprof as written,
-  // from there (after the heap has grown past 4 MiB).
+  // Step 4: the port-forward's end is the pod's network namespace; heaptap top (from the
+  // clone beside my-app: no Go needed) as written, from there (after the heap has grown
+  // past 4 MiB).
   t.regex(at(/^kubectl port-forward /), /^kubectl port-forward deploy\/\S+ 6060:heaptap &$/);
-  const pprofLine = at(/^go tool pprof /);
-  const [, , ...pprofArgs] = pprofLine.split(/\s+/);
+  const pprofLine = at(/^\.\.\/heaptap\/heaptap top /).replace(/\s+#.*$/, '');
+  const [, ...topArgs] = pprofLine.split(/\s+/);
   await heapProfile(pod, MIN_INUSE);
-  const go = findGo();
-  const { stdout } = await exec('nsenter', ['-t', String(pod.pausePid), '-n', '--', go, 'tool', ...pprofArgs.map((a) => a.replace('localhost', '127.0.0.1'))],
-    { env: { ...process.env, PPROF_TMPDIR: dir }, timeout: 120_000 });
+  const { stdout } = await exec('nsenter', ['-t', String(pod.pausePid), '-n', '--', process.execPath, join(root, 'src/cli.ts'), ...topArgs.map((a) => a.replace('localhost', '127.0.0.1'))],
+    { env: { ...process.env }, timeout: 120_000 });
   for (const l of stdout.trim().split('\n').slice(0, 10)) t.log(`${pprofLine}: ${l}`);
   t.regex(stdout, /_PyBytes_FromSize/);
   // Step 5, Grafana: what Alloy's pull.alloy keys on is on the pod (Alloy, Pyroscope and

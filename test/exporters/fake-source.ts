@@ -77,13 +77,15 @@ export function heapProfile(spec: FakeProfileSpec): Profile {
     return loc;
   };
   const pidKey = s('pid');
-  const bytesKey = s('bytes');
+  const exeKey = s('exe');
+  const exeStr = s(exe);
   const samples = spec.stacks.map((stack) => new Sample({
     locationId: stack.frames.map((f) => location(f).id),
     value: [stack.allocObjects, stack.allocBytes, stack.inuseObjects, stack.inuseBytes],
     label: [
       new Label({ key: pidKey, num: spec.pid ?? 1234 }),
-      new Label({ key: bytesKey, num: stack.allocObjects > 0 ? Math.round(stack.allocBytes / stack.allocObjects) : 0 }),
+      // as the agent labels merged profiles; no `bytes` label (src/profile.ts)
+      new Label({ key: exeKey, str: exeStr }),
     ],
   }));
   const sampleType = HEAP_SAMPLE_TYPES.map(([t, u]) => new ValueType({ type: s(t), unit: s(u) }));

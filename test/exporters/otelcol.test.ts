@@ -172,6 +172,8 @@ test('OTLP profiles reach a real Collector as four profiles per process with our
   });
   exp.start(source);
   await exp.pushNow();
+  // A process's next delta is built once its previous one is delivered (rounds.ts).
+  await until('the first batch to be sent', () => exp.stats().sent >= 1, 15_000);
   source.allocate(key, HOT.frames, 1000, 96000, 0);
   await exp.pushNow();
   const docs = await until('the Collector to write two profile batches', async () => {

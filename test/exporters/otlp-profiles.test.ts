@@ -66,7 +66,7 @@ test('converts a heap profile into one OTLP profile per sample type over one sha
 
   // pprof labels become sample attributes; the mapping carries the build id.
   const sampleAttrs = profiles[1]!.samples[0]!.attribute_indices!.map((i) => dict.attribute_table[i]!);
-  t.deepEqual(sampleAttrs.map((a) => [s(a.key_strindex), Object.values(a.value!)[0]]).sort(), [['bytes', 96], ['pid', 31]]);
+  t.deepEqual(sampleAttrs.map((a) => [s(a.key_strindex), Object.values(a.value!)[0]]).sort(), [['exe', '/srv/bin/api'], ['pid', 31]]);
   const mapping = dict.mapping_table[dict.location_table[stack[0]!]!.mapping_index!]! as { filename_strindex: number; attribute_indices: number[] };
   t.is(s(mapping.filename_strindex), '/srv/bin/api');
   const buildId = dict.attribute_table[mapping.attribute_indices[0]!]!;
@@ -90,8 +90,7 @@ test('several processes share one dictionary, one ResourceProfiles each', (t) =>
 
 test('equal stacks with equal labels are summed into one sample', (t) => {
   const p = heapProfile({ stacks: [HOT, { ...HOT, allocBytes: 1000, allocObjects: 5 }] });
-  // Same average-size label: make them equal by construction.
-  p.sample[1]!.label = p.sample[0]!.label;
+  t.deepEqual(p.sample[1]!.label, p.sample[0]!.label, 'the same pid and exe labels');
   const d = decode(encodeExportRequest(buildExportRequest([{ process: fakeProcess({ pid: 1 }), profile: p }], { resource: {} })));
   const allocSpace = d.resource_profiles[0]!.scope_profiles[0]!.profiles[1]!;
   t.is(allocSpace.samples.length, 1);

@@ -15,6 +15,62 @@ test('2xx is success; 408, 429 and 5xx are retried; other 4xx are not', (t) => {
   t.like(classify({ status: 400 }, 'bad\n  app name'), { kind: 'http_400', detail: 'HTTP 400: bad app name' });
 });
 
+// Bodies as Grafana Pyroscope's /ingest writes them with status 422 (its ingest handler puts
+// the error text in the body, src/exporters/push.ts TRANSIENT_422 names the sources): the
+// ingester ring without healthy members, the transport to an ingester, and a profile over
+// a tenant's limit (pkg/validation ProfileTooBigErrorMsg).
+const INGESTER_DOWN = 'too many unhealthy instances in the ring';
+const NO_REPLICAS = 'at least 2 live replicas required, could only find 1';
+const UNREACHABLE = 'unavailable: dial tcp 10.0.3.7:9095: connect: connection refused';
+const TOO_BIG = 'invalid_argument: the profile with labels \'{service_name="api"}\' exceeds the size limit (max_profile_size_byte, actual: 4194304, limit: 1048576)';
+
+test('a 422 is retried when its body says the backend\'s ingesters are unreachable, and final for a bad profile', (t) => {
+  for (const body of [INGESTER_DOWN, NO_REPLICAS, 'empty ring', UNREACHABLE, 'rpc error: code = Unavailable desc = ingester is shutting down', 'context deadline exceeded']) {
+    t.true(classify({ status: 422 }, body)!.retry, body);
+  }
+  for (const body of [TOO_BIG, 'failed to parse pprof: proto: cannot parse invalid wire-format data', '']) {
+    t.false(classify({ status: 422 }, body)!.retry, body);
+  }
+  t.false(classify({ status: 400 }, INGESTER_DOWN)!.retry, 'only a 422 is read for it');
+});
+
+test('a 422 "too many unhealthy instances in the ring" then a 200: the payload is delivered once, settled as sent', async (t) => {
+  const server = await startServer((_r, i) => (i < 2 ? { status: 422, body: INGESTER_DOWN } : 200));
+  t.teardown(() => server.close());
+  const outcomes: string[] = [];
+  const q = new PushQueue({ name: 'test', initialBackoffMs: 10, maxBackoffMs: 20 });
+  q.enqueue({ ...item(server.url, 1), settle: (delivered, outcome) => outcomes.push(`${delivered}:${outcome}`) });
+  await until('sent', () => q.stats().sent === 1);
+  await q.close(1000);
+  t.is(server.requests.length, 3, 'two 422s, then the 200');
+  t.like(q.stats(), { sent: 1, rejected: 0, failed: 0, retried: 2, errors: { http_422: 2 } });
+  t.deepEqual(outcomes, ['true:sent']);
+});
+
+test('a 422 for a profile over the size limit is final: one request, settled as rejected', async (t) => {
+  const server = await startServer(() => ({ status: 422, body: TOO_BIG }));
+  t.teardown(() => server.close());
+  const outcomes: string[] = [];
+  const q = new PushQueue({ name: 'test', initialBackoffMs: 10, maxBackoffMs: 20 });
+  q.enqueue({ ...item(server.url, 1), settle: (delivered, outcome) => outcomes.push(`${delivered}:${outcome}`) });
+  await until('rejected', () => q.stats().rejected === 1);
+  await q.close(1000);
+  t.is(server.requests.length, 1);
+  t.deepEqual(outcomes, ['false:rejected']);
+});
+
+test('retries are bounded: an ingester that stays down fails the payload after maxAttempts, settled as failed', async (t) => {
+  const server = await startServer(() => ({ status: 422, body: INGESTER_DOWN }));
+  t.teardown(() => server.close());
+  const outcomes: string[] = [];
+  const q = new PushQueue({ name: 'test', maxAttempts: 3, initialBackoffMs: 10, maxBackoffMs: 20 });
+  q.enqueue({ ...item(server.url, 1), settle: (delivered, outcome) => outcomes.push(`${delivered}:${outcome}`) });
+  await until('failed', () => q.stats().failed === 1);
+  await q.close(1000);
+  t.is(server.requests.length, 3);
+  t.deepEqual(outcomes, ['false:failed']);
+});
+
 test('Retry-After in seconds or as a date sets the wait', (t) => {
   t.is(classify({ status: 429, headers: new Headers({ 'Retry-After': '3' }) })!.retryAfterMs, 3000);
   const at = new Date(Date.now() + 5000).toUTCString();

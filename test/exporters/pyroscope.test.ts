@@ -85,6 +85,8 @@ test('the next push carries only what was allocated since the previous one; in-u
   const { exp } = exporter(server);
   exp.start(source);
   await exp.pushNow();
+  // A process's next delta is built once its previous one is delivered (rounds.ts).
+  await until('the first two pushes', () => exp.stats().sent >= 2);
   source.allocate(key, HOT.frames, 500, 500 * 96, 0.5);
   await exp.pushNow();
   await until('four pushes', () => server.requests.length >= 4);
@@ -231,8 +233,10 @@ test('a 400 is not retried, is counted, and is logged once', async (t) => {
   const source = new FakeHeapSource([{ process: fakeProcess({ pid: 7 }), stacks: [{ ...HOT }] }]);
   const { exp, logs } = exporter(server);
   exp.start(source);
-  for (let i = 0; i < 3; i++) await exp.pushNow();
-  await until('three rejections', () => exp.stats().rejected === 3);
+  for (let i = 0; i < 3; i++) {
+    await exp.pushNow();
+    await until(`rejection ${i + 1}`, () => exp.stats().rejected === i + 1);
+  }
   t.is(server.requests.length, 3, 'one request per profile, no retries');
   const errors = logs.filter((l) => l.level === 'error');
   t.is(errors.length, 1);
@@ -262,7 +266,7 @@ test('413 and 422 are not retried; 429 is, after its Retry-After', async (t) => 
 test('a server that never answers: requests time out, the queue stays bounded, start and stop never block', async (t) => {
   const server = await startServer(() => 'hang');
   t.teardown(() => server.close());
-  const source = new FakeHeapSource([{ process: fakeProcess({ pid: 7 }), stacks: [{ ...HOT }] }]);
+  const source = new FakeHeapSource([4, 5, 6, 7, 8].map((pid) => ({ process: fakeProcess({ pid }), stacks: [{ ...HOT }] })));
   const { exp, logs } = exporter(server, { timeoutMs: 800, maxQueue: 2, maxAttempts: 2, stopDeadlineMs: 600 });
   let t0 = performance.now();
   exp.start(source);
@@ -273,9 +277,11 @@ test('a server that never answers: requests time out, the queue stays bounded, s
   t.true(performance.now() - t0 < 3000, 'rounds only queue: they do not wait for the backend');
   const s = exp.stats();
   t.true(s.queued <= 2, `queue bounded (${s.queued})`);
-  // One in flight, two waiting: the other five were dropped (or, on a very slow machine,
-  // timed out twice and failed).
-  t.true(s.dropped + s.failed >= 5 && s.dropped >= 3, `oldest dropped and counted (${JSON.stringify(s)})`);
+  // Five processes, one in flight and two waiting: the oldest were dropped (or, on a very
+  // slow machine, timed out twice and failed); a process whose delta is still on its way
+  // gets no new one (deferred), and one whose delta was dropped is built again whole.
+  t.true(s.dropped >= 2, `oldest dropped and counted (${JSON.stringify(s)})`);
+  t.true(s.deferred >= 3 * 7, `processes with a delta on its way are deferred (${JSON.stringify(s)})`);
   await until('a timeout', () => (exp.stats().errors.timeout ?? 0) >= 1, 5000);
   t0 = performance.now();
   await exp.stop();
@@ -315,6 +321,7 @@ test('a profile the source cannot give is counted and does not stop the others',
   const { exp, logs } = exporter(server);
   exp.start(source);
   await exp.pushNow();
+  await until('a push', () => exp.stats().sent >= 1);
   await exp.pushNow();
   await until('two pushes', () => server.requests.length >= 2);
   t.true(server.requests.every((r) => decodeIngest(r).labels.pid === '4102'));
