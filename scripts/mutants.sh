@@ -26,6 +26,10 @@ limit=${HEAPTAP_MUTANT_TIMEOUT:-300}
 # name | file | perl substitution (perl -0pe: the whole file is one string) | tests
 # Issue 10 (a hostile neighbour) adds: the reader's SIGBUS guard off, shared-table rows read
 # on holes, the agent's quarantine ignored.
+# Issue 13 adds: the live filter's counter wrapping (a lost free). Issue 15 adds: std::
+# frames taken for sites, the report's site ignoring the list. Issue 10 also adds: a label
+# that follows the average size (Alloy matches nothing), Pyroscope's ring-error 422 taken as final, control open
+# beyond loopback, a module path taken from the region, a group/other-writable file mode.
 # Issue 14 (safe in every process) adds: a per-thread setup that asks pthread_getattr_np,
 # a sample recorded on the thread's own stack, a region made before a sample is taken, a
 # half-made region left behind, a glibc symbol no longer pinned to GLIBC_2.2.5.
@@ -49,6 +53,14 @@ bad-configuration-changes-exit-code|preload/interpose.c|s/\A/#include <stdio.h>\
 reader-guard-off|src/addon/reader.c|s/\tif \(!guard_ok\)\n\t\treturn fn\(arg\);/\tif (1)\n\t\treturn fn(arg);/|ava:test/agent/hostile.test.ts@*minute*
 reader-shared-rows-on-holes-read|src/addon/reader.c|s/if \(!has\(pg, coff, sizeof\(struct ht_counters\)\)\) \{/if (0) {/|ava:test/agent/hostile.test.ts@*sparse*
 agent-quarantine-ignored|src/agent/processes.ts|s/if \(\(await fileSig\(known\.path\)\) === known\.quarantine\) continue;/\/\/ quarantine ignored/|ava:test/agent/hostile.test.ts@*quarantined*
+live-filter-counter-wraps|preload/live.h|s/\twhile \(v != HT_LIVE_FILTER_STUCK &&\n\t       !__atomic_compare_exchange_n\(c, &v, \(uint16_t\)\(v \+ 1\)/\twhile (!__atomic_compare_exchange_n(c, \&v, (uint16_t)(v + 1)/|c:test_core
+sites-std-frames-taken-for-sites|src/sites.ts|s/'\(std\x7c__gnu_cxx\x7c__cxxabiv1\)::\.\*',/'(__gnu_cxx\x7c__cxxabiv1)::.*',/|ava:test/names.test.ts@*C++ cache*
+agent-profile-label-drifts|src/addon/encode.cc|s/\t\tLabel\(out, pid_key, 24, pid\);/\t\tLabel(out, pid_key, 24, pid + (uint64_t)(v[0] ? v[1] \/ v[0] : 0));/|ava:test/agent/consumers.test.ts
+pyroscope-422-ring-error-final|src/exporters/push.ts|s/\(status === 422 && transient422\(bodyText\)\)/(status === 422 \&\& false)/|ava:test/exporters/delivery.test.ts
+control-open-beyond-loopback|src/agent/http.ts|s/if \(!opts\.token && !opts\.loopbackOnly\) \{/if (false) {/|ava:test/agent/auth.test.ts
+module-path-from-region-trusted|src/moduleFiles.ts|s/this\.#trust = opts\.trustRegionPath \?\? false;/this.#trust = true;/|ava:test/moduleFiles.test.ts
+file-mode-writable-by-others-kept|preload/config.c|s/fv <= 07777 && \(fv & 022\)\)/fv <= 07777 \&\& (fv \& 0))/|sh:preload/tests/test_library.sh
+report-site-ignores-plumbing|src/report/model.ts|s/return Math\.max\(0, siteOfStack\(namesInnermostFirst\)\.index\);/return 0;/|ava:test/report.test.ts
 EOF
 )
 

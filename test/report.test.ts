@@ -8,6 +8,7 @@ import { pathToFileURL } from 'node:url';
 
 import { decodeProfile, str } from '../src/profile.ts';
 import { TIMELINE_COMMENT } from '../src/report/model.ts';
+import { reportFromProfiles } from '../src/report/profiles.ts';
 import { artifactsDir, flameState, launch, openPage } from './helpers/browser.ts';
 import { fixtures, heaptap, pprof, profilesIn, removeDir, tempDir } from './helpers/heaptap.ts';
 import { bound } from './helpers/procs.ts';
@@ -222,4 +223,17 @@ test('function names with markup in them are shown as text, not run', async (t) 
   t.regex(await page.locator('#sites').innerText(), /operator<</);
   t.is(await page.locator('#sites .fn[title="operator<<(std::ostream&, Foo const&)"]').count(), 1);
   t.deepEqual(errors, []);
+});
+
+test('the report sites a stack past standard-library plumbing (one list, src/sites.ts) and shows the short name, the full one kept', async (t) => {
+  const cpp = 'SessionCache::remember(std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> > const&)';
+  const heap = await decodeProfile(await synthProfileBytes([
+    { frames: ['main', 'handle_request', cpp, 'std::vector<char, std::allocator<char> >::_M_default_append(unsigned long)', 'std::_Vector_base<char, std::allocator<char> >::_M_allocate(unsigned long)', 'operator new(unsigned long)'], allocBytes: 8 * MiB, inuseBytes: 6 * MiB },
+    { frames: ['main', 'load_config', 'malloc'], allocBytes: MiB, inuseBytes: MiB },
+  ]));
+  const data = reportFromProfiles({ title: 't', heap, peak: null });
+  t.is(data.sites[0]!.name, 'SessionCache::remember');
+  t.is(data.sites[0]!.full, cpp);
+  t.is(data.sites[1]!.name, 'load_config');
+  t.false(data.sites.some((s) => /^(std::|operator new|malloc)/.test(s.name)), data.sites.map((s) => s.name).join(' | '));
 });
