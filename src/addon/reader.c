@@ -131,6 +131,12 @@ static __thread struct guard *cur_guard __attribute__((tls_model("initial-exec")
 static struct sigaction prev_bus;
 static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
 static int guard_ok;
+static uintptr_t guard_page_size;
+
+/* htr_zero_fill_begin/end (reader.h): depth of the armed windows on this thread, and the
+ * pages filled in them. */
+static __thread volatile sig_atomic_t zf_depth __attribute__((tls_model("initial-exec")));
+static __thread volatile sig_atomic_t zf_pages __attribute__((tls_model("initial-exec")));
 
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
@@ -139,6 +145,15 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 	if (g && g->armed && si->si_code > 0 && a >= g->lo && a < g->hi) {
 		g->armed = 0;
 		siglongjmp(g->jb, 1);
+	}
+	if (zf_depth > 0 && si->si_code == BUS_ADRERR && guard_page_size) {
+		/* a module file truncated under libelf's mapping: zeros instead (reader.h) */
+		void *pg = (void *)((uintptr_t)a & ~(guard_page_size - 1));
+		if (mmap(pg, guard_page_size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) !=
+		    MAP_FAILED) {
+			zf_pages++;
+			return;
+		}
 	}
 	/* not a fault of ours: as if we had never been installed */
 	if (prev_bus.sa_flags & SA_SIGINFO) {
@@ -164,10 +179,27 @@ static void guard_install(void)
 {
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
+	long ps = sysconf(_SC_PAGESIZE);
+	guard_page_size = ps > 0 ? (uintptr_t)ps : 4096;
 	sa.sa_sigaction = on_sigbus;
 	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
 	sigemptyset(&sa.sa_mask);
 	guard_ok = sigaction(SIGBUS, &sa, &prev_bus) == 0;
+}
+
+void htr_zero_fill_begin(void)
+{
+	pthread_once(&guard_once, guard_install);
+	if (zf_depth++ == 0)
+		zf_pages = 0;
+}
+
+unsigned htr_zero_fill_end(void)
+{
+	unsigned n = (unsigned)zf_pages;
+	if (zf_depth > 0 && --zf_depth == 0)
+		zf_pages = 0;
+	return n;
 }
 
 /* A compiler barrier after a pointer to allocated memory is stored where the fault path

@@ -286,6 +286,18 @@ const char *htr_unwinder_name(unsigned u);      /* index 0 is "unknown", then HT
 /* ELF e_machine of this reader's architecture (62 x86-64, 183 arm64), 0 if unknown. */
 uint32_t htr_host_arch(void);
 
+/* The symbolizer's side of the fault guard. libelf maps the module files it reads, and those
+ * are the profiled process's files: one it can write (a shared library, a debug file in its
+ * container) can be truncated while the agent reads it, and the next access past the new
+ * end raises SIGBUS. libelf and libdw cannot be jumped out of (C++ frames above them, their
+ * own half-built state), so between begin and end, on this thread, such a fault (si_code
+ * BUS_ADRERR: a page past the end of the file) is answered by mapping a page of zeros over
+ * the faulting page, and the access goes on reading zeros, as from a corrupt file, which
+ * libelf and libdw check for. end returns how many pages were so filled: the caller then
+ * drops what it read and the file. Nests; a region read's own guard comes first. */
+void htr_zero_fill_begin(void);
+unsigned htr_zero_fill_end(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -27,6 +27,7 @@
 // on the worker thread and turned into JS values on the main thread.
 
 #include "symbolize.h"
+#include "reader.h"
 
 #include <cxxabi.h>
 // rust_demangle: Debian libiberty-dev (libiberty.a, PIC). glibc declares basename already.
@@ -1302,6 +1303,21 @@ struct Core {
 		return m;
 	}
 
+	// Forgets m under every key (a file that changed while it was read).
+	void Drop(const std::shared_ptr<ModuleFile> &m, std::vector<std::shared_ptr<ModuleFile>> *evicted)
+	{
+		std::lock_guard<std::mutex> g(mu);
+		for (auto it = lru.begin(); it != lru.end();) {
+			if (it->second == m) {
+				map.erase(it->first);
+				evicted->push_back(std::move(it->second));
+				it = lru.erase(it);
+			} else {
+				++it;
+			}
+		}
+	}
+
 	void Clear(std::vector<std::shared_ptr<ModuleFile>> *evicted)
 	{
 		std::lock_guard<std::mutex> g(mu);
@@ -1381,11 +1397,34 @@ std::shared_ptr<ModuleFile> Acquire(Core &core, const Request &q, Result &r)
 	return nullptr;
 }
 
-// Never throws.
+void RunGuarded(Core &core, const Request &q, Result &r, std::shared_ptr<ModuleFile> *used);
+
+// Never throws. Module files may be truncated by their owner while libelf reads them: the
+// reads run with htr_zero_fill (reader.h), and a file that faulted is dropped with all it
+// answered (its next use opens it again, at its new size).
 void Run(Core &core, const Request &q, Result &r)
+{
+	std::shared_ptr<ModuleFile> used;
+	htr_zero_fill_begin();
+	RunGuarded(core, q, r, &used);
+	unsigned filled = htr_zero_fill_end();
+	if (!filled)
+		return;
+	std::vector<std::shared_ptr<ModuleFile>> evicted;
+	if (used)
+		core.Drop(used, &evicted);
+	used.reset();
+	r = Result();
+	r.error = "the file changed while it was read (truncated under the reader): nothing it "
+		  "gave is used, and it is opened again next time";
+	r.starts.assign(q.addrs.size() + 1, 0);
+}
+
+void RunGuarded(Core &core, const Request &q, Result &r, std::shared_ptr<ModuleFile> *used)
 {
 	try {
 		std::shared_ptr<ModuleFile> m = Acquire(core, q, r);
+		*used = m;
 		if (!m) {
 			r.starts.assign(q.addrs.size() + 1, 0);
 			return;
