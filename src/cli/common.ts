@@ -12,6 +12,15 @@ export class UsageError extends Error {
 
 export const EXIT_USAGE = 2;
 
+/** How the user runs heaptap, for the commands a summary suggests: `./heaptap` (the
+ * checkout's launcher says so in HEAPTAP_COMMAND, taken out of the environment here so the
+ * profiled program does not inherit it), else `heaptap`. */
+export const SELF_COMMAND = ((): string => {
+  const c = process.env.HEAPTAP_COMMAND;
+  delete process.env.HEAPTAP_COMMAND;
+  return c && /^[\w./+-]+$/.test(c) ? c : 'heaptap';
+})();
+
 /** Where the preload writes regions unless HEAPTAP_DIR says otherwise. */
 export const DEFAULT_REGION_DIR = '/dev/shm/heaptap';
 

@@ -18,6 +18,7 @@ import {
   type RegionStacks,
 } from '../region.ts';
 import {
+  SELF_COMMAND,
   UsageError,
   displayPath,
   ensureOutputDir,
@@ -519,8 +520,8 @@ function where(f: StackFrame): string {
 export function exploreBlock(profile: string, report?: string): string[] {
   const out = report ? [`  report:   ${report}  (open it in a browser: timeline, flame graph, top sites)`] : [];
   out.push(
-    `  explore:  heaptap top ${profile}        (-n 40; --sample-index alloc_space)`,
-    `            heaptap export --format folded ${profile} > heap.folded   (flame graphs; callgrind for KCachegrind)`,
+    `  explore:  ${SELF_COMMAND} top ${profile}        (-n 40; --sample-index alloc_space)`,
+    `            ${SELF_COMMAND} export --format folded ${profile} > heap.folded   (flame graphs; callgrind for KCachegrind)`,
   );
   return out;
 }
