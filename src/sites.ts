@@ -185,6 +185,8 @@ export function labelName(short: string): string {
  * `{lambda(int)#1}` / `{closure#0}` / `{{closure}}` parts. C names pass through as they are.
  */
 export function shortName(name: string): string {
+  // glibc's internal aliases (__GI__IO_file_doallocate) by their public names
+  if (name.startsWith('__GI_')) name = name.slice(5);
   if (!/[<(\s]/.test(name)) return name;
   let v = shortCache.get(name);
   if (v === undefined) {

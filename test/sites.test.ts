@@ -85,6 +85,8 @@ test('short names elide template arguments and drop parameters, return types and
     ['std::vector<int>& Registry::items()', 'Registry::items'],
     ['handle [clone .cold]', 'handle'],
     ['site_tiny', 'site_tiny'],
+    ['__GI__IO_file_doallocate', '_IO_file_doallocate'],
+    ['__GI___libc_malloc', '__libc_malloc'],
     ['<alloc::vec::Vec<T,A> as core::clone::Clone>::clone', '<alloc::vec::Vec<…> as core::clone::Clone>::clone'],
     ['<&mut W as core::fmt::Write>::write_str', '<&mut W as core::fmt::Write>::write_str'],
     ['core::ptr::drop_in_place::<alloc::vec::Vec<u8>>', 'core::ptr::drop_in_place::<…>'],
