@@ -112,6 +112,9 @@ export class AgentSource implements HeapSource {
     // most of what symbolizing costs in memory, and known addresses stay cached.
     void queued.then(() => {
       if (this.building !== queued || this.pending.size > 0) return;
+      // What the builds allocated and freed (region reads, symbolizer results, on the
+      // thread pool's malloc arenas) goes back to the kernel now, not 30 s from now.
+      trimNativeMemory();
       if (this.releaseTimer) clearTimeout(this.releaseTimer);
       this.releaseTimer = setTimeout(() => {
         this.releaseTimer = null;

@@ -37,7 +37,20 @@ export class UiHistory {
       for (const k of [...this.kept.keys()]) if (!this.watcher.get(k) && k !== key) this.kept.delete(k);
     }
     if (list.length && now - list.at(-1)!.ms < KEEP_EVERY_MS) return;
-    list.push({ ms: now, snap: { ...snap, stacks: { ...snap.stacks, ids: new Uint32Array(0), depths: new Uint32Array(0), flags: new Uint32Array(0), frameStart: new Uint32Array(0), frames: new BigUint64Array(0) } } });
+    // Only what a growth delta reads of its base (encodeSamples: ids, alloc, free, in use):
+    // the samples and peak columns, 24 of a row's 76 bytes, and the timeline's points
+    // are not kept (up to six snapshots a process).
+    const none = new BigUint64Array(0);
+    const c = snap.counters;
+    list.push({
+      ms: now,
+      snap: {
+        ...snap,
+        stacks: { ...snap.stacks, ids: new Uint32Array(0), depths: new Uint32Array(0), flags: new Uint32Array(0), frameStart: new Uint32Array(0), frames: none },
+        counters: { ...c, samples: none, peakObjects: none, peakBytes: none },
+        timeline: { index: none, ns: none, inuseBytes: new BigInt64Array(0), allocBytes: none, rssBytes: none, next: snap.timeline.next },
+      },
+    });
     // keep the newest one at least GROWTH_MS old, and those after it
     while (list.length > 1 && now - list[1]!.ms >= GROWTH_MS) list.shift();
   }
