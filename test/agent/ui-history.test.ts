@@ -38,8 +38,8 @@ test('the /ui history keeps a snapshot without its samples, peak and timeline co
   const tables = new SymbolTables();
   await tables.update(store, snap.modules, snap.header.pid, undefined, () => {});
   for (const fullDelta of [true, false]) {
-    const whole = encodeHeapProfile([{ snapshot: snap, tables, base: snap }], { view: 'heap', exeLabel: false, fullDelta });
-    const fromKept = encodeHeapProfile([{ snapshot: snap, tables, base: kept }], { view: 'heap', exeLabel: false, fullDelta });
+    const whole = encodeHeapProfile([{ snapshot: snap, tables, base: snap }], { view: 'heap', exeLabel: false, fullDelta, timeNanos: 1_700_000_000_000_000_000n });
+    const fromKept = encodeHeapProfile([{ snapshot: snap, tables, base: kept }], { view: 'heap', exeLabel: false, fullDelta, timeNanos: 1_700_000_000_000_000_000n });
     t.deepEqual(Buffer.from(fromKept), Buffer.from(whole), `fullDelta ${fullDelta}`);
   }
 });
