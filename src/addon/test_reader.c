@@ -21,6 +21,7 @@
  */
 #define _GNU_SOURCE
 #include "reader.h"
+#include "../../test/fixtures/region_build.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -49,16 +50,6 @@ static int failures, passes;
 
 enum { STACKS = 32, FRAMES = 256, SLABS = 3, SLAB_ENTRIES = 8, MODULES = 4, PATHS = 4096 };
 
-static uint64_t page_up(uint64_t v) { return (v + 4095) / 4096 * 4096; }
-
-static void section(struct ht_section *s, uint64_t *at, uint32_t cap, uint32_t entry)
-{
-	s->offset = *at;
-	s->capacity = cap;
-	s->entry_bytes = entry;
-	s->bytes = page_up((uint64_t)cap * entry);
-	*at += s->bytes;
-}
 
 /* A valid region: stacks 2..4 (4 is a duplicate), one module, an active and a free slab,
  * shared counts. Expected totals: stack 2 = 30 bytes, stack 3 = 7 bytes, overflow = 5.
@@ -71,28 +62,25 @@ static unsigned char *build(size_t *len, int features)
 	struct ht_header h;
 	memset(&h, 0, sizeof h);
 	uint64_t at = HT_HEADER_BYTES;
-	section(&h.modules, &at, MODULES, sizeof(struct ht_module));
-	section(&h.paths, &at, PATHS, 1);
-	section(&h.stack_index, &at, 64, 4);
-	section(&h.stacks, &at, STACKS, sizeof(struct ht_stack));
-	section(&h.frames, &at, FRAMES, 8);
-	section(&h.shared, &at, STACKS, sizeof(struct ht_counters));
+	rb_section(&h.modules, &at, MODULES, sizeof(struct ht_module));
+	rb_section(&h.paths, &at, PATHS, 1);
+	rb_section(&h.stack_index, &at, 64, 4);
+	rb_section(&h.stacks, &at, STACKS, sizeof(struct ht_stack));
+	rb_section(&h.frames, &at, FRAMES, 8);
+	rb_section(&h.shared, &at, STACKS, sizeof(struct ht_counters));
 	size_t per_entry = sizeof(struct ht_slab_entry) + (features ? sizeof(struct ht_peak) : 0);
-	section(&h.slabs, &at, SLABS, sizeof(struct ht_slab_header) + SLAB_ENTRIES * per_entry);
+	rb_section(&h.slabs, &at, SLABS, sizeof(struct ht_slab_header) + SLAB_ENTRIES * per_entry);
 	if (features) {
 		h.features = HT_FEATURE_PEAK | HT_FEATURE_TIMELINE;
-		section(&h.timeline, &at, 4, sizeof(struct ht_timeline_point));
-		section(&h.shared_peak, &at, STACKS, sizeof(struct ht_peak));
+		rb_section(&h.timeline, &at, 4, sizeof(struct ht_timeline_point));
+		rb_section(&h.shared_peak, &at, STACKS, sizeof(struct ht_peak));
 		h.peak_gen = 2;
 		h.peak_bytes = 30;
 		h.peak_ns = 77;
 		h.inuse_bytes = 25;
 		h.timeline_next = 5;
 	}
-	h.magic = HT_MAGIC;
-	h.version = HT_LAYOUT_VERSION;
-	h.header_bytes = HT_HEADER_BYTES;
-	h.file_bytes = at;
+	rb_identity(&h, at);
 	h.arch = htr_host_arch();
 	h.slab_entries = SLAB_ENTRIES;
 	h.max_depth = 16;
@@ -282,11 +270,11 @@ static int write_sparse(const char *path, const unsigned char *base, off_t *appa
 	uint64_t at = h.slabs.offset + h.slabs.bytes; /* after the small region's sections */
 	h.stacks.offset = at;
 	h.stacks.capacity = n;
-	h.stacks.bytes = page_up((uint64_t)n * sizeof(struct ht_stack));
+	h.stacks.bytes = rb_page_up((uint64_t)n * sizeof(struct ht_stack));
 	at += h.stacks.bytes;
 	h.shared.offset = at;
 	h.shared.capacity = n;
-	h.shared.bytes = page_up((uint64_t)n * sizeof(struct ht_counters));
+	h.shared.bytes = rb_page_up((uint64_t)n * sizeof(struct ht_counters));
 	at += h.shared.bytes;
 	h.file_bytes = at;
 	h.stacks_used = n;
