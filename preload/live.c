@@ -140,6 +140,12 @@ HT_HIDDEN int ht_live_remove(const void *ptr, struct ht_live_entry *out)
 	return 0;
 }
 
+HT_HIDDEN void ht_live_filter_stick(void)
+{
+	for (uint32_t i = 0; i < (1u << HT_LIVE_FILTER_BITS); i++)
+		st_relaxed(&ht_live_filter[i], (uint16_t)HT_LIVE_FILTER_STUCK);
+}
+
 HT_HIDDEN void ht_live_fork_child(void)
 {
 	/* The parent's live samples are never counted here (their epoch is the parent's), so
