@@ -93,7 +93,7 @@ HT_HIDDEN int ht_live_insert(const void *p, uint32_t stack_id, uint32_t epoch, u
 			     uint64_t bytes);
 /* Removes p; returns 1 and fills *out when it was live, else 0. */
 HT_HIDDEN int ht_live_remove(const void *p, struct ht_live_entry *out);
-/* Entries currently live (all generations). */
+/* Entries currently live (all generations), by a scan of every table: for tests. */
 HT_HIDDEN uint64_t ht_live_count(void);
 /* Every filter counter stuck at its maximum: every free looks in the tables, and no insert
  * or remove touches the filter again (a load and a compare instead of a CAS each). Exact
