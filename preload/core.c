@@ -41,6 +41,9 @@ HT_HIDDEN int ht_core_init(const struct ht_config *cfg, uint32_t flags, char *er
 		snprintf(err, errlen, "cannot map the live-allocation table");
 		return -1;
 	}
+	/* Exact mode from the start: every free looks in the table anyway (live.h). Not when
+	 * the control area switches to rate 1 later: a process profiled exactly for a while
+	 * would keep every free on the slow path after it switched back. */
 	if (cfg->rate == 1)
 		ht_live_filter_stick();
 	static int key_made;
@@ -155,8 +158,6 @@ static int apply_control(struct ht_region *r)
 	struct ht_control *c = r->ctl;
 	uint64_t want = ld_relaxed(&c->rate);
 	if (HT_UNLIKELY(want && want != ld_relaxed(&ht_g.rate) && want <= (1ull << 40))) {
-		if (want == 1)
-			ht_live_filter_stick();
 		st_relaxed(&ht_g.rate, want);
 		st_relaxed(&r->hdr->rate_now, want);
 	}

@@ -99,8 +99,8 @@ HT_HIDDEN uint64_t ht_live_count(void);
  * or remove touches the filter again (a load and a compare instead of a CAS each). Exact
  * mode (rate 1) does this: there every allocation is live in the table, the filter can only
  * say "maybe", and its two CAS per malloc/free pair on lines that every thread writes were
- * pure cost. Stays so for the process (a later, larger rate sends every free down the slow
- * path to find nothing: slower, never wrong). */
+ * pure cost. Stays so for the process: if the control area later sets a larger rate, every
+ * free still looks in the table (slower, never wrong). */
 HT_HIDDEN void ht_live_filter_stick(void);
 /* For fork: the lock that guards growth. */
 HT_HIDDEN ht_spin_t *ht_live_grow_lock(void);
