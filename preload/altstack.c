@@ -5,7 +5,12 @@
 #define SLOT_BYTES (HT_ALT_BYTES + GUARD)
 
 static uint8_t *slots[HT_ALT_SLOTS]; /* each mapped at its first use */
-static uint64_t busy_slots;  /* bit i: slot i in use */
+/* busy[i].v: slot i in use. One cache line each: at rate 1 every allocation takes and gives
+ * a slot, and two threads doing that on one shared word bounced its line between cores at
+ * every sample (a bitmap cost a CAS and an atomic AND on it each time). */
+static struct { uint32_t v; } __attribute__((aligned(64))) busy[HT_ALT_SLOTS];
+/* The slot this thread took last, tried first: uncontended, its line stays in this core. */
+static HT_TLS int home;
 static int ready;
 
 HT_HIDDEN int ht_alt_init(void)
@@ -32,36 +37,52 @@ static uint8_t *map_slot(void)
 	return m;
 }
 
+static int try_slot(int i)
+{
+	return !ld_relaxed(&busy[i].v) && !__atomic_exchange_n(&busy[i].v, 1, __ATOMIC_ACQUIRE);
+}
+
+/* Slot i is ours alone: mapping it needs no lock. */
+static void *took(int i, int *slot)
+{
+	if (!slots[i] && !(slots[i] = map_slot())) {
+		ht_alt_give(i);
+		return NULL;
+	}
+	home = i;
+	*slot = i;
+	return slots[i] + SLOT_BYTES;  /* the top */
+}
+
 HT_HIDDEN void *ht_alt_take(int *slot)
 {
 	if (!ld_acquire(&ready))
 		return NULL;
-	uint64_t cur = ld_relaxed(&busy_slots);
-	for (;;) {
-		if (cur == ~0ull)
-			return NULL;
-		int i = __builtin_ctzll(~cur);
-		if (!__atomic_compare_exchange_n(&busy_slots, &cur, cur | (1ull << i), 1,
-						 __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
-			continue;
-		/* Slot i is ours alone: mapping it needs no lock. */
-		if (!slots[i] && !(slots[i] = map_slot())) {
-			ht_alt_give(i);
-			return NULL;
+	/* The thread's last slot, else the lowest free one (a process with little
+	 * concurrency maps one or two). One pass: when every slot is in use, no wait. */
+	int i = home;
+	if (HT_LIKELY(try_slot(i))) {
+		if (HT_LIKELY(slots[i] != NULL)) {
+			*slot = i;
+			return slots[i] + SLOT_BYTES;
 		}
-		*slot = i;
-		return slots[i] + SLOT_BYTES;  /* the top */
+		return took(i, slot);
 	}
+	for (i = 0; i < HT_ALT_SLOTS; i++)
+		if (try_slot(i))
+			return took(i, slot);
+	return NULL;
 }
 
 HT_HIDDEN void ht_alt_give(int slot)
 {
-	__atomic_fetch_and(&busy_slots, ~(1ull << slot), __ATOMIC_RELEASE);
+	st_release(&busy[slot].v, 0);
 }
 
 HT_HIDDEN void ht_alt_fork_child(void)
 {
-	st_relaxed(&busy_slots, 0);
+	for (int i = 0; i < HT_ALT_SLOTS; i++)
+		st_relaxed(&busy[i].v, 0);
 }
 
 #if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)

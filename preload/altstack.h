@@ -11,8 +11,8 @@
  * The pool has HT_ALT_SLOTS stacks of HT_ALT_BYTES, each mapped with a guard page below it
  * the first time it is used, MAP_NORESERVE (pages cost memory only once touched; the lowest
  * free slot is taken first, so a process with little concurrency maps one or two). A slot
- * is taken with one CAS on a bitmap and given back with one atomic AND; when every slot is
- * in use, or a slot cannot be mapped, the sample is dropped (HT_DROP_BUSY), never waited
+ * is taken with one atomic exchange on its own flag (a thread tries the slot it had last
+ * first) and given back with a release store; when every slot is in use, or a slot cannot be mapped, the sample is dropped (HT_DROP_BUSY), never waited
  * for. Threading: any thread, any
  * time; a fork child starts with every slot free (only the forking thread exists there, and
  * it is not inside a sample). */

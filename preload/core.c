@@ -41,6 +41,11 @@ HT_HIDDEN int ht_core_init(const struct ht_config *cfg, uint32_t flags, char *er
 		snprintf(err, errlen, "cannot map the live-allocation table");
 		return -1;
 	}
+	/* Exact mode from the start: every free looks in the table anyway (live.h). Not when
+	 * the control area switches to rate 1 later: a process profiled exactly for a while
+	 * would keep every free on the slow path after it switched back. */
+	if (cfg->rate == 1)
+		ht_live_filter_stick();
 	static int key_made;
 	if (!key_made && pthread_key_create(&exit_key, on_thread_exit) == 0)
 		key_made = 1;
@@ -63,10 +68,8 @@ HT_HIDDEN int ht_core_init(const struct ht_config *cfg, uint32_t flags, char *er
  * so that wait is short and closes no cycle (and at rate 1 no allocation is lost). The
  * module scan, which goes through the loader's lock, runs after region_lock is released,
  * and only by a thread that gets scan_lock without waiting. */
-static int ensure_region(void)
+static HT_NOINLINE int make_region(void)
 {
-	if (HT_LIKELY(!ld_acquire(&ht_g.need_region)))
-		return ld_relaxed(&ht_g.region.hdr) ? 0 : -1;
 	ht_spin_lock(&ht_g.region_lock);
 	if (!ht_g.need_region) {
 		ht_spin_unlock(&ht_g.region_lock);
@@ -90,13 +93,20 @@ static int ensure_region(void)
 	return 0;
 }
 
+/* The fast checks below are inline (at rate 1 they run at every malloc and every free);
+ * the work they skip is not. */
+static inline int ensure_region(void)
+{
+	if (HT_LIKELY(!ld_acquire(&ht_g.need_region)))
+		return ld_relaxed(&ht_g.region.hdr) ? 0 : -1;
+	return make_region();
+}
+
 /* A thread's sampling state (its interval sequence), made at its first slow-path
  * allocation. Needs no region: a process whose threads never reach a sample point makes
  * none. */
-static void thread_init(struct ht_thread *t)
+static HT_NOINLINE void thread_setup(struct ht_thread *t)
 {
-	if (t->state != HT_THREAD_NEW && t->epoch == ht_g.epoch)
-		return;
 	uint64_t ordinal = add_relaxed(&ht_g.threads_seen, 1);
 	if (t->state == HT_THREAD_NEW) {
 		ht_rng_seed(&t->rng, seed_base + ordinal * 0x9E3779B97F4A7C15ull);
@@ -117,16 +127,26 @@ static void thread_init(struct ht_thread *t)
 	t->rate = 0;
 }
 
-/* The thread's slab in this image's region, sought once (the region exists). */
-static void thread_slab(struct ht_thread *t)
+static inline void thread_init(struct ht_thread *t)
 {
-	if (HT_LIKELY(t->slab_epoch == ht_g.epoch + 1))
-		return;
+	if (HT_UNLIKELY(t->state == HT_THREAD_NEW || t->epoch != ht_g.epoch))
+		thread_setup(t);
+}
+
+/* The thread's slab in this image's region, sought once (the region exists). */
+static HT_NOINLINE void thread_slab_seek(struct ht_thread *t)
+{
 	t->slab_epoch = ht_g.epoch + 1;
 	struct ht_region *r = &ht_g.region;
 	add_relaxed(&r->hdr->threads_seen, 1);
 	if (t->state != HT_THREAD_EXITING)
 		ht_slab_acquire(r, &t->slab, t->tid);
+}
+
+static inline void thread_slab(struct ht_thread *t)
+{
+	if (HT_UNLIKELY(t->slab_epoch != ht_g.epoch + 1))
+		thread_slab_seek(t);
 }
 
 /* Applies the sidecar's control area (there is none before the region); returns non-zero
@@ -203,14 +223,13 @@ static void timeline_point(struct ht_region *r, uint64_t now, int force)
  * bumps peak_gen, after the event's own row was updated (struct ht_peak). */
 static HT_TLS uint32_t heap_events;
 
-static void heap_moved(struct ht_region *r, int64_t delta, uint64_t allocated)
+/* A new high-water mark (maybe: another thread may have raised it past now first), then
+ * the timeline's clock. Out of line: at rate 1, heap_moved runs at every malloc and free. */
+static HT_NOINLINE void heap_point(struct ht_region *r, int64_t now, int maybe_peak)
 {
 	struct ht_header *h = r->hdr;
-	int64_t now = __atomic_add_fetch(&h->inuse_bytes, delta, __ATOMIC_RELAXED);
-	if (allocated)
-		add_relaxed(&h->alloc_bytes, allocated);
 	uint64_t ns = 0;
-	if (delta > 0 && now > 0) {
+	if (maybe_peak) {
 		uint64_t pk = ld_relaxed(&h->peak_bytes);
 		while ((uint64_t)now > pk) {
 			if (__atomic_compare_exchange_n(&h->peak_bytes, &pk, (uint64_t)now, 1,
@@ -221,12 +240,26 @@ static void heap_moved(struct ht_region *r, int64_t delta, uint64_t allocated)
 				break;
 			}
 		}
+		/* Not a peak after all: the clock's test that heap_moved skipped. */
+		if (!ns && ld_relaxed(&ht_g.rate) == 1 && (++heap_events & 31))
+			return;
 	}
+	timeline_point(r, ns ? ns : ht_now_ns(), 0);
+}
+
+static inline __attribute__((always_inline)) void
+heap_moved(struct ht_region *r, int64_t delta, uint64_t allocated)
+{
+	struct ht_header *h = r->hdr;
+	int64_t now = __atomic_add_fetch(&h->inuse_bytes, delta, __ATOMIC_RELAXED);
+	if (allocated)
+		add_relaxed(&h->alloc_bytes, allocated);
+	int maybe_peak = delta > 0 && now > 0 && (uint64_t)now > ld_relaxed(&h->peak_bytes);
 	/* The clock for the timeline: at every event at sampling rates (events are rare), at
 	 * every 32nd of a thread's at rate 1 (where every allocation is one). */
-	if (!ns && ld_relaxed(&ht_g.rate) == 1 && (++heap_events & 31))
+	if (HT_LIKELY(!maybe_peak) && ld_relaxed(&ht_g.rate) == 1 && (++heap_events & 31))
 		return;
-	timeline_point(r, ns ? ns : ht_now_ns(), 0);
+	heap_point(r, now, maybe_peak);
 }
 
 static void record(struct ht_thread *t, void *p, size_t size, uint64_t rate,
@@ -257,7 +290,7 @@ static void record(struct ht_thread *t, void *p, size_t size, uint64_t rate,
 }
 
 /* The sampling decision. Returns the rate to weight with, or 0 when not sampled. */
-static uint64_t decide(struct ht_thread *t, size_t size)
+static inline uint64_t decide(struct ht_thread *t, size_t size)
 {
 	struct ht_region *r = &ht_g.region;
 	int paused = apply_control(r);
@@ -272,8 +305,8 @@ static uint64_t decide(struct ht_thread *t, size_t size)
 		}
 	}
 	/* This allocation reaches the sample point; draw the next interval. The overshoot
-	 * is dropped: the exponential distribution is memoryless. */
-	t->countdown = ht_next_interval(&t->rng, rate);
+	 * is dropped: the exponential distribution is memoryless. (At rate 1 it is 0.) */
+	t->countdown = rate > 1 ? ht_next_interval(&t->rng, rate) : 0;
 	if (HT_UNLIKELY(paused)) {
 		ht_drop(r, HT_DROP_PAUSED);
 		if (rate <= 1)

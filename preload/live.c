@@ -12,7 +12,11 @@ struct gen {
 	struct ht_live_entry *slots;
 	uint64_t mask;
 	uint64_t used;   /* slots ever taken (keys + tombstones made from them): only grows */
-	uint64_t live;   /* entries live now */
+	/* No count of live entries: it cost an atomic add at every insert and an atomic
+	 * subtract at every remove, on this one line that every thread writes (at rate 1, two
+	 * per malloc/free pair). A remove that finds nothing (a filter false positive) probes
+	 * every generation instead of skipping drained ones: at most half of a generation's
+	 * slots are ever taken, so each such probe stops at an empty slot within a few. */
 };
 
 HT_HIDDEN uint16_t ht_live_filter[1u << HT_LIVE_FILTER_BITS];
@@ -50,7 +54,6 @@ static int add_gen(uint32_t bits)
 	gens[n].slots = m;
 	gens[n].mask = cap - 1;
 	gens[n].used = 0;
-	gens[n].live = 0;
 	/* release: a thread that sees ngens == n + 1 sees gens[n] filled in. */
 	st_release(&ngens, n + 1);
 	return 0;
@@ -82,7 +85,6 @@ static int try_insert(struct gen *g, uintptr_t p, uint32_t stack_id, uint32_t ep
 		e->bytes = bytes;
 		if (k == EMPTY)
 			add_relaxed(&g->used, 1);
-		add_relaxed(&g->live, 1);
 		return 0;
 	}
 	return -1;
@@ -119,8 +121,6 @@ HT_HIDDEN int ht_live_remove(const void *ptr, struct ht_live_entry *out)
 	uint32_t n = ld_acquire(&ngens);
 	for (uint32_t gi = n; gi-- > 0;) {
 		struct gen *g = &gens[gi];
-		if (!ld_relaxed(&g->live))
-			continue;
 		uint64_t i = slot_hash(p) & g->mask;
 		for (int probe = 0; probe < MAX_PROBE; probe++, i = (i + 1) & g->mask) {
 			struct ht_live_entry *e = &g->slots[i];
@@ -132,12 +132,17 @@ HT_HIDDEN int ht_live_remove(const void *ptr, struct ht_live_entry *out)
 			*out = *e;
 			out->key = p;
 			st_release(&e->key, TOMBSTONE);
-			__atomic_fetch_sub(&g->live, 1, __ATOMIC_RELAXED);
 			ht_live_filter_dec(ptr);
 			return 1;
 		}
 	}
 	return 0;
+}
+
+HT_HIDDEN void ht_live_filter_stick(void)
+{
+	for (uint32_t i = 0; i < (1u << HT_LIVE_FILTER_BITS); i++)
+		st_relaxed(&ht_live_filter[i], (uint16_t)HT_LIVE_FILTER_STUCK);
 }
 
 HT_HIDDEN void ht_live_fork_child(void)
@@ -152,7 +157,6 @@ HT_HIDDEN void ht_live_fork_child(void)
 	for (uint32_t i = 0; i < n; i++) {
 		madvise(gens[i].slots, (gens[i].mask + 1) * sizeof(struct ht_live_entry), MADV_DONTNEED);
 		gens[i].used = 0;
-		gens[i].live = 0;
 	}
 }
 
@@ -161,6 +165,7 @@ HT_HIDDEN uint64_t ht_live_count(void)
 	uint64_t t = 0;
 	uint32_t n = ld_acquire(&ngens);
 	for (uint32_t i = 0; i < n; i++)
-		t += ld_relaxed(&gens[i].live);
+		for (uint64_t j = 0; j <= gens[i].mask; j++)
+			t += ld_relaxed(&gens[i].slots[j].key) > TOMBSTONE;
 	return t;
 }

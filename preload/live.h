@@ -93,8 +93,15 @@ HT_HIDDEN int ht_live_insert(const void *p, uint32_t stack_id, uint32_t epoch, u
 			     uint64_t bytes);
 /* Removes p; returns 1 and fills *out when it was live, else 0. */
 HT_HIDDEN int ht_live_remove(const void *p, struct ht_live_entry *out);
-/* Entries currently live (all generations). */
+/* Entries currently live (all generations), by a scan of every table: for tests. */
 HT_HIDDEN uint64_t ht_live_count(void);
+/* Every filter counter stuck at its maximum: every free looks in the tables, and no insert
+ * or remove touches the filter again (a load and a compare instead of a CAS each). Exact
+ * mode (rate 1) does this: there every allocation is live in the table, the filter can only
+ * say "maybe", and its two CAS per malloc/free pair on lines that every thread writes were
+ * pure cost. Stays so for the process: if the control area later sets a larger rate, every
+ * free still looks in the table (slower, never wrong). */
+HT_HIDDEN void ht_live_filter_stick(void);
 /* For fork: the lock that guards growth. */
 HT_HIDDEN ht_spin_t *ht_live_grow_lock(void);
 /* In a fork child: forget the parent's live samples (see live.c). */

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "ctest.h"
+#include "altstack.h"
 #include "core.h"
 #include "live.h"
 #include "reader.h"
@@ -331,6 +332,12 @@ CHILD_CASE(a_thread_that_loses_the_race_to_add_a_stack_uses_the_winners_id)
 CHILD_CASE(live_table_grows_and_frees_every_entry)
 {
 	core_up(1, 1024, 8, 1024);
+	/* Rate 1 sticks every filter counter (live.h); clear them to count through it. */
+	int stuck = 1;
+	for (uint32_t i = 0; i < (1u << HT_LIVE_FILTER_BITS); i++)
+		stuck &= ht_live_filter[i] == HT_LIVE_FILTER_STUCK;
+	CHECK(stuck, "rate 1 sticks the filter");
+	memset(ht_live_filter, 0, sizeof ht_live_filter);
 	uint64_t pcs[1] = { 0xD00000 };
 	const int n = 200000; /* well past the first generation (4096) */
 	for (int i = 0; i < n; i++)
@@ -718,6 +725,62 @@ static void cleanup(void)
 	rmdir(dir);
 }
 
+/* The sampling-stack pool (altstack.c): one flag per slot, a thread's last slot tried
+ * first. A slot handed to two samples at once would have them overwrite each other's
+ * frames; a full pool must answer NULL at once (the sample is dropped), never wait. */
+static int alt_other_slot = -2;
+static void *alt_other(void *unused)
+{
+	(void)unused;
+	int s = -1;
+	if (ht_alt_take(&s))
+		alt_other_slot = s;
+	else
+		alt_other_slot = -1;
+	return NULL;
+}
+
+CHILD_CASE(sampling_stacks_are_never_handed_out_twice_and_run_out_without_waiting)
+{
+	ht_alt_init();
+	int slot[HT_ALT_SLOTS];
+	uint8_t *top[HT_ALT_SLOTS];
+	uint64_t seen = 0;
+	int all = 1;
+	for (int i = 0; i < HT_ALT_SLOTS; i++) {
+		top[i] = ht_alt_take(&slot[i]);
+		if (!top[i] || slot[i] < 0 || slot[i] >= HT_ALT_SLOTS || (seen >> slot[i] & 1)) {
+			all = 0;
+			break;
+		}
+		seen |= 1ull << slot[i];
+		top[i][-1] = (uint8_t)i;   /* mapped and writable */
+	}
+	CHECK(all && seen == ~0ull, "64 distinct slots (%llx)", (unsigned long long)seen);
+	if (!all)
+		return;
+	int s = -1;
+	CHECK(ht_alt_take(&s) == NULL, "a full pool gives NULL");
+	ht_alt_give(slot[37]);
+	CHECK(ht_alt_take(&s) == top[37] && s == slot[37], "the freed slot is taken again (%d)", s);
+	ht_alt_give(slot[37]);
+	ht_alt_give(slot[5]);
+	ht_alt_take(&s);
+	CHECK(s == slot[37], "the thread's last slot first (%d)", s);
+	ht_alt_take(&s);
+	CHECK(s == slot[5], "then the free one (%d)", s);
+	CHECK(ht_alt_take(&s) == NULL, "full again");
+	/* Another thread: its own last slot (none yet: 0) is taken, so it finds the free one. */
+	ht_alt_give(slot[50]);
+	pthread_t th;
+	CHECK(pthread_create(&th, NULL, alt_other, NULL) == 0, "thread");
+	pthread_join(th, NULL);
+	CHECK(alt_other_slot == slot[50], "another thread gets the free slot (%d)", alt_other_slot);
+	CHECK(ht_alt_take(&s) == NULL, "and holds it");
+	for (int i = 0; i < HT_ALT_SLOTS; i++)
+		CHECK(top[i][-1] == (uint8_t)i, "slot %d's stack kept its byte", i);
+}
+
 static const struct ct_case cases[] = {
 	CT_CASE(exact_mode_counts_every_allocation_and_free_per_stack),
 	CT_CASE(counts_bytes_under_the_overflow_stack_when_the_table_is_full),
@@ -736,6 +799,7 @@ static const struct ct_case cases[] = {
 	CT_CASE(the_peak_is_exact_at_rate_1_and_its_stacks_sum_to_it),
 	CT_CASE(a_slab_folded_after_the_peak_carries_what_it_held_at_the_peak),
 	CT_CASE(under_threads_and_folds_the_peak_only_grows_and_a_later_single_threaded_one_is_exact),
+	CT_CASE(sampling_stacks_are_never_handed_out_twice_and_run_out_without_waiting),
 };
 
 int main(void)
