@@ -10,28 +10,8 @@ import type { Profile } from 'pprof-format';
 
 import { decodeProfile, str } from '../../src/profile.ts';
 import { AlloyDelta } from '../helpers/alloyDelta.ts';
-import { fixtures, get, inProcessAgent, startFixture, tempDir, until, type Fixture } from './helpers.ts';
-
-/** The alloc_space and alloc_objects of the samples whose stack passes through fn. */
-function site(p: Profile, fn: string): { bytes: number; objects: number; labels: string[] } {
-  const names = new Map(p.function.map((f) => [Number(f.id), str(p, f.name)]));
-  const locFns = new Map(p.location.map((l) => [Number(l.id), l.line.map((ln) => names.get(Number(ln.functionId)))]));
-  const out = { bytes: 0, objects: 0, labels: [] as string[] };
-  for (const s of p.sample) {
-    if (!s.locationId.some((id) => locFns.get(Number(id))?.includes(fn))) continue;
-    out.objects += Number(s.value[0]);
-    out.bytes += Number(s.value[1]);
-    out.labels.push(s.label.map((l) => `${str(p, l.key)}=${Number(l.str) ? str(p, l.str) : String(l.num)}`).sort().join(','));
-  }
-  return out;
-}
-
-/** Sends a command to the stepper and waits for its "done" line. */
-async function step(fx: Fixture, cmd: string): Promise<void> {
-  const seen = fx.stdout.length;
-  fx.child.stdin!.write(`${cmd}\n`);
-  await until(() => fx.stdout.slice(seen).some((l) => l.startsWith('done')), 10_000, `stepper to do '${cmd}'`);
-}
+import { allocsAt, siteIn, step } from '../helpers/stepper.ts';
+import { fixtures, get, inProcessAgent, startFixture, tempDir } from './helpers.ts';
 
 test('Alloy\'s delta of two /allocs scrapes is exactly what was allocated between them (a drifting bytes label made it the whole history)', async (t) => {
   const { dir, cleanup } = await tempDir();
@@ -43,11 +23,7 @@ test('Alloy\'s delta of two /allocs scrapes is exactly what was allocated betwee
     await cleanup();
   });
   const url = `${agent.url}/debug/pprof/allocs?pid=${fx.pid}`;
-  /** a scrape once the agent's poll has seen site_step reach `bytes` */
-  const scrape = (bytes: number) => until(async () => {
-    const p = await decodeProfile((await get(url)).body);
-    return site(p, 'site_step').bytes === bytes ? p : null;
-  }, 15_000, `/allocs to show site_step at ${bytes} bytes`);
+  const scrape = (bytes: number) => allocsAt(agent.url, fx.pid, bytes);
 
   // 100-byte objects, then 3000-byte ones at the same stack: the stack's average object
   // size moves (100 -> 1067), which a `bytes` label would have carried into its identity.
@@ -56,8 +32,8 @@ test('Alloy\'s delta of two /allocs scrapes is exactly what was allocated betwee
   await step(fx, 'a 3000 5');
   const second = await scrape(16_000);
 
-  t.deepEqual(site(second, 'site_step').labels, site(first, 'site_step').labels, 'the same labels on the same stack in both scrapes');
-  t.deepEqual(site(second, 'site_step').labels, [`pid=${fx.pid}`]);
+  t.deepEqual(siteIn(second, 'site_step').labels, siteIn(first, 'site_step').labels, 'the same labels on the same stack in both scrapes');
+  t.deepEqual(siteIn(second, 'site_step').labels, [`pid=${fx.pid}`]);
 
   const alloy = new AlloyDelta();
   t.is(alloy.next(first), null, 'Alloy drops the first scrape');
@@ -93,12 +69,8 @@ test('delta_heap: consecutive calls of one scraper add up to exactly what was al
     fx.kill();
     await cleanup();
   });
-  const allocs = `${agent.url}/debug/pprof/allocs?pid=${fx.pid}`;
   const delta = (consumer: string) => get(`${agent.url}/debug/pprof/delta_heap?pid=${fx.pid}&consumer=${consumer}`).then((r) => decodeProfile(r.body));
-  const seen = (bytes: number) => until(async () => {
-    const p = await decodeProfile((await get(allocs)).body);
-    return site(p, 'site_step').bytes === bytes ? p : null;
-  }, 15_000, `/allocs to show site_step at ${bytes} bytes`);
+  const seen = (bytes: number) => allocsAt(agent.url, fx.pid, bytes);
   const sum = (p: Profile, i: number) => p.sample.reduce((a, s) => a + Number(s.value[i]), 0);
 
   await step(fx, 'a 100 10');
@@ -119,7 +91,7 @@ test('delta_heap: consecutive calls of one scraper add up to exactly what was al
   const other = await delta('another-scraper');
   t.is(sum(d1, 1), 15_000, 'the next call (a HEAD between takes nothing): just the 5 blocks of 3000 bytes');
   t.is(sum(d1, 0), 5);
-  t.is(site(d1, 'site_step').bytes, 15_000);
+  t.is(siteIn(d1, 'site_step').bytes, 15_000);
   t.is(sum(d2, 1), 0, 'nothing allocated since: nothing, not the same again');
   t.true([d0, d1, d2].every((p) => p.sample.every((s) => s.value.every((v) => Number(v) >= 0))), 'no negative value');
   t.is(sum(d1, 3), sum(d0, 3) + 15_000, 'in use absolute in every call');

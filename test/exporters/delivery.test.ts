@@ -9,18 +9,11 @@ import { join } from 'node:path';
 import test from 'ava';
 
 import { PyroscopeExporter } from '../../src/exporters/pyroscope.ts';
-import { decodeProfile, str } from '../../src/profile.ts';
-import { fixtures, get, inProcessAgent, spawnAgent, startFixture, tempDir, until, type Fixture } from '../agent/helpers.ts';
+import { fixtures, inProcessAgent, spawnAgent, startFixture, tempDir, until } from '../agent/helpers.ts';
+import { allocsAt, step } from '../helpers/stepper.ts';
 import { decodeIngest, startServer, type Recorded, type TestServer } from './helpers.ts';
 
 const INGESTER_DOWN = 'too many unhealthy instances in the ring';
-
-/** Sends a command to the stepper and waits for its "done" line. */
-async function step(fx: Fixture, cmd: string): Promise<void> {
-  const seen = fx.stdout.length;
-  fx.child.stdin!.write(`${cmd}\n`);
-  await until(() => fx.stdout.slice(seen).some((l) => l.startsWith('done')), 10_000, `stepper to do '${cmd}'`);
-}
 
 const allocSpace = (profile: { sample: { value: (number | bigint)[] }[] }) =>
   profile.sample.reduce((a, s) => a + Number(s.value[1]), 0);
@@ -36,14 +29,9 @@ function accepted(server: TestServer, pid: number, from = 0): number {
 
 /** The process's cumulative alloc_space as the agent serves it, once the agent has seen the
  * stepper's site_step reach `stepBytes`. */
+/** The process's whole alloc_space as the agent serves it, once site_step reached stepBytes. */
 async function cumulative(agentUrl: string, pid: number, stepBytes: number): Promise<number> {
-  return until(async () => {
-    const p = await decodeProfile((await get(`${agentUrl}/debug/pprof/allocs?pid=${pid}`)).body);
-    const fns = new Map(p.function.map((f) => [Number(f.id), str(p, f.name)]));
-    const inStep = new Set(p.location.filter((l) => l.line.some((ln) => fns.get(Number(ln.functionId)) === 'site_step')).map((l) => Number(l.id)));
-    const step = p.sample.filter((s) => s.locationId.some((id) => inStep.has(Number(id)))).reduce((a, s) => a + Number(s.value[1]), 0);
-    return step === stepBytes ? allocSpace(p) : null;
-  }, 15_000, `the agent to see site_step at ${stepBytes} bytes`);
+  return allocSpace(await allocsAt(agentUrl, pid, stepBytes));
 }
 
 test('a delta Pyroscope answered 422 "too many unhealthy instances in the ring" for goes out inside the next push, counted once', async (t) => {
