@@ -35,9 +35,11 @@ struct real_fns {
 	size_t (*malloc_usable_size)(void *);
 };
 static void free_unresolved(void *p);
-/* real.free is never NULL, so free() need not test it: until the next allocator is
- * resolved it points at a stub that resolves first. */
-static struct real_fns real = { .free = free_unresolved };
+static int posix_memalign_fallback(void **out, size_t align, size_t n);
+/* real.free and real.posix_memalign are never NULL, so free() and posix_memalign() need
+ * not test them: until the next allocator is resolved they point at stubs that resolve
+ * first (posix_memalign's is also the one used where the next allocator has none). */
+static struct real_fns real = { .free = free_unresolved, .posix_memalign = posix_memalign_fallback };
 static uint32_t real_state;   /* 0 unresolved, 1 resolving, 2 resolved */
 
 /* glibc's own entry points: the fallback if dlsym(RTLD_NEXT) finds nothing. */
@@ -136,6 +138,8 @@ static int resolve(void)
 	next.posix_memalign = NULL;
 	next.valloc = next.pvalloc = NULL;
 #endif
+	if (!next.posix_memalign)
+		next.posix_memalign = posix_memalign_fallback;
 	real = next;
 	st_release(&real_state, 2);
 	return 1;
@@ -224,11 +228,11 @@ static HT_NOINLINE void free_slow(void *p)
 
 HT_EXPORT void free(void *p)
 {
-	/* One hash, one load, one test: p is no live sample (nor a bootstrap block). */
-	if (HT_LIKELY(!ht_live_maybe(p))) {
-		real.free(p);
-		return;
-	}
+	/* One hash and one compare in memory: p is no live sample (nor a bootstrap block). */
+	HT_LIVE_MAYBE_GOTO(p, slow);
+	real.free(p);
+	return;
+slow:
 	free_slow(p);
 }
 
@@ -306,12 +310,14 @@ static HT_NOINLINE void *realloc_sampled(void *p, size_t n)
  * call, so that the fast path ends in a tail call. */
 static inline void *realloc_impl(void *p, size_t n)
 {
-	if (HT_LIKELY(p && !ht_live_maybe(p))) {
-		TAKE(n, sampled);
-		return real.realloc(p, n);
-	sampled:
-		return realloc_sampled(p, n);
-	}
+	if (HT_UNLIKELY(!p))
+		goto slow;
+	HT_LIVE_MAYBE_GOTO(p, slow);
+	TAKE(n, sampled);
+	return real.realloc(p, n);
+sampled:
+	return realloc_sampled(p, n);
+slow:
 	return realloc_slow(p, n);
 }
 
@@ -337,7 +343,7 @@ static int memalign_common(void **out, size_t align, size_t n)
 		return *out ? 0 : ENOMEM;
 	}
 	void *p;
-	if (real.posix_memalign) {
+	if (real.posix_memalign != posix_memalign_fallback) {
 		int rc = real.posix_memalign(&p, align, n);
 		if (rc)
 			return rc;
@@ -350,18 +356,33 @@ static int memalign_common(void **out, size_t align, size_t n)
 	return 0;
 }
 
-HT_EXPORT int posix_memalign(void **out, size_t align, size_t n)
+/* posix_memalign from memalign, before the next allocator is resolved and where it has
+ * none (musl: see resolve()). */
+static int posix_memalign_fallback(void **out, size_t align, size_t n)
 {
 	if (align < sizeof(void *) || (align & (align - 1)))
 		return EINVAL;
-	int rc;
-	if (HT_LIKELY(real_state == 2 && real.posix_memalign))
-		rc = real.posix_memalign(out, align, n);
-	else
-		rc = memalign_common(out, align, n);
+	return memalign_common(out, align, n);
+}
+
+static HT_NOINLINE int posix_memalign_slow(void **out, size_t align, size_t n)
+{
+	give_back(n);
+	int rc = real.posix_memalign(out, align, n);
 	if (rc == 0)
 		account(*out, n);
 	return rc;
+}
+
+/* Like malloc: the countdown is taken before the call (a call that fails with EINVAL or
+ * ENOMEM has taken its bytes too, as a failed malloc does), so that the fast path is a
+ * tail call; real.posix_memalign checks the alignment. */
+HT_EXPORT int posix_memalign(void **out, size_t align, size_t n)
+{
+	TAKE(n, slow);
+	return real.posix_memalign(out, align, n);
+slow:
+	return posix_memalign_slow(out, align, n);
 }
 
 HT_EXPORT void *aligned_alloc(size_t align, size_t n)

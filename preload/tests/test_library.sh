@@ -52,6 +52,27 @@ if [ "$B" = build ]; then
     'readelf -r "$MUSL" | grep -q TPOFF64 && ! readelf -r "$MUSL" | grep -qE "DTPMOD|DTPOFF"'
 fi
 
+# The allocator API's contract (test/fixtures/allocapi.c: EINVAL and ENOMEM leave *out
+# alone, alignments, calloc zeroes, overflows fail, realloc keeps contents), on the shims'
+# fast and slow paths: at rate 1 every call is sampled, at 4096 most are not, and each new
+# thread's first call takes the slow path. The plain run checks the rules against the libc.
+api_dir=$(mktemp -d)
+check "allocapi: every rule holds without the preload" '$FIX/allocapi 2000 >/dev/null'
+for rate in 1 4096 524288; do
+  check "allocapi: every rule holds under the preload (glibc, rate $rate)" \
+    'HEAPTAP_DIR=$api_dir HEAPTAP_SAMPLE_RATE=$rate LD_PRELOAD="$SO" $FIX/allocapi 2000 >/dev/null'
+done
+if [ "$B" = build ]; then
+  MFIX=../test/fixtures/build-musl
+  make -s -C ../test/fixtures musl >/dev/null || { bad "cannot build the musl fixtures"; }
+  check "allocapi: every rule holds without the preload (musl)" '$MFIX/allocapi 2000 >/dev/null'
+  for rate in 1 4096; do
+    check "allocapi: every rule holds under the preload (musl, rate $rate)" \
+      'HEAPTAP_DIR=$api_dir HEAPTAP_SAMPLE_RATE=$rate LD_PRELOAD="$MUSL" $MFIX/allocapi 2000 >/dev/null'
+  done
+fi
+rm -rf "$api_dir"
+
 # Bad configuration: one line on stderr starting "heaptap:", same stdout, same exit code.
 # The program's own exit status is kept (not grep's, as `$(prog | grep)` would give).
 ref_all=$($FIX/forker 2>/dev/null); ref_rc=$?
