@@ -391,6 +391,7 @@ HT_HIDDEN HT_NOINLINE void ht_core_alloc(void *p, size_t size)
 		return;
 	}
 	t->busy = 1;
+	ht_live_prefetch_insert(p);   /* loads while the stack is walked */
 	/* This frame is all a sample costs the thread's own stack: the rest runs on a
 	 * sampling stack, and the walk starts from the registers captured here. */
 	struct sample_job job = { p, size, { 0 } };

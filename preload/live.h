@@ -107,6 +107,8 @@ HT_HIDDEN int ht_live_init(void);
 HT_HIDDEN int ht_live_insert(const void *p, uint32_t stack_id, uint32_t epoch, uint64_t objects,
 			     uint64_t bytes);
 /* Removes p; returns 1 and fills *out when it was live, else 0. */
+/* Starts loading the slot an insert of p would read first (see live.c). */
+HT_HIDDEN void ht_live_prefetch_insert(const void *p);
 HT_HIDDEN int ht_live_remove(const void *p, struct ht_live_entry *out);
 /* Entries currently live (all generations), by a scan of every table: for tests. */
 HT_HIDDEN uint64_t ht_live_count(void);
