@@ -30,7 +30,8 @@ limit=${HEAPTAP_MUTANT_TIMEOUT:-300}
 # frames taken for sites, the report's site ignoring the list. Issue 10 also adds: a label
 # that follows the average size (Alloy matches nothing), Pyroscope's ring-error 422 taken as final, control open
 # beyond loopback, a module path taken from the region, a group/other-writable file mode,
-# a module file truncated under the symbolizer left unguarded.
+# a module file truncated under the symbolizer left unguarded. Issue 13 (session 5) adds:
+# posix_memalign's fallback without its alignment check, free() skipping the live filter.
 # Issue 14 (safe in every process) adds: a per-thread setup that asks pthread_getattr_np,
 # a sample recorded on the thread's own stack, a region made before a sample is taken, a
 # half-made region left behind, a glibc symbol no longer pinned to GLIBC_2.2.5.
@@ -62,6 +63,8 @@ control-open-beyond-loopback|src/agent/http.ts|s/if \(!opts\.token && !opts\.loo
 module-path-from-region-trusted|src/moduleFiles.ts|s/this\.#trust = opts\.trustRegionPath \?\? false;/this.#trust = true;/|ava:test/moduleFiles.test.ts
 file-mode-writable-by-others-kept|preload/config.c|s/fv <= 07777 && \(fv & 022\)\)/fv <= 07777 \&\& (fv \& 0))/|sh:preload/tests/test_library.sh
 symbolizer-truncated-module-unguarded|src/addon/reader.c|s/if \(zf_depth > 0 && si->si_code == BUS_ADRERR && guard_page_size\)/if (0)/|ava:test/symbolize-truncated.test.ts
+posix-memalign-alignment-unchecked|preload/interpose.c|s/(static int posix_memalign_fallback\(void \*\*out, size_t align, size_t n\)\n\{\n)\tif \(align < sizeof\(void \*\) \x7c\x7c \(align & \(align - 1\)\)\)\n\t\treturn EINVAL;\n/$1/|sh:preload/tests/test_library.sh
+free-skips-the-live-filter|preload/interpose.c|s/\tHT_LIVE_MAYBE_GOTO\(p, slow\);\n\treal\.free\(p\);/\tif (p == (void *)1) goto slow;\n\treal.free(p);/|ava:test/preload/preload.test.ts@*exactly at rate 1*
 report-site-ignores-plumbing|src/report/model.ts|s/return Math\.max\(0, siteOfStack\(namesInnermostFirst\)\.index\);/return 0;/|ava:test/report.test.ts
 EOF
 )
