@@ -511,8 +511,8 @@ async function main(): Promise<void> {
     await new Promise((r) => setTimeout(r, 3000));
     const rssAfter = rssOf(pid);
     const anonAfter = anonOf(pid);
-    // The agent closes the symbolizer's files and trims the C heap 30 s after the last
-    // background build.
+    // The agent closes the symbolizer's files and trims the C heap 2 s after the last
+    // background build (up to 30 s when builds keep coming back soon after a release).
     await new Promise((r) => setTimeout(r, quick ? 0 : 30_000));
     const rssIdle = rssOf(pid);
     const anonIdle = anonOf(pid);

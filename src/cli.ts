@@ -3,6 +3,7 @@
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
+import { execAgent } from './cli/agentExec.ts';
 import { EXIT_USAGE, UsageError } from './cli/common.ts';
 import { DIFF_USAGE, EXPORT_USAGE, LIST_USAGE, RUN_USAGE, SNAPSHOT_USAGE, TOP_USAGE, USAGE } from './cli/usage.ts';
 
@@ -62,6 +63,9 @@ export async function main(argv: string[]): Promise<number> {
 
 /** Runs main and exits the process with its code (flushing stdout and stderr first). */
 export async function runMain(argv: string[]): Promise<void> {
+  // The agent's process starts again with its malloc settings (src/cli/agentExec.ts); only
+  // here, in heaptap's own process, never when main() is called from another program.
+  if (argv[0] === 'agent') execAgent();
   // `heaptap list | head`: a reader that went away is not an error.
   for (const stream of [process.stdout, process.stderr]) {
     stream.on('error', (e: NodeJS.ErrnoException) => {

@@ -148,6 +148,25 @@ test('run prepends the preload to LD_PRELOAD and passes --rate, --depth and a pr
   t.is(plain.stdout.trim(), PRELOAD);
 });
 
+test('the command run starts sees the user\'s environment, with only LD_PRELOAD and HEAPTAP_DIR added', async (t) => {
+  const dir = await tempDir();
+  t.teardown(() => removeDir(dir));
+  // HEAPTAP_COMMAND is what ./heaptap adds for heaptap itself; MALLOC_ARENA_MAX is what the
+  // agent's process runs with (src/cli/agentExec.ts): neither may reach the command.
+  const user: Record<string, string> = { PATH: process.env.PATH!, HOME: '/nonexistent', HEAPTAP_SOMETHING: 'kept', EMPTY: '' };
+  const r = await heaptap(['run', '-o', dir, '--', 'env', '-0'], {
+    // exactly this environment: the helper's own (the test runner's) is unset
+    env: { ...Object.fromEntries(Object.keys(process.env).map((k) => [k, undefined])), ...user, HEAPTAP_COMMAND: './heaptap' },
+  });
+  t.is(r.code, 0, r.stderr);
+  const seen = Object.fromEntries(r.stdout.split('\0').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+  t.is(seen.LD_PRELOAD, PRELOAD);
+  t.regex(seen.HEAPTAP_DIR ?? '', /\/heaptap-run-\w+$/);
+  delete seen.LD_PRELOAD;
+  delete seen.HEAPTAP_DIR;
+  t.deepEqual(seen, user);
+});
+
 test('run writes heap and peak profiles that parse, and a summary', async (t) => {
   const dir = await tempDir();
   t.teardown(() => removeDir(dir));

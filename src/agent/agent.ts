@@ -33,7 +33,7 @@ export interface StartOptions {
   symbolizer?: AsyncProfileSymbolizer & { close?(): void };
   /** replace the exporters made from config (tests) */
   exporters?: Exporter[];
-  /** idle time before the symbolizer's files are closed (SourceOptions; tests, benchmarks) */
+  /** idle time before the symbolizer's files are closed, at first (SourceOptions; tests, benchmarks) */
   releaseFilesAfterMs?: number;
 }
 

@@ -32,6 +32,7 @@ import type { Registry } from 'prom-client';
 
 import { applyControl, ControlError, describeControl, parseControl } from './control.ts';
 import type { Logger } from './log.ts';
+import { freeEncoded } from './pprof.ts';
 import { NotFound, type AgentSource, type View } from './source.ts';
 import { profileText } from './text.ts';
 import type { HeapProcess } from './types.ts';
@@ -272,6 +273,7 @@ export function createAgentServer(opts: ServerOptions): Server {
       return;
     }
     const body = await opts.source.gzip(raw);
+    freeEncoded(raw);
     res.writeHead(200, {
       'Content-Type': 'application/octet-stream',
       'Content-Disposition': `attachment; filename="${name}"`,

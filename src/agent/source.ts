@@ -25,8 +25,11 @@ export interface SourceOptions {
   symbolizer?: AsyncProfileSymbolizer;
   log: Logger;
   /** after this long without a background build, the symbolizer's open files are
-   * closed and the C heap trimmed (ms; 30 s) */
+   * closed and the C heap trimmed (ms; 2 s, doubled up to releaseFilesMaxMs while builds
+   * keep coming back soon after a release: see ReleaseTimer) */
   releaseFilesAfterMs?: number;
+  /** the longest wait before the files are closed (ms; 30 s) */
+  releaseFilesMaxMs?: number;
   /** delta_heap consumers remembered at once (least recently used go first) */
   maxConsumers?: number;
   /** a consumer not seen for this long is forgotten, ms */
@@ -68,6 +71,55 @@ interface Consumer {
   track: boolean;
 }
 
+/** When to close the symbolizer's files once the background builds are done. The files'
+ * libdw tables are most of what symbolizing holds in memory (tens of MB for libc with its
+ * separate debug file), and reopening them costs CPU (about 150 ms for that libc): wait
+ * minMs after the builds drain; if builds come back less than maxMs after a release (the
+ * files were closed too soon: a process still finding new stacks every few seconds), wait
+ * twice as long the next time, up to maxMs; builds that stay away maxMs or longer bring the
+ * wait back to minMs. Reopening is so at most one per maxMs once the wait has grown, as
+ * with a fixed maxMs, while a quiet agent lets go of the tables after minMs. */
+export class ReleaseTimer {
+  /** the wait the next idle() schedules (ms) */
+  delayMs: number;
+  private timer: NodeJS.Timeout | null = null;
+  /** when release last ran (0: not since the last busy()) */
+  private releasedAt = 0;
+
+  private readonly release: () => void;
+  private readonly minMs: number;
+  private readonly maxMs: number;
+  private readonly now: () => number;
+
+  constructor(release: () => void, minMs: number, maxMs: number, now: () => number = Date.now) {
+    this.release = release;
+    this.minMs = minMs;
+    this.maxMs = maxMs;
+    this.now = now;
+    this.delayMs = minMs;
+  }
+
+  /** Builds are queued: no release until they are done. */
+  busy(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    if (this.releasedAt === 0) return;
+    this.delayMs = this.now() - this.releasedAt < this.maxMs ? Math.min(this.maxMs, this.delayMs * 2) : this.minMs;
+    this.releasedAt = 0;
+  }
+
+  /** The queued builds are done: release after the current wait. */
+  idle(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.releasedAt = this.now();
+      this.release();
+    }, this.delayMs);
+    this.timer.unref();
+  }
+}
+
 export class AgentSource implements HeapSource {
   readonly watcher: Watcher;
   private readonly opts: Required<Omit<SourceOptions, 'symbolizer'>> & { symbolizer?: AsyncProfileSymbolizer };
@@ -82,7 +134,11 @@ export class AgentSource implements HeapSource {
 
   constructor(watcher: Watcher, opts: SourceOptions) {
     this.watcher = watcher;
-    this.opts = { maxConsumers: 64, consumerIdleMs: 3_600_000, releaseFilesAfterMs: 30_000, ...opts };
+    this.opts = { maxConsumers: 64, consumerIdleMs: 3_600_000, releaseFilesAfterMs: 2_000, releaseFilesMaxMs: 30_000, ...opts };
+    this.release = new ReleaseTimer(() => {
+      this.opts.symbolizer?.releaseFiles?.();
+      trimNativeMemory();
+    }, this.opts.releaseFilesAfterMs, Math.max(this.opts.releaseFilesAfterMs, this.opts.releaseFilesMaxMs));
     // Symbol tables are built as stacks arrive, not when a profile is first asked for:
     // symbolizing a big process's first stacks takes a second or more, which a request
     // (or a scrape of top sites) would otherwise wait for. Builds queue one process at a
@@ -94,8 +150,7 @@ export class AgentSource implements HeapSource {
   private prebuild(p: Tracked): void {
     if (this.pending.has(p.key)) return;
     this.pending.add(p.key);
-    if (this.releaseTimer) clearTimeout(this.releaseTimer);
-    this.releaseTimer = null;
+    this.release.busy();
     const queued = this.building.then(async () => {
       this.pending.delete(p.key);
       const snap = p.snapshot;
@@ -113,19 +168,13 @@ export class AgentSource implements HeapSource {
     void queued.then(() => {
       if (this.building !== queued || this.pending.size > 0) return;
       // What the builds allocated and freed (region reads, symbolizer results, on the
-      // thread pool's malloc arenas) goes back to the kernel now, not 30 s from now.
+      // thread pool's malloc arenas) goes back to the kernel now, not at the release.
       trimNativeMemory();
-      if (this.releaseTimer) clearTimeout(this.releaseTimer);
-      this.releaseTimer = setTimeout(() => {
-        this.releaseTimer = null;
-        this.opts.symbolizer?.releaseFiles?.();
-        trimNativeMemory();
-      }, this.opts.releaseFilesAfterMs);
-      this.releaseTimer.unref();
+      this.release.idle();
     });
   }
 
-  private releaseTimer: NodeJS.Timeout | null = null;
+  private readonly release: ReleaseTimer;
 
   /** Resolves when the background builds queued so far are done (tests, benchmarks). */
   idle(): Promise<void> {

@@ -1,10 +1,12 @@
 // `heaptap agent` and `heaptap ctl` from the command line: settings, the exit code 2 for
-// bad values, and ctl's round trip through a running process's control area.
+// bad values, the agent process's malloc setting, and ctl's round trip through a running
+// process's control area.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import test from 'ava';
 
 import { ConfigError, OPTIONS, parseAgentArgs, parseDuration, parseListen } from '../../src/agent/config.ts';
+import { agentExecEnv, takeAgentExecMark } from '../../src/cli/agentExec.ts';
 import { constants, listRegions, readRegion } from '../../src/region.ts';
 import { bound, killGroup, spawnGroup, within } from '../helpers/procs.ts';
 import { cli, get, inProcessAgent, node, spawnAgent, startTicker, tempDir, until } from './helpers.ts';
@@ -203,4 +205,41 @@ test('agent --help offers ?seconds=N on heap and allocs, which take it, and not 
   const delta = await get(`${agent.url}/debug/pprof/delta_heap?seconds=1`);
   t.is(delta.status, 400);
   t.regex(delta.text, /delta_heap takes no seconds/);
+});
+
+test('heaptap agent runs in its own process with MALLOC_ARENA_MAX=2, keeping a value the user set', async (t) => {
+  const { dir, cleanup } = await tempDir();
+  t.teardown(cleanup);
+  for (const [env, want] of [[{}, '2'], [{ MALLOC_ARENA_MAX: '4' }, '4']] as [Record<string, string>, string][]) {
+    const p = spawnGroup(t, node, [cli, 'agent', '--dir', dir, '--listen', '127.0.0.1:0', '--log-format', 'json'], {
+      env: { PATH: process.env.PATH, ...env },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    p.stderr!.on('data', (d) => (stderr += d));
+    const exited = new Promise((r) => p.on('close', r));
+    await until(() => stderr.includes('"msg":"listening"'), 15_000, 'listening');
+    // The environment the agent's process (the same pid: execve) started with; glibc reads
+    // MALLOC_ARENA_MAX from it before any thread allocates.
+    const environ = readFileSync(`/proc/${p.pid}/environ`, 'utf8').split('\0');
+    t.true(environ.includes(`MALLOC_ARENA_MAX=${want}`), `${JSON.stringify(env)}: ${environ.filter((v) => v.startsWith('MALLOC')).join(' ')}`);
+    p.kill('SIGTERM');
+    t.is(await within(exited, 15_000, 'the agent to exit after SIGTERM'), 0);
+  }
+});
+
+test('the re-executed agent takes out of its environment what the re-exec added, and only that', (t) => {
+  const user = { PATH: '/bin', HOME: '/root' };
+  const env = agentExecEnv(user);
+  t.is(env.MALLOC_ARENA_MAX, '2');
+  t.true(takeAgentExecMark(env));
+  t.deepEqual(env, user, 'MALLOC_ARENA_MAX and the mark are gone: what the agent starts does not inherit them');
+  const own = { PATH: '/bin', MALLOC_ARENA_MAX: '8' };
+  const env2 = agentExecEnv(own);
+  t.is(env2.MALLOC_ARENA_MAX, '8');
+  t.true(takeAgentExecMark(env2));
+  t.deepEqual(env2, own, 'the user\'s MALLOC_ARENA_MAX stays');
+  const plain = { ...user };
+  t.false(takeAgentExecMark(plain), 'not re-executed: nothing to take out');
+  t.deepEqual(plain, user);
 });

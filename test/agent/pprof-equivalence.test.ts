@@ -6,7 +6,7 @@ import test from 'ava';
 import { counters as fakeCounters } from '../helpers/fakeRegion.ts';
 import type { Profile } from 'pprof-format';
 
-import { encodeHeapProfile, SymbolTables } from '../../src/agent/pprof.ts';
+import { encodeHeapProfile, freeEncoded, SymbolTables } from '../../src/agent/pprof.ts';
 import { StackStore } from '../../src/agent/stackStore.ts';
 import { buildProfileAsync, decodeProfile, OVERFLOW_FUNCTION, str, UNKNOWN_STACK_FUNCTION } from '../../src/profile.ts';
 import { listRegions, readRegion, type RegionSnapshot } from '../../src/region.ts';
@@ -166,4 +166,27 @@ test('the encoder: counts of 2^53 and more, negative in-use deltas, overflow and
     t.is(two[one.length + i]!.labels.exe, '/usr/bin/example');
     t.deepEqual(two[one.length + i]!.locs, one[i]!.locs.map((l) => l + offset), 'ids offset by the first process\'s locations');
   }
+});
+
+test('freeEncoded frees an encoded profile\'s buffer at once, once, and leaves other bytes alone', (t) => {
+  const raw = encodeHeapProfile([], { view: 'heap', exeLabel: false });
+  const buf = raw.buffer;
+  t.true(raw.length > 0);
+  const before = process.memoryUsage().arrayBuffers;
+  freeEncoded(raw);
+  // Detached: V8 has let go of the backing store (it is freed now, not at a collection).
+  t.is(buf.byteLength, 0);
+  t.is(raw.length, 0);
+  t.true(process.memoryUsage().arrayBuffers <= before - 65536, 'the 64 KiB buffer is no longer counted');
+  t.notThrows(() => freeEncoded(raw), 'a second call does nothing');
+  // Bytes that are not an encodeHeapProfile result, such as a Buffer from Node's shared
+  // pool (whose other Buffers would break), keep their memory.
+  const pooled = Buffer.from('abc');
+  const neighbour = Buffer.from('def');
+  freeEncoded(pooled);
+  t.is(pooled.toString(), 'abc');
+  t.is(neighbour.toString(), 'def');
+  const copy = new Uint8Array(encodeHeapProfile([], { view: 'heap', exeLabel: false }));
+  freeEncoded(copy);
+  t.true(copy.length > 0, 'a copy is the caller\'s own');
 });
