@@ -31,7 +31,9 @@ limit=${HEAPTAP_MUTANT_TIMEOUT:-300}
 # that follows the average size (Alloy matches nothing), Pyroscope's ring-error 422 taken as final, control open
 # beyond loopback, a module path taken from the region, a group/other-writable file mode,
 # a module file truncated under the symbolizer left unguarded. Issue 13 (session 5) adds:
-# posix_memalign's fallback without its alignment check, free() skipping the live filter.
+# posix_memalign's fallback without its alignment check, free() skipping the live filter,
+# the agent's re-exec leaving MALLOC_ARENA_MAX for its children, the symbolizer's release
+# wait that never grows when builds come back soon after a release.
 # Issue 14 (safe in every process) adds: a per-thread setup that asks pthread_getattr_np,
 # a sample recorded on the thread's own stack, a region made before a sample is taken, a
 # half-made region left behind, a glibc symbol no longer pinned to GLIBC_2.2.5.
@@ -65,6 +67,8 @@ file-mode-writable-by-others-kept|preload/config.c|s/fv <= 07777 && \(fv & 022\)
 symbolizer-truncated-module-unguarded|src/addon/reader.c|s/if \(zf_depth > 0 && si->si_code == BUS_ADRERR && guard_page_size\)/if (0)/|ava:test/symbolize-truncated.test.ts
 posix-memalign-alignment-unchecked|preload/interpose.c|s/(static int posix_memalign_fallback\(void \*\*out, size_t align, size_t n\)\n\{\n)\tif \(align < sizeof\(void \*\) \x7c\x7c \(align & \(align - 1\)\)\)\n\t\treturn EINVAL;\n/$1/|sh:preload/tests/test_library.sh
 free-skips-the-live-filter|preload/interpose.c|s/\tHT_LIVE_MAYBE_GOTO\(p, slow\);\n\treal\.free\(p\);/\tif (p == (void *)1) goto slow;\n\treal.free(p);/|ava:test/preload/preload.test.ts@*exactly at rate 1*
+agent-malloc-arena-left-in-its-environment|src/cli/agentExec.ts|s/  for \(const name of mark\.split\(','\)\) if \(Object\.hasOwn\(AGENT_ENV, name\)\) delete env\[name\];\n//|ava:test/agent/cli.test.ts@*takes out of its environment*
+agent-release-wait-never-grows|src/agent/source.ts|s/Math\.min\(this\.maxMs, this\.delayMs \* 2\)/this.delayMs/|ava:test/agent/release.test.ts
 report-site-ignores-plumbing|src/report/model.ts|s/return Math\.max\(0, siteOfStack\(namesInnermostFirst\)\.index\);/return 0;/|ava:test/report.test.ts
 EOF
 )
