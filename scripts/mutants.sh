@@ -33,7 +33,8 @@ limit=${HEAPTAP_MUTANT_TIMEOUT:-300}
 # a module file truncated under the symbolizer left unguarded. Issue 13 (session 5) adds:
 # posix_memalign's fallback without its alignment check, free() skipping the live filter,
 # the agent's re-exec leaving MALLOC_ARENA_MAX for its children, the symbolizer's release
-# wait that never grows when builds come back soon after a release.
+# wait that never grows when builds come back soon after a release, a debug-file candidate
+# opened for reading before it is known to be a regular file.
 # Issue 14 (safe in every process) adds: a per-thread setup that asks pthread_getattr_np,
 # a sample recorded on the thread's own stack, a region made before a sample is taken, a
 # half-made region left behind, a glibc symbol no longer pinned to GLIBC_2.2.5.
@@ -69,6 +70,7 @@ posix-memalign-alignment-unchecked|preload/interpose.c|s/(static int posix_memal
 free-skips-the-live-filter|preload/interpose.c|s/\tHT_LIVE_MAYBE_GOTO\(p, slow\);\n\treal\.free\(p\);/\tif (p == (void *)1) goto slow;\n\treal.free(p);/|ava:test/preload/preload.test.ts@*exactly at rate 1*
 agent-malloc-arena-left-in-its-environment|src/cli/agentExec.ts|s/  for \(const name of mark\.split\(','\)\) if \(Object\.hasOwn\(AGENT_ENV, name\)\) delete env\[name\];\n//|ava:test/agent/cli.test.ts@*takes out of its environment*
 agent-release-wait-never-grows|src/agent/source.ts|s/Math\.min\(this\.maxMs, this\.delayMs \* 2\)/this.delayMs/|ava:test/agent/release.test.ts
+symbolizer-opens-links-before-checking|src/addon/symbolize.cc|s/int pfd = open\(path\.c_str\(\), O_PATH \x7c O_CLOEXEC\);/int pfd = open(path.c_str(), O_RDONLY \x7c O_CLOEXEC \x7c O_NONBLOCK);/|ava:test/symbolize.test.ts@*FIFO or a device*
 report-site-ignores-plumbing|src/report/model.ts|s/return Math\.max\(0, siteOfStack\(namesInnermostFirst\)\.index\);/return 0;/|ava:test/report.test.ts
 EOF
 )

@@ -278,6 +278,46 @@ test('finds a separate debug file under <debugdir>/.build-id/', async (t) => {
   t.like(r.frames[0]!.at(-1), { function: 'outer_alloc', startLine: line('inl.c', 'outer-decl') });
 });
 
+test('a debug file named through a link that leads to a FIFO or a device is never opened for reading: the .build-id link and the debug link (strace)', async (t) => {
+  // Debug dirs and debug links are looked up inside a profiled process's root, where an
+  // absolute symlink resolves in the agent's own root: to a FIFO (an open for reading
+  // blocks: libdwfl's own .build-id lookup hung here) or a device (an open can act: a
+  // tape rewinds, a watchdog starts). Each candidate is resolved with O_PATH first and
+  // opened for reading only when it is a regular file.
+  const d = await tmp(t);
+  const id = buildIdOf(join(B, 'inl'));
+  const fifoA = join(d, 'a.fifo');
+  const fifoB = join(d, 'b.fifo');
+  execFileSync('mkfifo', [fifoA, fifoB]);
+  mkdirSync(join(d, 'debug/.build-id', id.slice(0, 2)), { recursive: true });
+  symlinkSync(fifoA, join(d, 'debug/.build-id', id.slice(0, 2), `${id.slice(2)}.debug`));
+  copyFileSync(join(B, 'inl-debuglink'), join(d, 'prog'));
+  symlinkSync(fifoB, join(d, 'inl.debug'));
+  mkdirSync(join(d, '.debug'));
+  symlinkSync('/dev/null', join(d, '.debug/inl.debug'));
+  const pc = (await nmAddress(join(B, 'inl'), 'outer_alloc')) + 1n;
+  const script = join(d, 'run.ts');
+  writeFileSync(script, [
+    `import { Symbolizer } from ${JSON.stringify(join(root, 'src/symbolize.ts'))};`,
+    `const s = new Symbolizer({ trustRegionPaths: true, debugDirs: [${JSON.stringify(join(d, 'debug'))}] });`,
+    `const m = { index: 0, state: 1, flags: 0, path: ${JSON.stringify(join(d, 'prog'))}, loadBias: 0n, start: 0n, limit: 0n, fileOffset: 0n, loadNs: 0n, unloadNs: 0n, buildId: ${JSON.stringify(id)} };`,
+    `const r = s.symbolize(m, 0, [${pc}n]);`,
+    'console.log(JSON.stringify({ found: r.info.found, debugFile: r.info.debugFile }));',
+    's.close();',
+  ].join('\n'));
+  const trace = join(d, 'strace.out');
+  const child = spawnGroup(t, 'strace', ['-f', '-qq', '-e', 'trace=open,openat,openat2', '-o', trace, process.execPath, script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  const [code] = await within(once(child, 'close'), 60_000, 'the symbolizer to finish (a FIFO opened for reading blocks it)');
+  t.is(code, 0);
+  t.like(JSON.parse(out) as object, { found: true, debugFile: '' });
+  const opens = readFileSync(trace, 'utf8').split('\n').filter((l) => l.includes(`"${d}/`) && /\.debug"/.test(l));
+  t.true(opens.some((l) => l.includes('.build-id/')), `the .build-id link was looked at: ${opens.join('\n')}`);
+  t.true(opens.some((l) => l.includes(`${d}/inl.debug`)), 'the debug link was looked at');
+  t.deepEqual(opens.filter((l) => !l.includes('O_PATH')), [], 'a link was opened for reading before it was checked');
+});
+
 test('checks a .gnu_debuglink file by its CRC when the binary has no build id', async (t) => {
   const d = await tmp(t);
   copyFileSync(join(B, 'inl-noid-debuglink'), join(d, 'prog'));

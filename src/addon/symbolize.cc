@@ -17,10 +17,10 @@
 //
 // debuginfod is never used: the find_elf and find_debuginfo callbacks are ours.
 // dwfl_standard_find_debuginfo and dwfl_build_id_find_elf fall back to the debuginfod client
-// (which honours DEBUGINFOD_URLS) when nothing is found locally; our find_debuginfo calls
-// only dwfl_build_id_find_debuginfo (local <debugdir>/.build-id/ lookup, no debuginfod) and
-// then searches .gnu_debuglink and dwz alt files itself. The process environment is left
-// alone (unsetenv in a threaded process races with getenv).
+// (which honours DEBUGINFOD_URLS) when nothing is found locally; our find_debuginfo
+// searches <debugdir>/.build-id/, .gnu_debuglink and dwz alt files itself, every candidate
+// through OpenElf. The process environment is left alone (unsetenv in a threaded process
+// races with getenv).
 //
 // Threading: a ModuleFile is used by one thread at a time (its mutex); libdw keeps no global
 // state besides a thread-local error code. The LRU is guarded by Core::mu. Results are built
@@ -120,16 +120,23 @@ private:
 // planted at the path cannot block us. Returns the fd, or -1 with *err set.
 std::string Identity(const struct stat &st);
 
+//
+// The path is first opened with O_PATH, which resolves it without opening the file, and
+// only a regular file is then opened for reading, through that descriptor
+// (/proc/self/fd/N: the inode checked, not the path walked again). Paths come from inside
+// a profiled process's root, where a symlink (a .build-id link, a debug link's name) may
+// name a device of the agent's own host: a device's open can act (a tape rewinds, a
+// watchdog starts counting down) and a FIFO's blocks.
 int OpenElf(const std::string &path, struct stat *st, std::string *err, bool allow_rel = false,
 	    const std::string &ident = std::string())
 {
-	int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0) {
+	int pfd = open(path.c_str(), O_PATH | O_CLOEXEC);
+	if (pfd < 0) {
 		*err = path + ": " + ErrnoText(errno);
 		return -1;
 	}
-	Fd guard(fd);
-	if (fstat(fd, st) != 0) {
+	Fd pguard(pfd);
+	if (fstat(pfd, st) != 0) {
 		*err = path + ": " + ErrnoText(errno);
 		return -1;
 	}
@@ -143,6 +150,18 @@ int OpenElf(const std::string &path, struct stat *st, std::string *err, bool all
 	}
 	if (static_cast<uint64_t>(st->st_size) > kMaxFileBytes) {
 		*err = path + ": larger than " + std::to_string(kMaxFileBytes >> 20) + " MiB";
+		return -1;
+	}
+	int fd = open(("/proc/self/fd/" + std::to_string(pfd)).c_str(),
+		      O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		*err = path + ": " + ErrnoText(errno);
+		return -1;
+	}
+	Fd guard(fd);
+	struct stat again;
+	if (fstat(fd, &again) != 0 || again.st_dev != st->st_dev || again.st_ino != st->st_ino) {
+		*err = path + ": changed while it was opened";
 		return -1;
 	}
 	unsigned char id[EI_NIDENT + 2];
@@ -393,6 +412,19 @@ int TryDebugCandidate(const ModuleFile &m, const std::string &cand, const std::s
 	return fd.release();
 }
 
+// <dir>/.build-id/xx/yyyy.debug in each debug dir, for a build id in hex ('' : none).
+std::vector<std::string> BuildIdPaths(const std::vector<std::string> &dirs, const std::string &id)
+{
+	std::vector<std::string> out;
+	if (id.size() < 4)
+		return out;
+	for (const std::string &d : dirs)
+		out.push_back(Join(d, ".build-id/" + id.substr(0, 2) + "/" + id.substr(2) + ".debug"));
+	return out;
+}
+
+std::string ProcRootOf(const std::string &path);
+
 // The find_debuginfo callback (see the header comment for why not the standard one).
 // Called for the module's separate debug file and, when its DWARF names a dwz alt file,
 // for that (debuglink_file = the alt name, crc 0).
@@ -400,17 +432,14 @@ int FindDebuginfo(Dwfl_Module *mod, void **userdata, const char *modname, Dwarf_
 		  const char *file_name, const char *debuglink_file, GElf_Word debuglink_crc,
 		  char **debuginfo_file_name)
 {
+	(void)modname;
+	(void)base;
 	ModuleFile *m = userdata ? static_cast<ModuleFile *>(*userdata) : nullptr;
-	// 1. <debugdir>/.build-id/xx/yyyy.debug, validated against the build id by libdwfl.
 	errno = 0;
-	int fd = dwfl_build_id_find_debuginfo(mod, userdata, modname, base, file_name,
-					      debuglink_file, debuglink_crc, debuginfo_file_name);
-	if (fd >= 0 || !m)
-		return fd;
+	if (!m)
+		return -1;
 	try {
-		const char *named = debuglink_file;
-		if (!named || !*named)
-			return -1;
+		const char *named = debuglink_file ? debuglink_file : "";
 		auto found = [&](int f, const std::string &name) {
 			char *dup = strdup(name.c_str());
 			if (!dup) {
@@ -422,18 +451,19 @@ int FindDebuginfo(Dwfl_Module *mod, void **userdata, const char *modname, Dwarf_
 			return f;
 		};
 
-		// 2. A dwz alt file: the file holding the DWARF names it in .gnu_debugaltlink.
-		if (debuglink_crc == 0 && file_name) {
+		// 1. A dwz alt file: the file holding the DWARF names it in .gnu_debugaltlink
+		// (name and build id), looked for by build id, then by name.
+		if (debuglink_crc == 0 && file_name && *named) {
 			std::string holder = std::strcmp(file_name, m->fd_path.c_str()) == 0
 						     ? m->path : std::string(file_name);
 			std::string alt_name, alt_id;
 			if (ReadAltLink(holder, &alt_name, &alt_id) && alt_name == named) {
-				std::vector<std::string> cands;
+				std::vector<std::string> cands = BuildIdPaths(m->debug_dirs, alt_id);
 				std::string base_name = BaseName(alt_name);
 				if (alt_name[0] != '/')
 					cands.push_back(Join(DirName(holder), alt_name));
-				else
-					cands.push_back(alt_name);
+				else   // as the process sees it: inside its root
+					cands.push_back(ProcRootOf(holder) + alt_name);
 				cands.push_back(Join(DirName(holder), ".dwz/" + base_name));
 				for (const std::string &d : m->debug_dirs) {
 					cands.push_back(Join(d, base_name));
@@ -449,34 +479,39 @@ int FindDebuginfo(Dwfl_Module *mod, void **userdata, const char *modname, Dwarf_
 			}
 		}
 
-		// 3. .gnu_debuglink: a base name, looked for next to the file, in .debug/ there,
-		// and in each debug dir under the file's directory as the process sees it (with
-		// leading components dropped one by one, as gdb and elfutils do).
-		if (std::strchr(named, '/'))
-			return -1;
-		std::string link = named;
-		std::vector<std::string> cands;
-		std::string dir = DirName(m->path);
-		cands.push_back(Join(dir, link));
-		cands.push_back(Join(dir, ".debug/" + link));
-		std::string odir = DirName(m->orig_path);
-		for (const std::string &d : m->debug_dirs) {
-			std::string sub = odir;
-			for (size_t guard = 0; guard < 64; guard++) {
-				cands.push_back(Join(Join(d, sub), link));
-				size_t s = sub.find('/', sub[0] == '/' ? 1 : 0);
-				if (sub == "/" || sub.empty() || s == std::string::npos) {
-					if (!sub.empty() && sub != "/")
-						cands.push_back(Join(d, link));
-					break;
-				}
-				sub = sub.substr(s);
-			}
-		}
+		// 2. <debugdir>/.build-id/xx/yyyy.debug, checked against the module's build id.
+		// Opened here, not by dwfl_build_id_find_debuginfo: libdwfl opens the path itself
+		// (no O_PATH check, no O_NONBLOCK), and one of the dirs is inside the process's
+		// root, where the link may name a FIFO or a device of the agent's host.
 		const unsigned char *bits = nullptr;
 		GElf_Addr vaddr;
 		int n = dwfl_module_build_id(mod, &bits, &vaddr);
 		std::string want = n > 0 ? Hex(bits, static_cast<size_t>(n)) : "";
+		std::vector<std::string> cands = BuildIdPaths(m->debug_dirs, want);
+
+		// 3. .gnu_debuglink: a base name, looked for next to the file, in .debug/ there,
+		// and in each debug dir under the file's directory as the process sees it (with
+		// leading components dropped one by one, as gdb and elfutils do).
+		std::string link = *named && !std::strchr(named, '/') ? named : "";
+		if (!link.empty()) {
+			std::string dir = DirName(m->path);
+			cands.push_back(Join(dir, link));
+			cands.push_back(Join(dir, ".debug/" + link));
+			std::string odir = DirName(m->orig_path);
+			for (const std::string &d : m->debug_dirs) {
+				std::string sub = odir;
+				for (size_t guard = 0; guard < 64; guard++) {
+					cands.push_back(Join(Join(d, sub), link));
+					size_t s = sub.find('/', sub[0] == '/' ? 1 : 0);
+					if (sub == "/" || sub.empty() || s == std::string::npos) {
+						if (!sub.empty() && sub != "/")
+							cands.push_back(Join(d, link));
+						break;
+					}
+					sub = sub.substr(s);
+				}
+			}
+		}
 		std::vector<std::string> tried;
 		for (const std::string &c : cands) {
 			if (std::find(tried.begin(), tried.end(), c) != tried.end())
@@ -501,22 +536,31 @@ int FindDebuginfo(Dwfl_Module *mod, void **userdata, const char *modname, Dwarf_
 std::vector<std::string> DebugDirsFor(const std::string &path, const std::vector<std::string> &dirs)
 {
 	std::vector<std::string> out = dirs;
-	static const std::string proc = "/proc/";
-	if (path.compare(0, proc.size(), proc) != 0)
+	std::string root = ProcRootOf(path);
+	if (root.empty())
 		return out;
-	size_t end = proc.size();
-	while (end < path.size() && path[end] >= '0' && path[end] <= '9')
-		end++;
-	if (end == proc.size() || end - proc.size() > 10)
-		return out;
-	std::string rest = path.substr(end);
-	if (rest.compare(0, 6, "/root/") != 0 && rest != "/exe" && rest.compare(0, 11, "/map_files/") != 0)
-		return out;
-	std::string root = path.substr(0, end) + "/root";
 	for (const std::string &d : dirs)
 		if (!d.empty() && d[0] == '/')
 			out.push_back(root + d);
 	return out;
+}
+
+// "/proc/<pid>/root" for a file reached through /proc/<pid>/root/, /proc/<pid>/map_files/
+// or /proc/<pid>/exe (where the process's own absolute paths are), else "".
+std::string ProcRootOf(const std::string &path)
+{
+	static const std::string proc = "/proc/";
+	if (path.compare(0, proc.size(), proc) != 0)
+		return "";
+	size_t end = proc.size();
+	while (end < path.size() && path[end] >= '0' && path[end] <= '9')
+		end++;
+	if (end == proc.size() || end - proc.size() > 10)
+		return "";
+	std::string rest = path.substr(end);
+	if (rest.compare(0, 6, "/root/") != 0 && rest != "/exe" && rest.compare(0, 11, "/map_files/") != 0)
+		return "";
+	return path.substr(0, end) + "/root";
 }
 
 // Opens path with libdwfl. On failure returns nullptr and sets *err.
