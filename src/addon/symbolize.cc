@@ -460,10 +460,16 @@ int FindDebuginfo(Dwfl_Module *mod, void **userdata, const char *modname, Dwarf_
 			if (ReadAltLink(holder, &alt_name, &alt_id) && alt_name == named) {
 				std::vector<std::string> cands = BuildIdPaths(m->debug_dirs, alt_id);
 				std::string base_name = BaseName(alt_name);
-				if (alt_name[0] != '/')
+				if (alt_name[0] != '/') {
 					cands.push_back(Join(DirName(holder), alt_name));
-				else   // as the process sees it: inside its root
-					cands.push_back(ProcRootOf(holder) + alt_name);
+				} else {
+					// as the process sees it (inside its root), then in the agent's
+					// own file system (debug files mounted at the sidecar's)
+					std::string root = ProcRootOf(holder);
+					if (!root.empty())
+						cands.push_back(root + alt_name);
+					cands.push_back(alt_name);
+				}
 				cands.push_back(Join(DirName(holder), ".dwz/" + base_name));
 				for (const std::string &d : m->debug_dirs) {
 					cands.push_back(Join(d, base_name));
