@@ -338,8 +338,6 @@ struct SymRange {
 struct ModuleFile {
 	std::mutex mu;
 	Dwfl_Callbacks callbacks{};
-	std::string search_path;          // debug dirs joined by ':' (for .build-id lookups)
-	char *search_path_c = nullptr;    // callbacks.debuginfo_path points here
 	Dwfl *dwfl = nullptr;
 	Dwfl_Module *mod = nullptr;
 	int fd = -1;                      // our checked fd; libdwfl reopens /proc/self/fd/<fd>
@@ -593,16 +591,9 @@ std::shared_ptr<ModuleFile> LoadFile(const std::string &path, const std::string 
 	m->path = path;
 	m->orig_path = orig_path.empty() ? path : orig_path;
 	m->debug_dirs = debug_dirs;
-	for (const std::string &d : debug_dirs) {
-		if (!m->search_path.empty())
-			m->search_path.push_back(':');
-		m->search_path += d;
-	}
-	m->search_path_c = m->search_path.data();
 	m->callbacks.find_elf = NoFindElf;
 	m->callbacks.find_debuginfo = FindDebuginfo;
 	m->callbacks.section_address = dwfl_offline_section_address;
-	m->callbacks.debuginfo_path = &m->search_path_c;
 
 	m->dwfl = dwfl_begin(&m->callbacks);
 	if (!m->dwfl) {
